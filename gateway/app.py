@@ -1,0 +1,124 @@
+"""The gateway's aiohttp application: middleware shared by every route, and the route groups."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from nats.aio.client import Client as NatsClient
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from gateway.config import GatewayConfig
+from gateway.downstream import Downstream
+from gateway.matrix import MatrixError, json_response
+from plumbing.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered by the gateway.", ["route", "method", "status"])
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request at the gateway (long-polls included).",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+SUPPORTED_MATRIX_VERSIONS = ["r0.6.1", *(f"v1.{minor}" for minor in range(1, 12))]
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
+}
+
+
+@dataclass
+class GatewayDeps:
+    """What route handlers may use. Extended by each capability (sessions, sync wake-ups, ...)."""
+
+    config: GatewayConfig
+    downstream: Downstream
+    nats: NatsClient | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+DEPS_KEY = web.AppKey("deps", GatewayDeps)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, CORS, Matrix-shaped errors and metrics, for every request."""
+    request_id = request.headers.get("X-Request-Id", "")[:128] or uuid.uuid4().hex
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    route = _route_label(request)
+    try:
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            response = await handler(request)
+    except MatrixError as exc:
+        response = exc.to_response()
+    except web.HTTPRequestEntityTooLarge:
+        response = MatrixError(413, "M_TOO_LARGE", "request body is too large").to_response()
+    except web.HTTPNotFound:
+        response = MatrixError(404, "M_UNRECOGNIZED", "unrecognized request").to_response()
+    except web.HTTPMethodNotAllowed:
+        response = MatrixError(405, "M_UNRECOGNIZED", "method not allowed on this endpoint").to_response()
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, route)
+        response = MatrixError(500, "M_UNKNOWN", "internal server error").to_response()
+    finally:
+        request_id_var.reset(token)
+    if not response.prepared:
+        response.headers.update(CORS_HEADERS)
+        response.headers["X-Request-Id"] = request_id
+    HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Ready only when every downstream service reports SERVING; the body lists each."""
+    deps = request.app[DEPS_KEY]
+    services = await deps.downstream.health()
+    nats_state = "CONNECTED" if deps.nats is not None and deps.nats.is_connected else "DISCONNECTED"
+    ready = all(status == "SERVING" for status in services.values()) and nats_state == "CONNECTED"
+    body = {"status": "ready" if ready else "not_ready", "services": services, "nats": nats_state}
+    return json_response(body, status=200 if ready else 503)
+
+
+async def metrics(_: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+async def versions(_: web.Request) -> web.Response:
+    return json_response({"versions": SUPPORTED_MATRIX_VERSIONS, "unstable_features": {}})
+
+
+def create_app(deps: GatewayDeps, route_groups: list[list[web.RouteDef]] | None = None) -> web.Application:
+    app = web.Application(middlewares=[observe], client_max_size=deps.config.max_body_bytes)
+    app[DEPS_KEY] = deps
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
+            web.get("/_matrix/client/versions", versions),
+        ]
+    )
+    for group in route_groups or []:
+        app.add_routes(group)
+    return app

@@ -1,0 +1,43 @@
+"""Gateway settings from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plumbing.config import LOG_LEVELS, Env
+
+SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
+DEFAULT_GRPC_PORTS = {"auth": 50051, "contacts": 50052, "messaging": 50053, "zhadui": 50054, "open_platform": 50055}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str
+    port: int
+    server_name: str
+    public_base_url: str
+    nats_url: str
+    log_level: str
+    service_addresses: dict[str, str]
+    max_body_bytes: int
+    shutdown_grace_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> GatewayConfig:
+        env = env or Env()
+        host = env.str("GATEWAY_HOST", "127.0.0.1")
+        port = env.port("GATEWAY_PORT", 8008)
+        return cls(
+            host=host,
+            port=port,
+            server_name=env.str("SERVER_NAME", "localhost"),
+            public_base_url=env.str("PUBLIC_BASE_URL", f"http://{host}:{port}"),
+            nats_url=env.url("NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls")),
+            log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+            service_addresses={
+                name: env.address(f"{name.upper()}_ADDR", f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}")
+                for name in SERVICES
+            },
+            max_body_bytes=env.int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 10.0),
+        )

@@ -1,0 +1,77 @@
+"""The `laiwang` command.
+
+  laiwang run              the whole stack (what `make run` calls)
+  laiwang serve SERVICE    one process: auth, contacts, messaging, zhadui, open_platform or gateway
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+import time
+
+from plumbing.errors import StartupError
+from plumbing.stack import SERVICES, StackConfig, check_ports_free, stack_specs
+from plumbing.supervisor import Supervisor
+
+
+async def run_stack() -> None:
+    config = StackConfig.from_env()
+    check_ports_free(config)
+    supervisor = Supervisor(stack_specs(config))
+    started = time.monotonic()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    start = asyncio.create_task(supervisor.start_all())
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if start not in done:  # Ctrl-C while starting
+        start.cancel()
+        await supervisor.stop_all()
+        return
+    stopper.cancel()
+    start.result()  # re-raises a StartupError (children already stopped)
+
+    elapsed = time.monotonic() - started
+    rows = [(c.spec.name, c.spec.address, str(c.pid)) for c in supervisor.children]
+    print()
+    print(f"{'component':<14}{'address':<52}pid")
+    for name, address, pid in rows:
+        print(f"{name:<14}{address:<52}{pid}")
+    print(f"\nLaiwang is ready in {elapsed:.1f}s. Point a Matrix client at {config.gateway_url}"
+          f" (server name {config.server_name}); data lives in {config.data_dir}. Ctrl-C stops everything.\n",
+          flush=True)
+
+    await stop.wait()
+    await supervisor.stop_all()
+    print("laiwang: stopped", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="laiwang", description="Laiwang backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the whole stack (embedded NATS and Mongo unless NATS_URL / MONGO_URI are set)")
+    serve = sub.add_parser("serve", help="run one process")
+    serve.add_argument("process", choices=[*SERVICES, "gateway"])
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        module = "gateway.main" if args.process == "gateway" else f"services.{args.process}.main"
+        importlib.import_module(module).main()
+        return
+    try:
+        asyncio.run(run_stack())
+    except StartupError as exc:
+        print(f"laiwang: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Configuration from environment variables (12-factor), validated with one-line errors.
+
+Each reader names the variable it reads so that a bad value is reported as, for example,
+``GRPC_PORT='abc' is not an integer``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from plumbing.errors import ConfigError
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
+class Env:
+    """Typed, validated reads from an environment mapping (``os.environ`` by default)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def str(self, name: str, default: str | None = None) -> str:
+        value = self._raw(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{name} is required but not set")
+            return default
+        return value
+
+    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name}={value} is above the maximum {maximum}")
+        return value
+
+    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        return self.int(name, default, minimum=0, maximum=65535)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default).upper() if choices == _LOG_LEVELS else self.str(name, default)
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+    def address(self, name: str, default: str | None = None) -> str:
+        """A ``host:port`` address of another component."""
+        value = self.str(name, default)
+        if not _HOST_PORT.match(value):
+            raise ConfigError(f"{name}={value!r} is not a host:port address")
+        return value
+
+    def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str:
+        value = self.str(name, default)
+        if not any(value.startswith(f"{scheme}://") for scheme in schemes):
+            raise ConfigError(f"{name}={value!r} must start with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings every gRPC service process reads."""
+
+    name: str
+    grpc_host: str
+    grpc_port: int
+    metrics_port: int
+    mongo_uri: str
+    mongo_db: str
+    nats_url: str
+    log_level: str
+    server_name: str
+    shutdown_grace_seconds: float
+
+    @classmethod
+    def from_env(cls, name: str, env: Env | None = None) -> ServiceConfig:
+        env = env or Env()
+        return cls(
+            name=name,
+            grpc_host=env.str("GRPC_HOST", "127.0.0.1"),
+            grpc_port=env.port("GRPC_PORT", 50051),
+            metrics_port=env.port("METRICS_PORT", 9101),
+            mongo_uri=env.url("MONGO_URI", "mongodb://127.0.0.1:27017/", ("mongodb", "mongodb+srv")),
+            mongo_db=env.str("MONGO_DB", f"laiwang_{name}"),
+            nats_url=env.url("NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls")),
+            log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS),
+            server_name=env.str("SERVER_NAME", "localhost"),
+            shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 10.0),
+        )
+
+
+LOG_LEVELS = _LOG_LEVELS

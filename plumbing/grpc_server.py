@@ -1,0 +1,151 @@
+"""grpc.aio server bootstrap used by every service.
+
+Gives each service the standard health service (SERVING / NOT_SERVING), reflection, Prometheus
+metrics per method and status code, request-id logging, deadline propagation and a graceful
+shutdown: health flips to NOT_SERVING, in-flight calls drain for a grace period, then the server
+stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from plumbing.errors import StartupError
+from plumbing.grpc_context import REQUEST_ID_METADATA_KEY, deadline_var
+from plumbing.logs import request_id_var
+from plumbing.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, split_method
+
+log = logging.getLogger(__name__)
+
+Registration = Callable[[grpc.aio.Server], None]
+
+
+def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA_KEY and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex
+
+
+def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    if error is not None and not isinstance(error, grpc.aio.AbortError):
+        return grpc.StatusCode.UNKNOWN
+    code = context.code()
+    if code is None:
+        return grpc.StatusCode.OK
+    if isinstance(code, grpc.StatusCode):
+        return code
+    # context.code() may return the raw integer from the C core.
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Request id + deadline context, logs for failures, and Prometheus metrics for every call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, method = split_method(handler_call_details.method)
+        if service.startswith("grpc."):
+            return handler  # health and reflection are not business traffic
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                request_token = request_id_var.set(_incoming_request_id(context))
+                remaining = context.time_remaining()
+                deadline_token = deadline_var.set(
+                    time.monotonic() + remaining if remaining is not None else None
+                )
+                started = time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    return await inner(request, context)
+                except BaseException as exc:
+                    error = exc
+                    if not isinstance(exc, grpc.aio.AbortError):
+                        log.exception("unhandled error in %s/%s", service, method)
+                    raise
+                finally:
+                    code = _status_of(context, error)
+                    GRPC_SERVER_HANDLED.labels(service, method, code.name).inc()
+                    GRPC_SERVER_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+                    deadline_var.reset(deadline_token)
+                    request_id_var.reset(request_token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class GrpcServer:
+    """One grpc.aio server with health, reflection and the observability interceptor."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        service_names: Iterable[str],
+        registrations: Iterable[Registration],
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._service_names = list(service_names)
+        self._server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it
+            ],
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        for register in registrations:
+            register(self._server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+
+    async def start(self) -> None:
+        address = f"{self.host}:{self.port}"
+        try:
+            bound = self._server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT): port already in use")
+        self.port = bound
+        await self._server.start()
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    async def _set_all(self, status: int) -> None:
+        for name in ("", *self._service_names):
+            await self._health.set(name, status)
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Stop taking new work (health NOT_SERVING), let in-flight calls finish, then stop."""
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace_seconds)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,165 @@
+"""NATS JetStream helpers: connect, declare streams, publish with de-duplication, durable consumers.
+
+Delivery is at-least-once: a handler may see the same event twice (after a crash before its ack,
+or a redelivery after a timeout), so handlers must be idempotent. A handler that raises is
+nak'ed with a growing delay, and given up on (terminated, and logged) after `max_deliver` tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.errors import BadRequestError
+
+from plumbing.errors import StartupError
+from plumbing.metrics import EVENTS_CONSUMED, EVENTS_PUBLISHED
+from plumbing.streams import StreamSpec
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+async def connect_nats(url: str, name: str, timeout_seconds: float = 5.0) -> NatsClient:
+    """Connect (reconnecting forever afterwards), or fail with a one-line StartupError naming NATS_URL."""
+
+    async def _quiet_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=name,
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                error_cb=_quiet_error,
+            ),
+            timeout_seconds,
+        )
+    except (NoServersError, OSError, TimeoutError, NatsTimeoutError) as exc:
+        raise StartupError(f"cannot reach NATS at {url} (NATS_URL): {exc or 'no answer'}") from None
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+    config = StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        max_age=spec.max_age_seconds,
+        duplicate_window=spec.duplicate_window_seconds,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with a different config (e.g. changed max_age): bring it up to date.
+        await js.update_stream(config)
+
+
+class EventPublisher:
+    """Publishes to JetStream with a message id, so a re-sent event is stored once."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str] | None = None) -> None:
+        all_headers = {MSG_ID_HEADER: msg_id, **(headers or {})}
+        await self._js.publish(subject, payload, headers=all_headers)
+        EVENTS_PUBLISHED.labels(subject.rsplit(".", 1)[0]).inc()
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: StreamSpec
+    durable: str
+    filter_subject: str
+    max_deliver: int = 10
+    ack_wait_seconds: int = 30
+    batch: int = 64
+
+
+def backoff_seconds(delivery_count: int) -> float:
+    """0.5 s, 1 s, 2 s, ... capped at 60 s."""
+    return min(60.0, 0.5 * (2 ** max(0, delivery_count - 1)))
+
+
+class DurableConsumer:
+    """A durable pull consumer with explicit ack; runs `handler` for each message until stopped."""
+
+    def __init__(self, js: JetStreamContext, spec: ConsumerSpec, handler: Handler) -> None:
+        self._js = js
+        self._spec = spec
+        self._handler = handler
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await ensure_stream(self._js, self._spec.stream)
+        self._subscription = await self._js.pull_subscribe(
+            self._spec.filter_subject,
+            durable=self._spec.durable,
+            stream=self._spec.stream.name,
+            config=ConsumerConfig(
+                durable_name=self._spec.durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                max_deliver=self._spec.max_deliver,
+                ack_wait=self._spec.ack_wait_seconds,
+                filter_subject=self._spec.filter_subject,
+            ),
+        )
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self._spec.durable}")
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await self._subscription.fetch(self._spec.batch, timeout=1.0)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                log.warning("consumer %s: fetch failed; retrying", self._spec.durable, exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                await self._handle(message)
+
+    async def _handle(self, message: Msg) -> None:
+        durable = self._spec.durable
+        try:
+            await self._handler(message)
+        except Exception:
+            delivered = message.metadata.num_delivered if message.metadata else 1
+            if delivered >= self._spec.max_deliver:
+                log.error("consumer %s: giving up on %s after %d tries", durable, message.subject, delivered,
+                          exc_info=True)
+                await message.term()
+                EVENTS_CONSUMED.labels(durable, "terminated").inc()
+            else:
+                log.warning("consumer %s: handler failed on %s (try %d)", durable, message.subject, delivered,
+                            exc_info=True)
+                await message.nak(delay=backoff_seconds(delivered))
+                EVENTS_CONSUMED.labels(durable, "retried").inc()
+            return
+        await message.ack()
+        EVENTS_CONSUMED.labels(durable, "acked").inc()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout=3.0)

@@ -1,0 +1,200 @@
+"""The whole Laiwang stack as supervised child processes: embedded NATS and Mongo-wire server
+(unless NATS_URL / MONGO_URI point elsewhere), the five services, then the gateway.
+
+Used by `laiwang run` (`make run`) and by the end-to-end test fixture, so both start the system
+the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from plumbing.config import Env
+from plumbing.errors import StartupError
+from plumbing.metrics import port_is_free
+from plumbing.supervisor import ChildSpec, Probe
+
+SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    gateway: int = 8008
+    nats: int = 4322
+    mongo: int = 27817
+    grpc_base: int = 50051
+    metrics_base: int = 9101
+
+    def grpc(self, service: str) -> int:
+        return self.grpc_base + SERVICES.index(service)
+
+    def metrics(self, service: str) -> int:
+        return self.metrics_base + SERVICES.index(service)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    data_dir: Path
+    ports: StackPorts
+    server_name: str
+    log_level: str
+    external_mongo_uri: str | None
+    external_nats_url: str | None
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> StackConfig:
+        env = env or Env()
+        ports = StackPorts(
+            gateway=env.port("GATEWAY_PORT", 8008),
+            nats=env.port("NATS_PORT", 4322),
+            mongo=env.port("MONGO_PORT", 27817),
+            grpc_base=env.int("GRPC_PORT_BASE", 50051, minimum=1, maximum=65530),
+            metrics_base=env.int("METRICS_PORT_BASE", 9101, minimum=1, maximum=65530),
+        )
+        external_mongo = env.url("MONGO_URI", "-", ("mongodb", "mongodb+srv")) if env._raw("MONGO_URI") else None
+        external_nats = env.url("NATS_URL", "-", ("nats", "tls")) if env._raw("NATS_URL") else None
+        return cls(
+            data_dir=Path(env.str("LAIWANG_DATA_DIR", "var")).resolve(),
+            ports=ports,
+            server_name=env.str("SERVER_NAME", "localhost"),
+            log_level=env.str("LOG_LEVEL", "INFO"),
+            external_mongo_uri=external_mongo,
+            external_nats_url=external_nats,
+        )
+
+    @property
+    def mongo_uri(self) -> str:
+        return self.external_mongo_uri or f"mongodb://{HOST}:{self.ports.mongo}/?directConnection=true"
+
+    @property
+    def nats_url(self) -> str:
+        return self.external_nats_url or f"nats://{HOST}:{self.ports.nats}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{HOST}:{self.ports.gateway}"
+
+
+def _venv_tool(name: str) -> str:
+    """Console scripts of packages we depend on live beside this interpreter."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise StartupError(f"{name} is not installed next to {sys.executable}; run `make install`")
+    return str(path)
+
+
+async def _tcp_open(port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def _grpc_serving(port: int) -> Probe:
+    async def probe() -> bool:
+        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    return probe
+
+
+def _http_ok(url: str) -> Probe:
+    async def probe() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return r.status == 200
+
+    return probe
+
+
+def required_ports(config: StackConfig) -> list[tuple[int, str]]:
+    ports = config.ports
+    needed: list[tuple[int, str]] = []
+    if config.external_nats_url is None:
+        needed.append((ports.nats, "NATS_PORT"))
+    if config.external_mongo_uri is None:
+        needed.append((ports.mongo, "MONGO_PORT"))
+    for service in SERVICES:
+        needed.append((ports.grpc(service), "GRPC_PORT_BASE"))
+        needed.append((ports.metrics(service), "METRICS_PORT_BASE"))
+    needed.append((ports.gateway, "GATEWAY_PORT"))
+    return needed
+
+
+def check_ports_free(config: StackConfig) -> None:
+    for port, setting in required_ports(config):
+        if not port_is_free(HOST, port):
+            raise StartupError(
+                f"port {port} is already in use ({setting}); stop whatever holds it or set {setting} to another port"
+            )
+
+
+def stack_specs(config: StackConfig) -> list[ChildSpec]:
+    ports = config.ports
+    specs: list[ChildSpec] = []
+    if config.external_nats_url is None:
+        nats_dir = config.data_dir / "nats"
+        nats_dir.mkdir(parents=True, exist_ok=True)
+        specs.append(
+            ChildSpec(
+                name="nats",
+                argv=[_venv_tool("nats-server"), "-a", HOST, "-p", str(ports.nats), "-js", "-sd", str(nats_dir),
+                      "--server_name", "laiwang-dev"],
+                probe=lambda: _tcp_open(ports.nats),
+                address=config.nats_url,
+            )
+        )
+    if config.external_mongo_uri is None:
+        mongo_dir = config.data_dir / "mongo"
+        mongo_dir.mkdir(parents=True, exist_ok=True)
+        specs.append(
+            ChildSpec(
+                name="mongo",
+                argv=[_venv_tool("secantusd-py"), "--host", HOST, "--port", str(ports.mongo),
+                      "--storage-path", str(mongo_dir), "--log-level", "WARNING"],
+                probe=lambda: _tcp_open(ports.mongo),
+                address=config.mongo_uri,
+            )
+        )
+    common = {
+        "MONGO_URI": config.mongo_uri,
+        "NATS_URL": config.nats_url,
+        "SERVER_NAME": config.server_name,
+        "LOG_LEVEL": config.log_level,
+        **{f"{s.upper()}_ADDR": f"{HOST}:{ports.grpc(s)}" for s in SERVICES},
+    }
+    for service in SERVICES:
+        specs.append(
+            ChildSpec(
+                name=service,
+                argv=[sys.executable, "-m", f"services.{service}"],
+                env={
+                    **common,
+                    "GRPC_HOST": HOST,
+                    "GRPC_PORT": str(ports.grpc(service)),
+                    "METRICS_PORT": str(ports.metrics(service)),
+                },
+                probe=_grpc_serving(ports.grpc(service)),
+                address=f"grpc {HOST}:{ports.grpc(service)}  metrics :{ports.metrics(service)}",
+            )
+        )
+    specs.append(
+        ChildSpec(
+            name="gateway",
+            argv=[sys.executable, "-m", "gateway"],
+            env={**common, "GATEWAY_HOST": HOST, "GATEWAY_PORT": str(ports.gateway)},
+            probe=_http_ok(f"{config.gateway_url}/healthz"),
+            address=config.gateway_url,
+        )
+    )
+    return specs

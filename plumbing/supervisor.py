@@ -1,0 +1,180 @@
+"""Runs a set of child processes: starts them in order, waits for each to be ready, prefixes
+their output with their name, restarts a child that dies (with backoff), and stops them all in
+reverse order on request, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from plumbing.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[bool]]
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: own process group, and SIGTERM if the supervisor dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ChildSpec:
+    name: str
+    argv: list[str]
+    probe: Probe
+    address: str
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 60.0
+    stop_timeout: float = 15.0
+
+
+class Child:
+    def __init__(self, spec: ChildSpec, out: TextIO, width: int) -> None:
+        self.spec = spec
+        self._out = out
+        self._prefix = f"{spec.name:<{width}} | "
+        self.process: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self.recent = deque[str](maxlen=20)
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def start(self) -> None:
+        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        self.process = await asyncio.create_subprocess_exec(
+            *self.spec.argv,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        self.started_at = time.monotonic()
+        self._pump = asyncio.create_task(self._pump_output(self.process), name=f"pump:{self.spec.name}")
+
+    async def _pump_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            text = line.decode(errors="replace").rstrip()
+            self.recent.append(text)
+            self._out.write(self._prefix + text + "\n")
+            self._out.flush()
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.spec.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.returncode is not None:
+                await self._drain_output()
+                last = self.recent[-1] if self.recent else "no output"
+                raise StartupError(f"{self.spec.name} exited before it was ready: {last}")
+            with contextlib.suppress(Exception):
+                if await self.spec.probe():
+                    return
+            await asyncio.sleep(0.1)
+        spec = self.spec
+        raise StartupError(f"{spec.name} was not ready within {spec.ready_timeout:.0f}s ({spec.address})")
+
+    async def _drain_output(self) -> None:
+        if self._pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pump, 2.0)
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            await self._drain_output()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.spec.stop_timeout)
+        except TimeoutError:
+            self._out.write(f"{self._prefix}did not stop within {self.spec.stop_timeout:.0f}s; killing\n")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        # Anything the child left in its process group goes with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await self._drain_output()
+
+
+class Supervisor:
+    """Owns the children; `start_all`, then `watch` until `stop_all`."""
+
+    MAX_BACKOFF = 30.0
+    HEALTHY_AFTER = 30.0  # a child that lived this long restarts with the shortest backoff again
+
+    def __init__(self, specs: list[ChildSpec], out: TextIO = sys.stdout) -> None:
+        width = max(len(s.name) for s in specs)
+        self.children = [Child(spec, out, width) for spec in specs]
+        self._out = out
+        self._stopping = False
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.spec.name == name)
+
+    def say(self, text: str) -> None:
+        self._out.write(f"laiwang: {text}\n")
+        self._out.flush()
+
+    async def start_all(self) -> None:
+        try:
+            for child in self.children:
+                await child.start()
+                await child.wait_ready()
+        except BaseException:
+            await self.stop_all()
+            raise
+        self._watchers = [asyncio.create_task(self._watch(c), name=f"watch:{c.spec.name}") for c in self.children]
+
+    async def _watch(self, child: Child) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            lived = time.monotonic() - child.started_at
+            backoff = 0.5 if lived >= self.HEALTHY_AFTER else min(self.MAX_BACKOFF, backoff * 2)
+            self.say(f"{child.spec.name} (pid {child.pid}) exited with code {code}; restarting in {backoff:.1f}s")
+            await asyncio.sleep(backoff)
+            if self._stopping:
+                return
+            child.restarts += 1
+            try:
+                await child.start()
+                await child.wait_ready()
+                self.say(f"{child.spec.name} is back (pid {child.pid}, restart #{child.restarts})")
+            except StartupError as exc:
+                self.say(f"{child.spec.name} failed to come back: {exc}")
+
+    async def stop_all(self) -> None:
+        self._stopping = True
+        for task in self._watchers:
+            task.cancel()
+        for child in reversed(self.children):
+            if child.process is not None and child.process.returncode is None:
+                self.say(f"stopping {child.spec.name} (pid {child.pid})")
+            await child.stop()

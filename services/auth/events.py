@@ -1,0 +1,1 @@
+"""Events the auth service produces and consumes (NATS JetStream)."""

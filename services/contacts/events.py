@@ -1,0 +1,1 @@
+"""Events the contacts service produces and consumes (NATS JetStream)."""

@@ -1,0 +1,3 @@
+from services.messaging.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Events the messaging service produces and consumes (NATS JetStream)."""

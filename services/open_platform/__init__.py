@@ -1,0 +1,1 @@
+"""The open_platform service."""

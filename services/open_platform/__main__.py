@@ -1,0 +1,3 @@
+from services.open_platform.main import main
+
+main()

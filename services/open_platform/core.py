@@ -1,0 +1,1 @@
+"""Domain rules of the open_platform service. No gRPC, Mongo or NATS imports here."""

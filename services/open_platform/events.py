@@ -1,0 +1,1 @@
+"""Events the open_platform service produces and consumes (NATS JetStream)."""

@@ -1,0 +1,3 @@
+from services.zhadui.main import main
+
+main()

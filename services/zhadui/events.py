@@ -1,0 +1,1 @@
+"""Events the zhadui service produces and consumes (NATS JetStream)."""
