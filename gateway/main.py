@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.app import GatewayDeps, create_app
 from gateway.config import GatewayConfig
 from gateway.downstream import Downstream
+from gateway.routes import route_modules
 from plumbing.errors import StartupError
 from plumbing.jetstream import connect_nats
 from plumbing.logs import configure_logging
@@ -27,7 +28,11 @@ async def serve(config: GatewayConfig) -> None:
     nc = await connect_nats(config.nats_url, "laiwang-gateway")
     downstream = Downstream(config.service_addresses)
     deps = GatewayDeps(config=config, downstream=downstream, nats=nc)
-    app = create_app(deps, route_groups=[])
+    modules = route_modules()
+    app = create_app(deps, route_groups=[module.routes(deps) for module in modules])
+    for module in modules:
+        if hasattr(module, "startup"):
+            await module.startup(deps)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=False)
@@ -45,6 +50,9 @@ async def serve(config: GatewayConfig) -> None:
     log.info("shutting down")
     await runner.shutdown()
     await runner.cleanup()
+    for module in reversed(modules):
+        if hasattr(module, "cleanup"):
+            await module.cleanup(deps)
     await downstream.close()
     with contextlib.suppress(Exception):
         await nc.drain()

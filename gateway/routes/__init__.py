@@ -1,1 +1,18 @@
-"""HTTP route groups; each module exposes `routes(deps) -> list[aiohttp.web.RouteDef]`."""
+"""HTTP route groups of the gateway.
+
+Each module named in ROUTE_MODULES exposes:
+  routes(deps: GatewayDeps) -> list[aiohttp.web.RouteDef]      (required)
+  async startup(deps: GatewayDeps) -> None                     (optional: subscriptions, caches)
+  async cleanup(deps: GatewayDeps) -> None                     (optional)
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+ROUTE_MODULES: tuple[str, ...] = ()
+
+
+def route_modules() -> list[ModuleType]:
+    return [importlib.import_module(name) for name in ROUTE_MODULES]
