@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
 import sys
 import time
@@ -112,27 +112,38 @@ class RunningStack:
         return f"http://127.0.0.1:{self.config.ports.metrics(service)}/metrics"
 
 
-@pytest.fixture(scope="session")
-async def stack(
-    nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningStack]:
-    """The whole system, once per test session. Each service gets its own database name."""
+@contextlib.asynccontextmanager
+async def launch_stack(mongo_uri: str, data_dir: Path, env: dict[str, str] | None = None) -> AsyncIterator[RunningStack]:
+    """Start NATS, the five services and the gateway as `make run` does, with extra environment `env`.
+
+    Every launch gets its own NATS server (so durable consumers of two stacks never share a
+    stream) and its own database names on the shared Mongo-wire server.
+    """
     run_id = uuid.uuid4().hex[:8]
-    config = stack_config(tmp_path_factory.mktemp("stack"), mongo_uri, nats_url)
+    config = stack_config(data_dir, mongo_uri)
     specs = stack_specs(config)
     for spec in specs:
         spec.env.setdefault("MONGO_DB", f"{spec.name}_{run_id}")
-        spec.env.update({k: v for k, v in os.environ.items() if k.startswith("LAIWANG_TEST_")})
-    log_path = config.data_dir / "stack.log"
-    with open(log_path, "w", buffering=1) as output:  # noqa: ASYNC230 - once per session
+        spec.env.update(env or {})
+    log_path = data_dir / "stack.log"
+    with open(log_path, "w", buffering=1) as output:  # noqa: ASYNC230 - once per stack
         supervisor = Supervisor(specs, out=output)
         try:
             await supervisor.start_all()
         except Exception:
             sys.stderr.write(log_path.read_text(errors="replace")[-20000:])
             raise
-        yield RunningStack(config, supervisor, log_path)
-        await supervisor.stop_all()
+        try:
+            yield RunningStack(config, supervisor, log_path)
+        finally:
+            await supervisor.stop_all()
+
+
+@pytest.fixture(scope="session")
+async def stack(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningStack]:
+    """The whole system with default settings, once per test session."""
+    async with launch_stack(mongo_uri, tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

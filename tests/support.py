@@ -32,17 +32,18 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def stack_config(data_dir: Path, mongo_uri: str, nats_url: str) -> StackConfig:
-    """A stack on fresh loopback ports, using the already-running NATS and Mongo-wire servers."""
+def stack_config(data_dir: Path, mongo_uri: str) -> StackConfig:
+    """A stack on fresh loopback ports with its own embedded NATS, on the already-running Mongo-wire server."""
     return StackConfig(
         data_dir=data_dir,
         ports=StackPorts(
             gateway=free_port(),
+            nats=free_port(),
             grpc_base=free_port_block(len(SERVICES)),
             metrics_base=free_port_block(len(SERVICES)),
         ),
         server_name="laiwang.test",
         log_level="INFO",
         external_mongo_uri=mongo_uri,
-        external_nats_url=nats_url,
+        external_nats_url=None,
     )
