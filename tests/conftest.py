@@ -113,7 +113,9 @@ class RunningStack:
 
 
 @contextlib.asynccontextmanager
-async def launch_stack(mongo_uri: str, data_dir: Path, env: dict[str, str] | None = None) -> AsyncIterator[RunningStack]:
+async def launch_stack(
+    mongo_uri: str, data_dir: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[RunningStack]:
     """Start NATS, the five services and the gateway as `make run` does, with extra environment `env`.
 
     Every launch gets its own NATS server (so durable consumers of two stacks never share a
