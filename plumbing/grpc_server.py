@@ -8,6 +8,7 @@ stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -51,7 +52,23 @@ def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Request id + deadline context, logs for failures, and Prometheus metrics for every call."""
+    """Request id + deadline context, logs for failures, and Prometheus metrics for every call.
+
+    It also counts business calls in flight, so shutdown can wait for exactly those (health
+    Watch streams never end on their own and must not hold shutdown up).
+    """
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def intercept_service(
         self,
@@ -76,6 +93,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 )
                 started = time.perf_counter()
                 error: BaseException | None = None
+                self.in_flight += 1
+                self._idle.clear()
                 try:
                     return await inner(request, context)
                 except BaseException as exc:
@@ -84,6 +103,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                         log.exception("unhandled error in %s/%s", service, method)
                     raise
                 finally:
+                    self.in_flight -= 1
+                    if self.in_flight == 0:
+                        self._idle.set()
                     code = _status_of(context, error)
                     GRPC_SERVER_HANDLED.labels(service, method, code.name).inc()
                     GRPC_SERVER_LATENCY.labels(service, method).observe(time.perf_counter() - started)
@@ -111,8 +133,9 @@ class GrpcServer:
         self.host = host
         self.port = port
         self._service_names = list(service_names)
+        self._observability = ObservabilityInterceptor()
         self._server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor()],
+            interceptors=[self._observability],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it
@@ -133,6 +156,7 @@ class GrpcServer:
         except RuntimeError:
             bound = 0
         if bound == 0:
+            await self._server.stop(None)
             raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT): port already in use")
         self.port = bound
         await self._server.start()
@@ -143,9 +167,11 @@ class GrpcServer:
             await self._health.set(name, status)
 
     async def shutdown(self, grace_seconds: float) -> None:
-        """Stop taking new work (health NOT_SERVING), let in-flight calls finish, then stop."""
-        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.stop(grace_seconds)
+        """Report NOT_SERVING (load balancers stop sending), let in-flight calls finish within
+        the grace period, then stop; anything still running after it is cancelled."""
+        await self._health.enter_graceful_shutdown()
+        await self._observability.wait_idle(grace_seconds)
+        await self._server.stop(0)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -1,0 +1,135 @@
+"""The shared gRPC bootstrap: health, reflection, metrics, request ids, deadlines, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
+
+from plumbing.grpc_client import open_channel
+from plumbing.grpc_context import remaining_seconds
+from plumbing.grpc_server import GrpcServer
+from plumbing.logs import request_id_var
+from tests.support import free_port
+
+pytestmark = pytest.mark.integration
+
+SERVICE = "laiwang.test.v1.ProbeService"
+
+
+async def _wait(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await asyncio.sleep(float(request.decode() or 0))
+    return b"done"
+
+
+async def _whoami(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    remaining = remaining_seconds()
+    return f"{request_id_var.get()}|{remaining if remaining is None else round(remaining, 1)}".encode()
+
+
+async def _refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
+    return b""
+
+
+def _register(server: grpc.aio.Server) -> None:
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Wait": grpc.unary_unary_rpc_method_handler(_wait),
+                    "Whoami": grpc.unary_unary_rpc_method_handler(_whoami),
+                    "Refuse": grpc.unary_unary_rpc_method_handler(_refuse),
+                },
+            ),
+        )
+    )
+
+
+@pytest.fixture
+async def server():
+    server = GrpcServer("127.0.0.1", free_port(), [SERVICE], [_register])
+    await server.start()
+    yield server
+    await server.shutdown(0)
+
+
+def _counter(method: str, code: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "grpc_server_handled_total", {"grpc_service": SERVICE, "grpc_method": method, "grpc_code": code}
+    )
+    return value or 0.0
+
+
+async def test_health_and_reflection(server) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        async for response in responses:
+            names = {s.name for s in response.list_services_response.service}
+            break
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_metrics_count_calls_by_method_and_status(server) -> None:
+    before_ok, before_denied = _counter("Wait", "OK"), _counter("Refuse", "PERMISSION_DENIED")
+    channel = open_channel(f"127.0.0.1:{server.port}")
+    await channel.unary_unary(f"/{SERVICE}/Wait")(b"0")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{SERVICE}/Refuse")(b"")
+    await channel.close()
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _counter("Wait", "OK") == before_ok + 1
+    assert _counter("Refuse", "PERMISSION_DENIED") == before_denied + 1
+    labels = {"grpc_service": SERVICE, "grpc_method": "Wait"}
+    count = REGISTRY.get_sample_value("grpc_server_handling_seconds_count", labels)
+    assert count and count >= 1
+
+
+async def test_request_id_and_deadline_travel_downstream(server) -> None:
+    channel = open_channel(f"127.0.0.1:{server.port}")
+    token = request_id_var.set("req-42")
+    try:
+        reply = await channel.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=3.0)
+    finally:
+        request_id_var.reset(token)
+        await channel.close()
+    request_id, remaining = reply.decode().split("|")
+    assert request_id == "req-42"
+    assert 2.0 < float(remaining) <= 3.0
+
+
+async def test_shutdown_flips_health_and_drains_in_flight_calls() -> None:
+    server = GrpcServer("127.0.0.1", free_port(), [SERVICE], [_register])
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+    in_flight = asyncio.ensure_future(channel.unary_unary(f"/{SERVICE}/Wait")(b"0.6"))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    stopping = asyncio.create_task(server.shutdown(grace_seconds=5))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await in_flight == b"done"  # the call that was running finished normally
+    await stopping
+    assert time.monotonic() - started < 4  # stopped once drained, not at the end of the grace period
+    await channel.close()
+
+
+async def test_a_taken_port_is_a_clear_startup_error(server) -> None:
+    from plumbing.errors import StartupError
+
+    second = GrpcServer("127.0.0.1", server.port, [SERVICE], [_register])
+    with pytest.raises(StartupError, match=rf"127.0.0.1:{server.port} \(GRPC_PORT\): port already in use"):
+        await second.start()
