@@ -34,12 +34,18 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 
 async def connect_nats(url: str, name: str, timeout_seconds: float = 5.0) -> NatsClient:
     """Connect (reconnecting forever afterwards), or fail with a one-line StartupError naming NATS_URL."""
+    connected = False
+    last_error: list[str] = []
 
-    async def _quiet_error(exc: Exception) -> None:
-        log.warning("nats: %s", exc)
+    async def on_error(exc: Exception) -> None:
+        # Before the first connection the failure is reported once, as the start-up error.
+        if connected:
+            log.warning("nats: %s", exc)
+        else:
+            last_error[:] = [str(exc) or type(exc).__name__]
 
     try:
-        return await asyncio.wait_for(
+        client = await asyncio.wait_for(
             nats.connect(
                 url,
                 name=name,
@@ -47,12 +53,15 @@ async def connect_nats(url: str, name: str, timeout_seconds: float = 5.0) -> Nat
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
-                error_cb=_quiet_error,
+                error_cb=on_error,
             ),
             timeout_seconds,
         )
     except (NoServersError, OSError, TimeoutError, NatsTimeoutError) as exc:
-        raise StartupError(f"cannot reach NATS at {url} (NATS_URL): {exc or 'no answer'}") from None
+        reason = last_error[0] if last_error else (str(exc) or "no answer")
+        raise StartupError(f"cannot reach NATS at {url} (NATS_URL): {reason}") from None
+    connected = True
+    return client
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
