@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from laiwang.contacts.v1 import contacts_pb2 as laiwang_dot_contacts_dot_v1_dot_contacts__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -33,14 +34,373 @@ class ContactsServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetHashDetails = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/GetHashDetails',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetHashDetailsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetHashDetailsResponse.FromString,
+                _registered_method=True)
+        self.RotatePepper = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/RotatePepper',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RotatePepperRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RotatePepperResponse.FromString,
+                _registered_method=True)
+        self.UploadContacts = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/UploadContacts',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UploadContactsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UploadContactsResponse.FromString,
+                _registered_method=True)
+        self.LookupHashes = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/LookupHashes',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.LookupHashesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.LookupHashesResponse.FromString,
+                _registered_method=True)
+        self.ListMatches = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/ListMatches',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMatchesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMatchesResponse.FromString,
+                _registered_method=True)
+        self.GetDiscoverability = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/GetDiscoverability',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetDiscoverabilityRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetDiscoverabilityResponse.FromString,
+                _registered_method=True)
+        self.SetDiscoverability = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/SetDiscoverability',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SetDiscoverabilityRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SetDiscoverabilityResponse.FromString,
+                _registered_method=True)
+        self.ListSuggestions = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/ListSuggestions',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListSuggestionsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListSuggestionsResponse.FromString,
+                _registered_method=True)
+        self.DismissSuggestion = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/DismissSuggestion',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DismissSuggestionRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DismissSuggestionResponse.FromString,
+                _registered_method=True)
+        self.SearchDirectory = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/SearchDirectory',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SearchDirectoryRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SearchDirectoryResponse.FromString,
+                _registered_method=True)
+        self.SendFriendRequest = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/SendFriendRequest',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SendFriendRequestRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SendFriendRequestResponse.FromString,
+                _registered_method=True)
+        self.AcceptFriendRequest = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/AcceptFriendRequest',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AcceptFriendRequestRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AcceptFriendRequestResponse.FromString,
+                _registered_method=True)
+        self.DeclineFriendRequest = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/DeclineFriendRequest',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DeclineFriendRequestRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DeclineFriendRequestResponse.FromString,
+                _registered_method=True)
+        self.ListFriendRequests = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/ListFriendRequests',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendRequestsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendRequestsResponse.FromString,
+                _registered_method=True)
+        self.RemoveFriend = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/RemoveFriend',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RemoveFriendRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RemoveFriendResponse.FromString,
+                _registered_method=True)
+        self.ListFriends = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/ListFriends',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendsResponse.FromString,
+                _registered_method=True)
+        self.GetRelationship = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/GetRelationship',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetRelationshipRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetRelationshipResponse.FromString,
+                _registered_method=True)
+        self.AreFriends = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/AreFriends',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AreFriendsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AreFriendsResponse.FromString,
+                _registered_method=True)
+        self.ListMutualFriends = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/ListMutualFriends',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMutualFriendsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMutualFriendsResponse.FromString,
+                _registered_method=True)
+        self.BlockUser = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/BlockUser',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.BlockUserRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.BlockUserResponse.FromString,
+                _registered_method=True)
+        self.UnblockUser = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/UnblockUser',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UnblockUserRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UnblockUserResponse.FromString,
+                _registered_method=True)
+        self.ListBlocks = channel.unary_unary(
+                '/laiwang.contacts.v1.ContactsService/ListBlocks',
+                request_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListBlocksRequest.SerializeToString,
+                response_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListBlocksResponse.FromString,
+                _registered_method=True)
 
 
 class ContactsServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def GetHashDetails(self, request, context):
+        """Address book: plain numbers (normalised to E.164 here) or Matrix IS v2 hashes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotatePepper(self, request, context):
+        """Operators (and tests): start a new pepper generation now instead of waiting for the schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadContacts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupHashes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMatches(self, request, context):
+        """Registered users in the caller's stored address book that may be revealed to the caller now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDiscoverability(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDiscoverability(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSuggestions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DismissSuggestion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchDirectory(self, request, context):
+        """The Matrix user directory: friends and address-book matches only, never everyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendFriendRequest(self, request, context):
+        """Friends (熟人).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptFriendRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineFriendRequest(self, request, context):
+        """Declines an incoming request or withdraws an outgoing one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFriendRequests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveFriend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFriends(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRelationship(self, request, context):
+        """Friendship, blocks and mutual friends of two users; for other services (zhadui, messaging).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AreFriends(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMutualFriends(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlockUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnblockUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBlocks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContactsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetHashDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHashDetails,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetHashDetailsRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetHashDetailsResponse.SerializeToString,
+            ),
+            'RotatePepper': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotatePepper,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RotatePepperRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RotatePepperResponse.SerializeToString,
+            ),
+            'UploadContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadContacts,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UploadContactsRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UploadContactsResponse.SerializeToString,
+            ),
+            'LookupHashes': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupHashes,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.LookupHashesRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.LookupHashesResponse.SerializeToString,
+            ),
+            'ListMatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMatches,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMatchesRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMatchesResponse.SerializeToString,
+            ),
+            'GetDiscoverability': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDiscoverability,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetDiscoverabilityRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetDiscoverabilityResponse.SerializeToString,
+            ),
+            'SetDiscoverability': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDiscoverability,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SetDiscoverabilityRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SetDiscoverabilityResponse.SerializeToString,
+            ),
+            'ListSuggestions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSuggestions,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListSuggestionsRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListSuggestionsResponse.SerializeToString,
+            ),
+            'DismissSuggestion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DismissSuggestion,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DismissSuggestionRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DismissSuggestionResponse.SerializeToString,
+            ),
+            'SearchDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchDirectory,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SearchDirectoryRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SearchDirectoryResponse.SerializeToString,
+            ),
+            'SendFriendRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendFriendRequest,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SendFriendRequestRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SendFriendRequestResponse.SerializeToString,
+            ),
+            'AcceptFriendRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptFriendRequest,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AcceptFriendRequestRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AcceptFriendRequestResponse.SerializeToString,
+            ),
+            'DeclineFriendRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineFriendRequest,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DeclineFriendRequestRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DeclineFriendRequestResponse.SerializeToString,
+            ),
+            'ListFriendRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFriendRequests,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendRequestsRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendRequestsResponse.SerializeToString,
+            ),
+            'RemoveFriend': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveFriend,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RemoveFriendRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RemoveFriendResponse.SerializeToString,
+            ),
+            'ListFriends': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFriends,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendsRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendsResponse.SerializeToString,
+            ),
+            'GetRelationship': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRelationship,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetRelationshipRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetRelationshipResponse.SerializeToString,
+            ),
+            'AreFriends': grpc.unary_unary_rpc_method_handler(
+                    servicer.AreFriends,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AreFriendsRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AreFriendsResponse.SerializeToString,
+            ),
+            'ListMutualFriends': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMutualFriends,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMutualFriendsRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMutualFriendsResponse.SerializeToString,
+            ),
+            'BlockUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlockUser,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.BlockUserRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.BlockUserResponse.SerializeToString,
+            ),
+            'UnblockUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnblockUser,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UnblockUserRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UnblockUserResponse.SerializeToString,
+            ),
+            'ListBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBlocks,
+                    request_deserializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListBlocksRequest.FromString,
+                    response_serializer=laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListBlocksResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'laiwang.contacts.v1.ContactsService', rpc_method_handlers)
@@ -51,3 +411,597 @@ def add_ContactsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ContactsService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetHashDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/GetHashDetails',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetHashDetailsRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetHashDetailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotatePepper(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/RotatePepper',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RotatePepperRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RotatePepperResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/UploadContacts',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UploadContactsRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UploadContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupHashes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/LookupHashes',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.LookupHashesRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.LookupHashesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/ListMatches',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMatchesRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDiscoverability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/GetDiscoverability',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetDiscoverabilityRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetDiscoverabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDiscoverability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/SetDiscoverability',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SetDiscoverabilityRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SetDiscoverabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSuggestions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/ListSuggestions',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListSuggestionsRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListSuggestionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DismissSuggestion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/DismissSuggestion',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DismissSuggestionRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DismissSuggestionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/SearchDirectory',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SearchDirectoryRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SearchDirectoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendFriendRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/SendFriendRequest',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SendFriendRequestRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.SendFriendRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptFriendRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/AcceptFriendRequest',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AcceptFriendRequestRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AcceptFriendRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineFriendRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/DeclineFriendRequest',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DeclineFriendRequestRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.DeclineFriendRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFriendRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/ListFriendRequests',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendRequestsRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveFriend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/RemoveFriend',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RemoveFriendRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.RemoveFriendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFriends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/ListFriends',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendsRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListFriendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRelationship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/GetRelationship',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetRelationshipRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.GetRelationshipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AreFriends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/AreFriends',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AreFriendsRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.AreFriendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMutualFriends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/ListMutualFriends',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMutualFriendsRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListMutualFriendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlockUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/BlockUser',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.BlockUserRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.BlockUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnblockUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/UnblockUser',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UnblockUserRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.UnblockUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.contacts.v1.ContactsService/ListBlocks',
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListBlocksRequest.SerializeToString,
+            laiwang_dot_contacts_dot_v1_dot_contacts__pb2.ListBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'laiwang/events/v1/contacts_events.proto\x12\x11laiwang.events.v1\"[\n\x11\x46riendshipCreated\x12\x0e\n\x06user_a\x18\x01 \x01(\t\x12\x0e\n\x06user_b\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x04 \x01(\x03\"[\n\x11\x46riendshipRemoved\x12\x0e\n\x06user_a\x18\x01 \x01(\t\x12\x0e\n\x06user_b\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rremoved_at_ms\x18\x04 \x01(\x03\"W\n\x0bUserBlocked\x12\x0f\n\x07\x62locker\x18\x01 \x01(\t\x12\x0f\n\x07\x62locked\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rblocked_at_ms\x18\x04 \x01(\x03\"[\n\rUserUnblocked\x12\x0f\n\x07\x62locker\x18\x01 \x01(\t\x12\x0f\n\x07\x62locked\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x17\n\x0funblocked_at_ms\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'laiwang/events/v1/contacts_events.proto\x12\x11laiwang.events.v1\"d\n\tPairState\x12\x0e\n\x06user_a\x18\x01 \x01(\t\x12\x0e\n\x06user_b\x18\x02 \x01(\t\x12\x0f\n\x07\x66riends\x18\x03 \x01(\x08\x12\x12\n\na_blocks_b\x18\x04 \x01(\x08\x12\x12\n\nb_blocks_a\x18\x05 \x01(\x08\"\x88\x01\n\x11\x46riendshipCreated\x12\x0e\n\x06user_a\x18\x01 \x01(\t\x12\x0e\n\x06user_b\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x04 \x01(\x03\x12+\n\x05state\x18\x05 \x01(\x0b\x32\x1c.laiwang.events.v1.PairState\"\x88\x01\n\x11\x46riendshipRemoved\x12\x0e\n\x06user_a\x18\x01 \x01(\t\x12\x0e\n\x06user_b\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rremoved_at_ms\x18\x04 \x01(\x03\x12+\n\x05state\x18\x05 \x01(\x0b\x32\x1c.laiwang.events.v1.PairState\"\x84\x01\n\x0bUserBlocked\x12\x0f\n\x07\x62locker\x18\x01 \x01(\t\x12\x0f\n\x07\x62locked\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rblocked_at_ms\x18\x04 \x01(\x03\x12+\n\x05state\x18\x05 \x01(\x0b\x32\x1c.laiwang.events.v1.PairState\"\x88\x01\n\rUserUnblocked\x12\x0f\n\x07\x62locker\x18\x01 \x01(\t\x12\x0f\n\x07\x62locked\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x17\n\x0funblocked_at_ms\x18\x04 \x01(\x03\x12+\n\x05state\x18\x05 \x01(\x0b\x32\x1c.laiwang.events.v1.PairStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'laiwang.events.v1.contacts_events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRIENDSHIPCREATED']._serialized_start=62
-  _globals['_FRIENDSHIPCREATED']._serialized_end=153
-  _globals['_FRIENDSHIPREMOVED']._serialized_start=155
-  _globals['_FRIENDSHIPREMOVED']._serialized_end=246
-  _globals['_USERBLOCKED']._serialized_start=248
-  _globals['_USERBLOCKED']._serialized_end=335
-  _globals['_USERUNBLOCKED']._serialized_start=337
-  _globals['_USERUNBLOCKED']._serialized_end=428
+  _globals['_PAIRSTATE']._serialized_start=62
+  _globals['_PAIRSTATE']._serialized_end=162
+  _globals['_FRIENDSHIPCREATED']._serialized_start=165
+  _globals['_FRIENDSHIPCREATED']._serialized_end=301
+  _globals['_FRIENDSHIPREMOVED']._serialized_start=304
+  _globals['_FRIENDSHIPREMOVED']._serialized_end=440
+  _globals['_USERBLOCKED']._serialized_start=443
+  _globals['_USERBLOCKED']._serialized_end=575
+  _globals['_USERUNBLOCKED']._serialized_start=578
+  _globals['_USERUNBLOCKED']._serialized_end=714
 # @@protoc_insertion_point(module_scope)

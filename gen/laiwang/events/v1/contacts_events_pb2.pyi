@@ -6,6 +6,10 @@ Messaging and zhadui keep their own projections of the friend graph from these. 
 may be delivered more than once, and a consumer may see an older event after a newer one, so
 each carries `version`: a per-pair counter that only grows; a consumer ignores an event whose
 version is not newer than what it has for that pair.
+
+Each event also carries `state`: the pair's whole relationship after the change, so a
+consumer that keeps one version per pair can apply whichever event is newest on its own.
+`user_a` / `user_b` are ordered (user_a < user_b); a block names blocker and blocked.
 """
 
 from google.protobuf import descriptor as _descriptor
@@ -22,6 +26,39 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class PairState(_message.Message):
+    """The relationship of two users after a change (user_a < user_b)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_A_FIELD_NUMBER: _builtins.int
+    USER_B_FIELD_NUMBER: _builtins.int
+    FRIENDS_FIELD_NUMBER: _builtins.int
+    A_BLOCKS_B_FIELD_NUMBER: _builtins.int
+    B_BLOCKS_A_FIELD_NUMBER: _builtins.int
+    user_a: _builtins.str
+    user_b: _builtins.str
+    friends: _builtins.bool
+    a_blocks_b: _builtins.bool
+    b_blocks_a: _builtins.bool
+    def __init__(
+        self,
+        *,
+        user_a: _builtins.str = ...,
+        user_b: _builtins.str = ...,
+        friends: _builtins.bool = ...,
+        a_blocks_b: _builtins.bool = ...,
+        b_blocks_a: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a_blocks_b", b"a_blocks_b", "b_blocks_a", b"b_blocks_a", "friends", b"friends", "user_a", b"user_a", "user_b", b"user_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairState: _TypeAlias = PairState  # noqa: Y015
+
+@_typing.final
 class FriendshipCreated(_message.Message):
     """Subject: laiwang.contacts.friendship_created"""
 
@@ -31,10 +68,13 @@ class FriendshipCreated(_message.Message):
     USER_B_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     user_a: _builtins.str
     user_b: _builtins.str
     version: _builtins.int
     created_at_ms: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___PairState: ...
     def __init__(
         self,
         *,
@@ -42,10 +82,11 @@ class FriendshipCreated(_message.Message):
         user_b: _builtins.str = ...,
         version: _builtins.int = ...,
         created_at_ms: _builtins.int = ...,
+        state: Global___PairState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "user_a", b"user_a", "user_b", b"user_b", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "state", b"state", "user_a", b"user_a", "user_b", b"user_b", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -61,10 +102,13 @@ class FriendshipRemoved(_message.Message):
     USER_B_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     REMOVED_AT_MS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     user_a: _builtins.str
     user_b: _builtins.str
     version: _builtins.int
     removed_at_ms: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___PairState: ...
     def __init__(
         self,
         *,
@@ -72,10 +116,11 @@ class FriendshipRemoved(_message.Message):
         user_b: _builtins.str = ...,
         version: _builtins.int = ...,
         removed_at_ms: _builtins.int = ...,
+        state: Global___PairState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_at_ms", b"removed_at_ms", "user_a", b"user_a", "user_b", b"user_b", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_at_ms", b"removed_at_ms", "state", b"state", "user_a", b"user_a", "user_b", b"user_b", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -93,10 +138,13 @@ class UserBlocked(_message.Message):
     BLOCKED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     BLOCKED_AT_MS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     blocker: _builtins.str
     blocked: _builtins.str
     version: _builtins.int
     blocked_at_ms: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___PairState: ...
     def __init__(
         self,
         *,
@@ -104,10 +152,11 @@ class UserBlocked(_message.Message):
         blocked: _builtins.str = ...,
         version: _builtins.int = ...,
         blocked_at_ms: _builtins.int = ...,
+        state: Global___PairState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocked_at_ms", b"blocked_at_ms", "blocker", b"blocker", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocked_at_ms", b"blocked_at_ms", "blocker", b"blocker", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,10 +172,13 @@ class UserUnblocked(_message.Message):
     BLOCKED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     UNBLOCKED_AT_MS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     blocker: _builtins.str
     blocked: _builtins.str
     version: _builtins.int
     unblocked_at_ms: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___PairState: ...
     def __init__(
         self,
         *,
@@ -134,10 +186,11 @@ class UserUnblocked(_message.Message):
         blocked: _builtins.str = ...,
         version: _builtins.int = ...,
         unblocked_at_ms: _builtins.int = ...,
+        state: Global___PairState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocker", b"blocker", "unblocked_at_ms", b"unblocked_at_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocker", b"blocker", "state", b"state", "unblocked_at_ms", b"unblocked_at_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

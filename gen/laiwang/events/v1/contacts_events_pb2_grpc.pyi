@@ -6,6 +6,10 @@ Messaging and zhadui keep their own projections of the friend graph from these. 
 may be delivered more than once, and a consumer may see an older event after a newer one, so
 each carries `version`: a per-pair counter that only grows; a consumer ignores an event whose
 version is not newer than what it has for that pair.
+
+Each event also carries `state`: the pair's whole relationship after the change, so a
+consumer that keeps one version per pair can apply whichever event is newest on its own.
+`user_a` / `user_b` are ordered (user_a < user_b); a block names blocker and blocked.
 """
 
 from collections import abc as _abc
