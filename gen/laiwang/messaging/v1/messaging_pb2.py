@@ -24,13 +24,75 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$laiwang/messaging/v1/messaging.proto\x12\x14laiwang.messaging.v12\x12\n\x10MessagingServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$laiwang/messaging/v1/messaging.proto\x12\x14laiwang.messaging.v1\"/\n\tRequester\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"Z\n\x11\x43reateRoomRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x11\n\tbody_json\x18\x02 \x01(\x0c\"%\n\x12\x43reateRoomResponse\x12\x0f\n\x07room_id\x18\x01 \x01(\t\"\xbe\x01\n\x17\x43hangeMembershipRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x36\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32&.laiwang.messaging.v1.MembershipAction\x12\x16\n\x0etarget_user_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\",\n\x18\x43hangeMembershipResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\x91\x01\n\x10SendEventRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x0e\n\x06txn_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_json\x18\x05 \x01(\x0c\"%\n\x11SendEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\x93\x01\n\x0fSetStateRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x11\n\tstate_key\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_json\x18\x05 \x01(\x0c\"$\n\x10SetStateResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\x86\x01\n\rRedactRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0e\n\x06txn_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\"\n\x0eRedactResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\x8d\x01\n\x0fGetStateRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x11\n\tstate_key\x18\x04 \x01(\t\x12\x0e\n\x06single\x18\x05 \x01(\x08\"%\n\x10GetStateResponse\x12\x11\n\tbody_json\x18\x01 \x01(\x0c\"X\n\x11GetMembersRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\"\'\n\x12GetMembersResponse\x12\x11\n\tbody_json\x18\x01 \x01(\x0c\"H\n\x12JoinedRoomsRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\"\'\n\x13JoinedRoomsResponse\x12\x10\n\x08room_ids\x18\x01 \x03(\t\"\x92\x01\n\x0bSyncRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\r\n\x05since\x18\x02 \x01(\t\x12\x16\n\x0etimeline_limit\x18\x03 \x01(\x05\x12\x12\n\nfull_state\x18\x04 \x01(\x08\x12\x14\n\x0cmin_position\x18\x05 \x01(\x03\"J\n\x0cSyncResponse\x12\x11\n\tbody_json\x18\x01 \x01(\x0c\x12\x12\n\nnext_batch\x18\x02 \x01(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\"\x8c\x01\n\x0fMessagesRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x0c\n\x04\x66rom\x18\x03 \x01(\t\x12\n\n\x02to\x18\x04 \x01(\t\x12\x0b\n\x03\x64ir\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\x05\"%\n\x10MessagesResponse\x12\x11\n\tbody_json\x18\x01 \x01(\x0c\"\x81\x01\n\x12SendReceiptRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x14\n\x0creceipt_type\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"\x15\n\x13SendReceiptResponse\"{\n\x10SetTypingRequest\x12\x32\n\trequester\x18\x01 \x01(\x0b\x32\x1f.laiwang.messaging.v1.Requester\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x0e\n\x06typing\x18\x03 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x05\"\x13\n\x11SetTypingResponse\"\x81\x01\n\x18ServiceCreateRoomRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x17\n\x0f\x63reator_user_id\x18\x02 \x01(\t\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05topic\x18\x05 \x01(\t\x12\x0e\n\x06invite\x18\x06 \x03(\t\",\n\x19ServiceCreateRoomResponse\x12\x0f\n\x07room_id\x18\x01 \x01(\t\"\x96\x01\n\x1bServiceSetMembershipRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x34\n\nmembership\x18\x04 \x01(\x0e\x32 .laiwang.messaging.v1.Membership\x12\x0e\n\x06reason\x18\x05 \x01(\t\"0\n\x1cServiceSetMembershipResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*\xe0\x01\n\x10MembershipAction\x12!\n\x1dMEMBERSHIP_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18MEMBERSHIP_ACTION_INVITE\x10\x01\x12\x1a\n\x16MEMBERSHIP_ACTION_JOIN\x10\x02\x12\x1b\n\x17MEMBERSHIP_ACTION_LEAVE\x10\x03\x12\x1a\n\x16MEMBERSHIP_ACTION_KICK\x10\x04\x12\x19\n\x15MEMBERSHIP_ACTION_BAN\x10\x05\x12\x1b\n\x17MEMBERSHIP_ACTION_UNBAN\x10\x06*~\n\nMembership\x12\x1a\n\x16MEMBERSHIP_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMBERSHIP_INVITE\x10\x01\x12\x13\n\x0fMEMBERSHIP_JOIN\x10\x02\x12\x14\n\x10MEMBERSHIP_LEAVE\x10\x03\x12\x12\n\x0eMEMBERSHIP_BAN\x10\x04\x32\xf5\n\n\x10MessagingService\x12_\n\nCreateRoom\x12\'.laiwang.messaging.v1.CreateRoomRequest\x1a(.laiwang.messaging.v1.CreateRoomResponse\x12q\n\x10\x43hangeMembership\x12-.laiwang.messaging.v1.ChangeMembershipRequest\x1a..laiwang.messaging.v1.ChangeMembershipResponse\x12\\\n\tSendEvent\x12&.laiwang.messaging.v1.SendEventRequest\x1a\'.laiwang.messaging.v1.SendEventResponse\x12Y\n\x08SetState\x12%.laiwang.messaging.v1.SetStateRequest\x1a&.laiwang.messaging.v1.SetStateResponse\x12S\n\x06Redact\x12#.laiwang.messaging.v1.RedactRequest\x1a$.laiwang.messaging.v1.RedactResponse\x12Y\n\x08GetState\x12%.laiwang.messaging.v1.GetStateRequest\x1a&.laiwang.messaging.v1.GetStateResponse\x12_\n\nGetMembers\x12\'.laiwang.messaging.v1.GetMembersRequest\x1a(.laiwang.messaging.v1.GetMembersResponse\x12\x62\n\x0bJoinedRooms\x12(.laiwang.messaging.v1.JoinedRoomsRequest\x1a).laiwang.messaging.v1.JoinedRoomsResponse\x12M\n\x04Sync\x12!.laiwang.messaging.v1.SyncRequest\x1a\".laiwang.messaging.v1.SyncResponse\x12Y\n\x08Messages\x12%.laiwang.messaging.v1.MessagesRequest\x1a&.laiwang.messaging.v1.MessagesResponse\x12\x62\n\x0bSendReceipt\x12(.laiwang.messaging.v1.SendReceiptRequest\x1a).laiwang.messaging.v1.SendReceiptResponse\x12\\\n\tSetTyping\x12&.laiwang.messaging.v1.SetTypingRequest\x1a\'.laiwang.messaging.v1.SetTypingResponse\x12t\n\x11ServiceCreateRoom\x12..laiwang.messaging.v1.ServiceCreateRoomRequest\x1a/.laiwang.messaging.v1.ServiceCreateRoomResponse\x12}\n\x14ServiceSetMembership\x12\x31.laiwang.messaging.v1.ServiceSetMembershipRequest\x1a\x32.laiwang.messaging.v1.ServiceSetMembershipResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'laiwang.messaging.v1.messaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGINGSERVICE']._serialized_start=62
-  _globals['_MESSAGINGSERVICE']._serialized_end=80
+  _globals['_MEMBERSHIPACTION']._serialized_start=2548
+  _globals['_MEMBERSHIPACTION']._serialized_end=2772
+  _globals['_MEMBERSHIP']._serialized_start=2774
+  _globals['_MEMBERSHIP']._serialized_end=2900
+  _globals['_REQUESTER']._serialized_start=62
+  _globals['_REQUESTER']._serialized_end=109
+  _globals['_CREATEROOMREQUEST']._serialized_start=111
+  _globals['_CREATEROOMREQUEST']._serialized_end=201
+  _globals['_CREATEROOMRESPONSE']._serialized_start=203
+  _globals['_CREATEROOMRESPONSE']._serialized_end=240
+  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_start=243
+  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_end=433
+  _globals['_CHANGEMEMBERSHIPRESPONSE']._serialized_start=435
+  _globals['_CHANGEMEMBERSHIPRESPONSE']._serialized_end=479
+  _globals['_SENDEVENTREQUEST']._serialized_start=482
+  _globals['_SENDEVENTREQUEST']._serialized_end=627
+  _globals['_SENDEVENTRESPONSE']._serialized_start=629
+  _globals['_SENDEVENTRESPONSE']._serialized_end=666
+  _globals['_SETSTATEREQUEST']._serialized_start=669
+  _globals['_SETSTATEREQUEST']._serialized_end=816
+  _globals['_SETSTATERESPONSE']._serialized_start=818
+  _globals['_SETSTATERESPONSE']._serialized_end=854
+  _globals['_REDACTREQUEST']._serialized_start=857
+  _globals['_REDACTREQUEST']._serialized_end=991
+  _globals['_REDACTRESPONSE']._serialized_start=993
+  _globals['_REDACTRESPONSE']._serialized_end=1027
+  _globals['_GETSTATEREQUEST']._serialized_start=1030
+  _globals['_GETSTATEREQUEST']._serialized_end=1171
+  _globals['_GETSTATERESPONSE']._serialized_start=1173
+  _globals['_GETSTATERESPONSE']._serialized_end=1210
+  _globals['_GETMEMBERSREQUEST']._serialized_start=1212
+  _globals['_GETMEMBERSREQUEST']._serialized_end=1300
+  _globals['_GETMEMBERSRESPONSE']._serialized_start=1302
+  _globals['_GETMEMBERSRESPONSE']._serialized_end=1341
+  _globals['_JOINEDROOMSREQUEST']._serialized_start=1343
+  _globals['_JOINEDROOMSREQUEST']._serialized_end=1415
+  _globals['_JOINEDROOMSRESPONSE']._serialized_start=1417
+  _globals['_JOINEDROOMSRESPONSE']._serialized_end=1456
+  _globals['_SYNCREQUEST']._serialized_start=1459
+  _globals['_SYNCREQUEST']._serialized_end=1605
+  _globals['_SYNCRESPONSE']._serialized_start=1607
+  _globals['_SYNCRESPONSE']._serialized_end=1681
+  _globals['_MESSAGESREQUEST']._serialized_start=1684
+  _globals['_MESSAGESREQUEST']._serialized_end=1824
+  _globals['_MESSAGESRESPONSE']._serialized_start=1826
+  _globals['_MESSAGESRESPONSE']._serialized_end=1863
+  _globals['_SENDRECEIPTREQUEST']._serialized_start=1866
+  _globals['_SENDRECEIPTREQUEST']._serialized_end=1995
+  _globals['_SENDRECEIPTRESPONSE']._serialized_start=1997
+  _globals['_SENDRECEIPTRESPONSE']._serialized_end=2018
+  _globals['_SETTYPINGREQUEST']._serialized_start=2020
+  _globals['_SETTYPINGREQUEST']._serialized_end=2143
+  _globals['_SETTYPINGRESPONSE']._serialized_start=2145
+  _globals['_SETTYPINGRESPONSE']._serialized_end=2164
+  _globals['_SERVICECREATEROOMREQUEST']._serialized_start=2167
+  _globals['_SERVICECREATEROOMREQUEST']._serialized_end=2296
+  _globals['_SERVICECREATEROOMRESPONSE']._serialized_start=2298
+  _globals['_SERVICECREATEROOMRESPONSE']._serialized_end=2342
+  _globals['_SERVICESETMEMBERSHIPREQUEST']._serialized_start=2345
+  _globals['_SERVICESETMEMBERSHIPREQUEST']._serialized_end=2495
+  _globals['_SERVICESETMEMBERSHIPRESPONSE']._serialized_start=2497
+  _globals['_SERVICESETMEMBERSHIPRESPONSE']._serialized_end=2545
+  _globals['_MESSAGINGSERVICE']._serialized_start=2903
+  _globals['_MESSAGINGSERVICE']._serialized_end=4300
 # @@protoc_insertion_point(module_scope)

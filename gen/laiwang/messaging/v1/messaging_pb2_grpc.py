@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from laiwang.messaging.v1 import messaging_pb2 as laiwang_dot_messaging_dot_v1_dot_messaging__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,7 +26,8 @@ if _version_not_supported:
 
 
 class MessagingServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """--- Called by the gateway on behalf of an authenticated user. ---
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -33,14 +35,251 @@ class MessagingServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateRoom = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/CreateRoom',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.CreateRoomRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.CreateRoomResponse.FromString,
+                _registered_method=True)
+        self.ChangeMembership = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/ChangeMembership',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangeMembershipRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangeMembershipResponse.FromString,
+                _registered_method=True)
+        self.SendEvent = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/SendEvent',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendEventRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendEventResponse.FromString,
+                _registered_method=True)
+        self.SetState = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/SetState',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetStateRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetStateResponse.FromString,
+                _registered_method=True)
+        self.Redact = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/Redact',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.RedactRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.RedactResponse.FromString,
+                _registered_method=True)
+        self.GetState = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetState',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetStateRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetStateResponse.FromString,
+                _registered_method=True)
+        self.GetMembers = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetMembers',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetMembersRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetMembersResponse.FromString,
+                _registered_method=True)
+        self.JoinedRooms = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/JoinedRooms',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.JoinedRoomsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.JoinedRoomsResponse.FromString,
+                _registered_method=True)
+        self.Sync = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/Sync',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SyncRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SyncResponse.FromString,
+                _registered_method=True)
+        self.Messages = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/Messages',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.MessagesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.MessagesResponse.FromString,
+                _registered_method=True)
+        self.SendReceipt = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/SendReceipt',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendReceiptRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendReceiptResponse.FromString,
+                _registered_method=True)
+        self.SetTyping = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/SetTyping',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.FromString,
+                _registered_method=True)
+        self.ServiceCreateRoom = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/ServiceCreateRoom',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomResponse.FromString,
+                _registered_method=True)
+        self.ServiceSetMembership = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/ServiceSetMembership',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceSetMembershipRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceSetMembershipResponse.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """--- Called by the gateway on behalf of an authenticated user. ---
+    """
+
+    def CreateRoom(self, request, context):
+        """Matrix createRoom; `body_json` is the client's request body (preset, is_direct, invite,
+        name, topic, initial_state, power_level_content_override).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeMembership(self, request, context):
+        """invite, join, leave, kick, ban, unban.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendEvent(self, request, context):
+        """A non-state event. A repeated (user, device, txn_id) returns the original event id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMembers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinedRooms(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sync(self, request, context):
+        """One sync computation (never waits); the gateway does the long-poll and calls again when
+        woken on the user's wake subject (see plumbing/streams.py `wake_subject`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Messages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendReceipt(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTyping(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServiceCreateRoom(self, request, context):
+        """--- Service-only: for trusted services (zhadui), never exposed by the gateway. ---
+        They bypass the invite policy (friends-only) because the calling service decides membership.
+
+        Create a room owned by `creator_user_id` (who joins and becomes admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServiceSetMembership(self, request, context):
+        """Put `user_id` into `membership` in `room_id`. join/leave are sent as the user themself;
+        invite/ban are sent as the room's creator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRoom,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.CreateRoomRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.CreateRoomResponse.SerializeToString,
+            ),
+            'ChangeMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeMembership,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangeMembershipRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangeMembershipResponse.SerializeToString,
+            ),
+            'SendEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendEvent,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendEventRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendEventResponse.SerializeToString,
+            ),
+            'SetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetState,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetStateRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetStateResponse.SerializeToString,
+            ),
+            'Redact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redact,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.RedactRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.RedactResponse.SerializeToString,
+            ),
+            'GetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetState,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetStateRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetStateResponse.SerializeToString,
+            ),
+            'GetMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMembers,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetMembersRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetMembersResponse.SerializeToString,
+            ),
+            'JoinedRooms': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinedRooms,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.JoinedRoomsRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.JoinedRoomsResponse.SerializeToString,
+            ),
+            'Sync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sync,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SyncRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SyncResponse.SerializeToString,
+            ),
+            'Messages': grpc.unary_unary_rpc_method_handler(
+                    servicer.Messages,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.MessagesRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.MessagesResponse.SerializeToString,
+            ),
+            'SendReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendReceipt,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendReceiptRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendReceiptResponse.SerializeToString,
+            ),
+            'SetTyping': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTyping,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.SerializeToString,
+            ),
+            'ServiceCreateRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServiceCreateRoom,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomResponse.SerializeToString,
+            ),
+            'ServiceSetMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServiceSetMembership,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceSetMembershipRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceSetMembershipResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'laiwang.messaging.v1.MessagingService', rpc_method_handlers)
@@ -50,4 +289,383 @@ def add_MessagingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MessagingService:
-    """Missing associated documentation comment in .proto file."""
+    """--- Called by the gateway on behalf of an authenticated user. ---
+    """
+
+    @staticmethod
+    def CreateRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/CreateRoom',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.CreateRoomRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.CreateRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/ChangeMembership',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangeMembershipRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangeMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/SendEvent',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendEventRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/SetState',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetStateRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/Redact',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.RedactRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.RedactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetState',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetStateRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetMembers',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetMembersRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinedRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/JoinedRooms',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.JoinedRoomsRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.JoinedRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/Sync',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SyncRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Messages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/Messages',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.MessagesRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.MessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/SendReceipt',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendReceiptRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SendReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTyping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/SetTyping',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceCreateRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/ServiceCreateRoom',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceSetMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/ServiceSetMembership',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceSetMembershipRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceSetMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
