@@ -15,10 +15,11 @@ import time
 
 from plumbing.errors import StartupError
 from plumbing.stack import SERVICES, StackConfig, check_ports_free, stack_specs
-from plumbing.supervisor import Supervisor
+from plumbing.supervisor import Supervisor, terminate_with_parent
 
 
 async def run_stack() -> None:
+    terminate_with_parent()
     config = StackConfig.from_env()
     check_ports_free(config)
     supervisor = Supervisor(stack_specs(config))

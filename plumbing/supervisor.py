@@ -26,11 +26,20 @@ Probe = Callable[[], Awaitable[bool]]
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: own process group, and SIGTERM if the supervisor dies."""
-    os.setsid()
+def terminate_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (a no-op elsewhere).
+
+    The supervisor uses it for itself (so SIGTERM to `make`, which does not forward signals,
+    still stops the stack) and for every child (so nothing outlives a killed supervisor).
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: its own process group, and SIGTERM if the supervisor dies."""
+    os.setsid()
+    terminate_with_parent()
 
 
 @dataclass
