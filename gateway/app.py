@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from gateway.config import GatewayConfig
 from gateway.downstream import Downstream
 from gateway.matrix import MatrixError, json_response
+from gateway.token_cache import TokenCache
 from plumbing.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class GatewayDeps:
     downstream: Downstream
     nats: NatsClient | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Token introspection answers, evicted by laiwang.auth.token_revoked (see gateway/session.py).
+    tokens: TokenCache = field(default_factory=TokenCache)
 
 
 DEPS_KEY = web.AppKey("deps", GatewayDeps)

@@ -39,6 +39,126 @@ class AuthServiceStub:
                 request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.IntrospectTokenRequest.SerializeToString,
                 response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.IntrospectTokenResponse.FromString,
                 _registered_method=True)
+        self.CheckUsername = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/CheckUsername',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CheckUsernameRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CheckUsernameResponse.FromString,
+                _registered_method=True)
+        self.Register = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/Register',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.FromString,
+                _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/Login',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.RefreshSession = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/RefreshSession',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RefreshSessionRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RefreshSessionResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/Logout',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
+                _registered_method=True)
+        self.LogoutAll = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/LogoutAll',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutAllRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutAllResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/ChangePassword',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.DeactivateAccount = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/DeactivateAccount',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeactivateAccountRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeactivateAccountResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/ListDevices',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.GetDevice = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/GetDevice',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetDeviceRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetDeviceResponse.FromString,
+                _registered_method=True)
+        self.UpdateDevice = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/UpdateDevice',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UpdateDeviceRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UpdateDeviceResponse.FromString,
+                _registered_method=True)
+        self.DeleteDevices = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/DeleteDevices',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeleteDevicesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeleteDevicesResponse.FromString,
+                _registered_method=True)
+        self.RequestPhoneCode = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/RequestPhoneCode',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RequestPhoneCodeRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RequestPhoneCodeResponse.FromString,
+                _registered_method=True)
+        self.SubmitPhoneCode = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/SubmitPhoneCode',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SubmitPhoneCodeRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SubmitPhoneCodeResponse.FromString,
+                _registered_method=True)
+        self.BindPhone = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/BindPhone',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.BindPhoneRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.BindPhoneResponse.FromString,
+                _registered_method=True)
+        self.UnbindPhone = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/UnbindPhone',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnbindPhoneRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnbindPhoneResponse.FromString,
+                _registered_method=True)
+        self.ListThreepids = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/ListThreepids',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListThreepidsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListThreepidsResponse.FromString,
+                _registered_method=True)
+        self.GetProfile = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/GetProfile',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetProfileRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetProfileResponse.FromString,
+                _registered_method=True)
+        self.SetProfile = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/SetProfile',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SetProfileRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SetProfileResponse.FromString,
+                _registered_method=True)
+        self.ListIdentityProviders = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/ListIdentityProviders',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListIdentityProvidersRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListIdentityProvidersResponse.FromString,
+                _registered_method=True)
+        self.StartOidc = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/StartOidc',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.StartOidcRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.StartOidcResponse.FromString,
+                _registered_method=True)
+        self.CompleteOidc = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/CompleteOidc',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CompleteOidcRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CompleteOidcResponse.FromString,
+                _registered_method=True)
+        self.ListExternalAccounts = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/ListExternalAccounts',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListExternalAccountsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListExternalAccountsResponse.FromString,
+                _registered_method=True)
+        self.UnlinkExternalAccount = channel.unary_unary(
+                '/laiwang.auth.v1.AuthService/UnlinkExternalAccount',
+                request_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnlinkExternalAccountRequest.SerializeToString,
+                response_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnlinkExternalAccountResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -52,6 +172,155 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckUsername(self, request, context):
+        """Accounts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Register(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Login(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogoutAll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeactivateAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Devices.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPhoneCode(self, request, context):
+        """Phone numbers (msisdn third-party identifiers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitPhoneCode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindPhone(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbindPhone(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThreepids(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProfile(self, request, context):
+        """Profiles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProfile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIdentityProviders(self, request, context):
+        """Linked external (OIDC) accounts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartOidc(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteOidc(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExternalAccounts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkExternalAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +328,126 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.IntrospectToken,
                     request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.IntrospectTokenRequest.FromString,
                     response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.IntrospectTokenResponse.SerializeToString,
+            ),
+            'CheckUsername': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckUsername,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CheckUsernameRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CheckUsernameResponse.SerializeToString,
+            ),
+            'Register': grpc.unary_unary_rpc_method_handler(
+                    servicer.Register,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LoginRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LoginResponse.SerializeToString,
+            ),
+            'RefreshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshSession,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RefreshSessionResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutResponse.SerializeToString,
+            ),
+            'LogoutAll': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogoutAll,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutAllRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutAllResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'DeactivateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeactivateAccount,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeactivateAccountRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeactivateAccountResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'GetDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDevice,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetDeviceRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetDeviceResponse.SerializeToString,
+            ),
+            'UpdateDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDevice,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UpdateDeviceRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UpdateDeviceResponse.SerializeToString,
+            ),
+            'DeleteDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDevices,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeleteDevicesRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.DeleteDevicesResponse.SerializeToString,
+            ),
+            'RequestPhoneCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPhoneCode,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RequestPhoneCodeRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.RequestPhoneCodeResponse.SerializeToString,
+            ),
+            'SubmitPhoneCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitPhoneCode,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SubmitPhoneCodeRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SubmitPhoneCodeResponse.SerializeToString,
+            ),
+            'BindPhone': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindPhone,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.BindPhoneRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.BindPhoneResponse.SerializeToString,
+            ),
+            'UnbindPhone': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbindPhone,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnbindPhoneRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnbindPhoneResponse.SerializeToString,
+            ),
+            'ListThreepids': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThreepids,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListThreepidsRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListThreepidsResponse.SerializeToString,
+            ),
+            'GetProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProfile,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetProfileRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.GetProfileResponse.SerializeToString,
+            ),
+            'SetProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProfile,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SetProfileRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.SetProfileResponse.SerializeToString,
+            ),
+            'ListIdentityProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdentityProviders,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListIdentityProvidersRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListIdentityProvidersResponse.SerializeToString,
+            ),
+            'StartOidc': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartOidc,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.StartOidcRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.StartOidcResponse.SerializeToString,
+            ),
+            'CompleteOidc': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteOidc,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CompleteOidcRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.CompleteOidcResponse.SerializeToString,
+            ),
+            'ListExternalAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExternalAccounts,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListExternalAccountsRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.ListExternalAccountsResponse.SerializeToString,
+            ),
+            'UnlinkExternalAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkExternalAccount,
+                    request_deserializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnlinkExternalAccountRequest.FromString,
+                    response_serializer=laiwang_dot_auth_dot_v1_dot_auth__pb2.UnlinkExternalAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +477,654 @@ class AuthService:
             '/laiwang.auth.v1.AuthService/IntrospectToken',
             laiwang_dot_auth_dot_v1_dot_auth__pb2.IntrospectTokenRequest.SerializeToString,
             laiwang_dot_auth_dot_v1_dot_auth__pb2.IntrospectTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckUsername(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/CheckUsername',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.CheckUsernameRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.CheckUsernameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Register(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/Register',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/Login',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/RefreshSession',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.RefreshSessionRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.RefreshSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/Logout',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogoutAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/LogoutAll',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutAllRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.LogoutAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/ChangePassword',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeactivateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/DeactivateAccount',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.DeactivateAccountRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.DeactivateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/ListDevices',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/GetDevice',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.GetDeviceRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.GetDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/UpdateDevice',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.UpdateDeviceRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.UpdateDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/DeleteDevices',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.DeleteDevicesRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.DeleteDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPhoneCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/RequestPhoneCode',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.RequestPhoneCodeRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.RequestPhoneCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitPhoneCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/SubmitPhoneCode',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.SubmitPhoneCodeRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.SubmitPhoneCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindPhone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/BindPhone',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.BindPhoneRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.BindPhoneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbindPhone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/UnbindPhone',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.UnbindPhoneRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.UnbindPhoneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThreepids(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/ListThreepids',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListThreepidsRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListThreepidsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/GetProfile',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.GetProfileRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.GetProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/SetProfile',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.SetProfileRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.SetProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdentityProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/ListIdentityProviders',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListIdentityProvidersRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListIdentityProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartOidc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/StartOidc',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.StartOidcRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.StartOidcResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteOidc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/CompleteOidc',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.CompleteOidcRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.CompleteOidcResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExternalAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/ListExternalAccounts',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListExternalAccountsRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.ListExternalAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkExternalAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.auth.v1.AuthService/UnlinkExternalAccount',
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.UnlinkExternalAccountRequest.SerializeToString,
+            laiwang_dot_auth_dot_v1_dot_auth__pb2.UnlinkExternalAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

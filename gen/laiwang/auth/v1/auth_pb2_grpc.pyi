@@ -3,6 +3,10 @@
 isort:skip_file
 The auth service's gRPC contract: accounts, phone numbers, devices, tokens, profiles.
 Only the gateway and other services' clients use it; nothing else reads auth's database.
+
+Errors: a failed call carries a gRPC status code and, in trailing metadata, the Matrix error
+code under `laiwang-errcode` (e.g. "M_FORBIDDEN") and, for rate limits,
+`laiwang-retry-after-ms`. Callers map those instead of parsing the status details.
 """
 
 from collections import abc as _abc
@@ -37,6 +41,35 @@ class AuthServiceStub:
     """Resolve an access token to its user and device. The gateway caches answers briefly and
     evicts them on laiwang.auth.token_revoked.
     """
+    CheckUsername: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CheckUsernameRequest, _auth_pb2.CheckUsernameResponse]
+    """Accounts."""
+    Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]
+    Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
+    RefreshSession: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshSessionRequest, _auth_pb2.RefreshSessionResponse]
+    Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
+    LogoutAll: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutAllRequest, _auth_pb2.LogoutAllResponse]
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]
+    DeactivateAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.DeactivateAccountRequest, _auth_pb2.DeactivateAccountResponse]
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
+    """Devices."""
+    GetDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetDeviceRequest, _auth_pb2.GetDeviceResponse]
+    UpdateDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UpdateDeviceRequest, _auth_pb2.UpdateDeviceResponse]
+    DeleteDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.DeleteDevicesRequest, _auth_pb2.DeleteDevicesResponse]
+    RequestPhoneCode: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RequestPhoneCodeRequest, _auth_pb2.RequestPhoneCodeResponse]
+    """Phone numbers (msisdn third-party identifiers)."""
+    SubmitPhoneCode: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SubmitPhoneCodeRequest, _auth_pb2.SubmitPhoneCodeResponse]
+    BindPhone: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BindPhoneRequest, _auth_pb2.BindPhoneResponse]
+    UnbindPhone: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnbindPhoneRequest, _auth_pb2.UnbindPhoneResponse]
+    ListThreepids: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListThreepidsRequest, _auth_pb2.ListThreepidsResponse]
+    GetProfile: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetProfileRequest, _auth_pb2.GetProfileResponse]
+    """Profiles."""
+    SetProfile: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetProfileRequest, _auth_pb2.SetProfileResponse]
+    ListIdentityProviders: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListIdentityProvidersRequest, _auth_pb2.ListIdentityProvidersResponse]
+    """Linked external (OIDC) accounts."""
+    StartOidc: _grpc.UnaryUnaryMultiCallable[_auth_pb2.StartOidcRequest, _auth_pb2.StartOidcResponse]
+    CompleteOidc: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CompleteOidcRequest, _auth_pb2.CompleteOidcResponse]
+    ListExternalAccounts: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListExternalAccountsRequest, _auth_pb2.ListExternalAccountsResponse]
+    UnlinkExternalAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlinkExternalAccountRequest, _auth_pb2.UnlinkExternalAccountResponse]
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -45,6 +78,35 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Resolve an access token to its user and device. The gateway caches answers briefly and
     evicts them on laiwang.auth.token_revoked.
     """
+    CheckUsername: _aio.UnaryUnaryMultiCallable[_auth_pb2.CheckUsernameRequest, _auth_pb2.CheckUsernameResponse]  # type: ignore[assignment]
+    """Accounts."""
+    Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]  # type: ignore[assignment]
+    Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
+    RefreshSession: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshSessionRequest, _auth_pb2.RefreshSessionResponse]  # type: ignore[assignment]
+    Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
+    LogoutAll: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutAllRequest, _auth_pb2.LogoutAllResponse]  # type: ignore[assignment]
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    DeactivateAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.DeactivateAccountRequest, _auth_pb2.DeactivateAccountResponse]  # type: ignore[assignment]
+    ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """Devices."""
+    GetDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetDeviceRequest, _auth_pb2.GetDeviceResponse]  # type: ignore[assignment]
+    UpdateDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.UpdateDeviceRequest, _auth_pb2.UpdateDeviceResponse]  # type: ignore[assignment]
+    DeleteDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.DeleteDevicesRequest, _auth_pb2.DeleteDevicesResponse]  # type: ignore[assignment]
+    RequestPhoneCode: _aio.UnaryUnaryMultiCallable[_auth_pb2.RequestPhoneCodeRequest, _auth_pb2.RequestPhoneCodeResponse]  # type: ignore[assignment]
+    """Phone numbers (msisdn third-party identifiers)."""
+    SubmitPhoneCode: _aio.UnaryUnaryMultiCallable[_auth_pb2.SubmitPhoneCodeRequest, _auth_pb2.SubmitPhoneCodeResponse]  # type: ignore[assignment]
+    BindPhone: _aio.UnaryUnaryMultiCallable[_auth_pb2.BindPhoneRequest, _auth_pb2.BindPhoneResponse]  # type: ignore[assignment]
+    UnbindPhone: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnbindPhoneRequest, _auth_pb2.UnbindPhoneResponse]  # type: ignore[assignment]
+    ListThreepids: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListThreepidsRequest, _auth_pb2.ListThreepidsResponse]  # type: ignore[assignment]
+    GetProfile: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetProfileRequest, _auth_pb2.GetProfileResponse]  # type: ignore[assignment]
+    """Profiles."""
+    SetProfile: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetProfileRequest, _auth_pb2.SetProfileResponse]  # type: ignore[assignment]
+    ListIdentityProviders: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListIdentityProvidersRequest, _auth_pb2.ListIdentityProvidersResponse]  # type: ignore[assignment]
+    """Linked external (OIDC) accounts."""
+    StartOidc: _aio.UnaryUnaryMultiCallable[_auth_pb2.StartOidcRequest, _auth_pb2.StartOidcResponse]  # type: ignore[assignment]
+    CompleteOidc: _aio.UnaryUnaryMultiCallable[_auth_pb2.CompleteOidcRequest, _auth_pb2.CompleteOidcResponse]  # type: ignore[assignment]
+    ListExternalAccounts: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListExternalAccountsRequest, _auth_pb2.ListExternalAccountsResponse]  # type: ignore[assignment]
+    UnlinkExternalAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlinkExternalAccountRequest, _auth_pb2.UnlinkExternalAccountResponse]  # type: ignore[assignment]
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -56,5 +118,178 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """Resolve an access token to its user and device. The gateway caches answers briefly and
         evicts them on laiwang.auth.token_revoked.
         """
+
+    @_abc_1.abstractmethod
+    def CheckUsername(
+        self,
+        request: _auth_pb2.CheckUsernameRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.CheckUsernameResponse, _abc.Awaitable[_auth_pb2.CheckUsernameResponse]]:
+        """Accounts."""
+
+    @_abc_1.abstractmethod
+    def Register(
+        self,
+        request: _auth_pb2.RegisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RegisterResponse, _abc.Awaitable[_auth_pb2.RegisterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Login(
+        self,
+        request: _auth_pb2.LoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RefreshSession(
+        self,
+        request: _auth_pb2.RefreshSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RefreshSessionResponse, _abc.Awaitable[_auth_pb2.RefreshSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Logout(
+        self,
+        request: _auth_pb2.LogoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LogoutResponse, _abc.Awaitable[_auth_pb2.LogoutResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LogoutAll(
+        self,
+        request: _auth_pb2.LogoutAllRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LogoutAllResponse, _abc.Awaitable[_auth_pb2.LogoutAllResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _auth_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ChangePasswordResponse, _abc.Awaitable[_auth_pb2.ChangePasswordResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeactivateAccount(
+        self,
+        request: _auth_pb2.DeactivateAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.DeactivateAccountResponse, _abc.Awaitable[_auth_pb2.DeactivateAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _auth_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListDevicesResponse, _abc.Awaitable[_auth_pb2.ListDevicesResponse]]:
+        """Devices."""
+
+    @_abc_1.abstractmethod
+    def GetDevice(
+        self,
+        request: _auth_pb2.GetDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.GetDeviceResponse, _abc.Awaitable[_auth_pb2.GetDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateDevice(
+        self,
+        request: _auth_pb2.UpdateDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.UpdateDeviceResponse, _abc.Awaitable[_auth_pb2.UpdateDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteDevices(
+        self,
+        request: _auth_pb2.DeleteDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.DeleteDevicesResponse, _abc.Awaitable[_auth_pb2.DeleteDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RequestPhoneCode(
+        self,
+        request: _auth_pb2.RequestPhoneCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RequestPhoneCodeResponse, _abc.Awaitable[_auth_pb2.RequestPhoneCodeResponse]]:
+        """Phone numbers (msisdn third-party identifiers)."""
+
+    @_abc_1.abstractmethod
+    def SubmitPhoneCode(
+        self,
+        request: _auth_pb2.SubmitPhoneCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SubmitPhoneCodeResponse, _abc.Awaitable[_auth_pb2.SubmitPhoneCodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BindPhone(
+        self,
+        request: _auth_pb2.BindPhoneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.BindPhoneResponse, _abc.Awaitable[_auth_pb2.BindPhoneResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UnbindPhone(
+        self,
+        request: _auth_pb2.UnbindPhoneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.UnbindPhoneResponse, _abc.Awaitable[_auth_pb2.UnbindPhoneResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListThreepids(
+        self,
+        request: _auth_pb2.ListThreepidsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListThreepidsResponse, _abc.Awaitable[_auth_pb2.ListThreepidsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetProfile(
+        self,
+        request: _auth_pb2.GetProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.GetProfileResponse, _abc.Awaitable[_auth_pb2.GetProfileResponse]]:
+        """Profiles."""
+
+    @_abc_1.abstractmethod
+    def SetProfile(
+        self,
+        request: _auth_pb2.SetProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SetProfileResponse, _abc.Awaitable[_auth_pb2.SetProfileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListIdentityProviders(
+        self,
+        request: _auth_pb2.ListIdentityProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListIdentityProvidersResponse, _abc.Awaitable[_auth_pb2.ListIdentityProvidersResponse]]:
+        """Linked external (OIDC) accounts."""
+
+    @_abc_1.abstractmethod
+    def StartOidc(
+        self,
+        request: _auth_pb2.StartOidcRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.StartOidcResponse, _abc.Awaitable[_auth_pb2.StartOidcResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CompleteOidc(
+        self,
+        request: _auth_pb2.CompleteOidcRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.CompleteOidcResponse, _abc.Awaitable[_auth_pb2.CompleteOidcResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListExternalAccounts(
+        self,
+        request: _auth_pb2.ListExternalAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListExternalAccountsResponse, _abc.Awaitable[_auth_pb2.ListExternalAccountsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UnlinkExternalAccount(
+        self,
+        request: _auth_pb2.UnlinkExternalAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.UnlinkExternalAccountResponse, _abc.Awaitable[_auth_pb2.UnlinkExternalAccountResponse]]: ...
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
