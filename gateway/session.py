@@ -23,8 +23,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.grpc_errors import matrix_error
 from gateway.matrix import MatrixError
+from gateway.rpc import matrix_error_from
 from gateway.token_cache import Rejection, Requester, TokenCache
 from laiwang.auth.v1 import auth_pb2, auth_pb2_grpc
 from laiwang.events.v1 import auth_events_pb2
@@ -91,7 +91,7 @@ async def _introspect(deps: GatewayDeps, key: str, access_token: str) -> Request
             auth_pb2.IntrospectTokenRequest(access_token=access_token), timeout=5.0
         )
     except grpc.aio.AioRpcError as exc:
-        raise matrix_error(exc) from None
+        raise matrix_error_from(exc) from None
     if not reply.active:
         rejection = Rejection(soft_logout=reply.inactive_reason == "expired")
         cache.put(key, rejection, generation)

@@ -7,16 +7,19 @@ request bodies).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
+import grpc
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.grpc_errors import rpc_errors
 from gateway.matrix import MatrixError, json_response, read_json_object
 from gateway.ratelimit import RateLimiter
+from gateway.rpc import matrix_error_from
 from gateway.session import (
     REQUESTER_KEY,
     Requester,
@@ -28,6 +31,15 @@ from gateway.session import (
 from laiwang.auth.v1 import auth_pb2 as pb
 
 PREFIX = "/_matrix/client/v3"
+
+
+@contextlib.asynccontextmanager
+async def rpc_errors() -> AsyncIterator[None]:
+    """A downstream gRPC failure inside the block becomes the matching Matrix error."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise matrix_error_from(exc) from None
 _LIMITER_KEY = "accounts_limiter"
 
 

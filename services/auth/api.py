@@ -2,53 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from laiwang.auth.v1 import auth_pb2 as pb
 from laiwang.auth.v1 import auth_pb2_grpc
-from services.auth.core import AuthCore, AuthError, ErrorCode, NewSession
-
-ERRCODE_KEY = "laiwang-errcode"
-RETRY_AFTER_KEY = "laiwang-retry-after-ms"
-
-STATUS_OF: dict[ErrorCode, grpc.StatusCode] = {
-    ErrorCode.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
-    ErrorCode.USER_DEACTIVATED: grpc.StatusCode.PERMISSION_DENIED,
-    ErrorCode.UNKNOWN_TOKEN: grpc.StatusCode.UNAUTHENTICATED,
-    ErrorCode.USER_IN_USE: grpc.StatusCode.ALREADY_EXISTS,
-    ErrorCode.THREEPID_IN_USE: grpc.StatusCode.ALREADY_EXISTS,
-    ErrorCode.INVALID_USERNAME: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.WEAK_PASSWORD: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.INVALID_PARAM: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.MISSING_PARAM: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.LIMIT_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorCode.THREEPID_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorCode.THREEPID_AUTH_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
-    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-}
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def _maps_errors(method: F) -> F:
-    """Turn an AuthError into a gRPC status plus the Matrix errcode in trailing metadata."""
-
-    @functools.wraps(method)
-    async def wrapper(self: AuthApi, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except AuthError as exc:
-            trailing: list[tuple[str, str]] = [(ERRCODE_KEY, exc.code.value)]
-            if exc.retry_after_ms:
-                trailing.append((RETRY_AFTER_KEY, str(exc.retry_after_ms)))
-            await context.abort(STATUS_OF[exc.code], exc.message, trailing_metadata=tuple(trailing))
-
-    return wrapper  # type: ignore[return-value]
+from plumbing.grpc_errors import maps_domain_errors
+from services.auth.core import AuthCore, NewSession
 
 
 def _session(s: NewSession) -> pb.Session:
@@ -73,7 +34,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     def register(self, server: grpc.aio.Server) -> None:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self, server)
 
-    @_maps_errors
+    @maps_domain_errors
     async def IntrospectToken(self, request: pb.IntrospectTokenRequest, context: Any) -> pb.IntrospectTokenResponse:
         r = await self.core.introspect(request.access_token)
         return pb.IntrospectTokenResponse(
@@ -81,12 +42,12 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             expires_at_ms=r.expires_at_ms, inactive_reason=r.inactive_reason,
         )
 
-    @_maps_errors
+    @maps_domain_errors
     async def CheckUsername(self, request: pb.CheckUsernameRequest, context: Any) -> pb.CheckUsernameResponse:
         available, user_id = await self.core.check_username(request.username)
         return pb.CheckUsernameResponse(available=available, user_id=user_id)
 
-    @_maps_errors
+    @maps_domain_errors
     async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
         user_id, session = await self.core.register(
             request.username, request.password, device_id=request.device_id,
@@ -98,7 +59,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             reply.session.CopyFrom(_session(session))
         return reply
 
-    @_maps_errors
+    @maps_domain_errors
     async def Login(self, request: pb.LoginRequest, context: Any) -> pb.LoginResponse:
         which = request.WhichOneof("identifier")
         common: dict[str, Any] = {
@@ -115,21 +76,21 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             session = await self.core.login_password(user=request.user, password=request.password, **common)
         return pb.LoginResponse(session=_session(session))
 
-    @_maps_errors
+    @maps_domain_errors
     async def RefreshSession(self, request: pb.RefreshSessionRequest, context: Any) -> pb.RefreshSessionResponse:
         return pb.RefreshSessionResponse(session=_session(await self.core.refresh(request.refresh_token)))
 
-    @_maps_errors
+    @maps_domain_errors
     async def Logout(self, request: pb.LogoutRequest, context: Any) -> pb.LogoutResponse:
         await self.core.logout(request.user_id, request.device_id)
         return pb.LogoutResponse()
 
-    @_maps_errors
+    @maps_domain_errors
     async def LogoutAll(self, request: pb.LogoutAllRequest, context: Any) -> pb.LogoutAllResponse:
         await self.core.logout_all(request.user_id)
         return pb.LogoutAllResponse()
 
-    @_maps_errors
+    @maps_domain_errors
     async def ChangePassword(self, request: pb.ChangePasswordRequest, context: Any) -> pb.ChangePasswordResponse:
         await self.core.change_password(
             request.user_id, request.current_password, request.new_password,
@@ -138,7 +99,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
         )
         return pb.ChangePasswordResponse()
 
-    @_maps_errors
+    @maps_domain_errors
     async def DeactivateAccount(
         self, request: pb.DeactivateAccountRequest, context: Any
     ) -> pb.DeactivateAccountResponse:
@@ -150,27 +111,27 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
         return pb.Device(device_id=d.device_id, display_name=d.display_name, last_seen_ip=d.last_seen_ip,
                          last_seen_ts_ms=_ms(d.last_seen_at))
 
-    @_maps_errors
+    @maps_domain_errors
     async def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:
         return pb.ListDevicesResponse(devices=[self._device(d) for d in await self.core.list_devices(request.user_id)])
 
-    @_maps_errors
+    @maps_domain_errors
     async def GetDevice(self, request: pb.GetDeviceRequest, context: Any) -> pb.GetDeviceResponse:
         return pb.GetDeviceResponse(device=self._device(await self.core.get_device(request.user_id,
                                                                                    request.device_id)))
 
-    @_maps_errors
+    @maps_domain_errors
     async def UpdateDevice(self, request: pb.UpdateDeviceRequest, context: Any) -> pb.UpdateDeviceResponse:
         await self.core.rename_device(request.user_id, request.device_id, request.display_name)
         return pb.UpdateDeviceResponse()
 
-    @_maps_errors
+    @maps_domain_errors
     async def DeleteDevices(self, request: pb.DeleteDevicesRequest, context: Any) -> pb.DeleteDevicesResponse:
         await self.core.delete_devices(request.user_id, list(request.device_ids), request.password,
                                        request.client_address)
         return pb.DeleteDevicesResponse()
 
-    @_maps_errors
+    @maps_domain_errors
     async def RequestPhoneCode(
         self, request: pb.RequestPhoneCodeRequest, context: Any
     ) -> pb.RequestPhoneCodeResponse:
@@ -183,23 +144,23 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             resend_after_ms=_ms(s.created_at + self.core.settings.code_resend_seconds),
         )
 
-    @_maps_errors
+    @maps_domain_errors
     async def SubmitPhoneCode(self, request: pb.SubmitPhoneCodeRequest, context: Any) -> pb.SubmitPhoneCodeResponse:
         await self.core.submit_phone_code(request.sid, request.client_secret, request.code, request.client_address)
         return pb.SubmitPhoneCodeResponse(success=True)
 
-    @_maps_errors
+    @maps_domain_errors
     async def BindPhone(self, request: pb.BindPhoneRequest, context: Any) -> pb.BindPhoneResponse:
         return pb.BindPhoneResponse(
             msisdn=await self.core.bind_phone(request.user_id, request.sid, request.client_secret)
         )
 
-    @_maps_errors
+    @maps_domain_errors
     async def UnbindPhone(self, request: pb.UnbindPhoneRequest, context: Any) -> pb.UnbindPhoneResponse:
         await self.core.unbind_phone(request.user_id, request.msisdn)
         return pb.UnbindPhoneResponse()
 
-    @_maps_errors
+    @maps_domain_errors
     async def ListThreepids(self, request: pb.ListThreepidsRequest, context: Any) -> pb.ListThreepidsResponse:
         return pb.ListThreepidsResponse(
             threepids=[
@@ -209,13 +170,13 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             ]
         )
 
-    @_maps_errors
+    @maps_domain_errors
     async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> pb.GetProfileResponse:
         user = await self.core.get_profile(request.user_id)
         return pb.GetProfileResponse(user_id=user.user_id, display_name=user.display_name,
                                      avatar_url=user.avatar_url)
 
-    @_maps_errors
+    @maps_domain_errors
     async def SetProfile(self, request: pb.SetProfileRequest, context: Any) -> pb.SetProfileResponse:
         await self.core.set_profile(
             request.user_id,
@@ -224,7 +185,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
         )
         return pb.SetProfileResponse()
 
-    @_maps_errors
+    @maps_domain_errors
     async def ListIdentityProviders(
         self, request: pb.ListIdentityProvidersRequest, context: Any
     ) -> pb.ListIdentityProvidersResponse:
@@ -232,7 +193,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             providers=[pb.IdentityProvider(id=i, name=n) for i, n in self.core.identity_providers()]
         )
 
-    @_maps_errors
+    @maps_domain_errors
     async def StartOidc(self, request: pb.StartOidcRequest, context: Any) -> pb.StartOidcResponse:
         url = await self.core.start_oidc(
             request.provider_id, request.purpose, user_id=request.user_id, callback_url=request.callback_url,
@@ -240,7 +201,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
         )
         return pb.StartOidcResponse(authorization_url=url)
 
-    @_maps_errors
+    @maps_domain_errors
     async def CompleteOidc(self, request: pb.CompleteOidcRequest, context: Any) -> pb.CompleteOidcResponse:
         record, identity, user_id, login_token = await self.core.complete_oidc(
             request.state, request.code, request.error
@@ -250,7 +211,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             login_token=login_token, client_redirect_url=record.client_redirect_url,
         )
 
-    @_maps_errors
+    @maps_domain_errors
     async def ListExternalAccounts(
         self, request: pb.ListExternalAccountsRequest, context: Any
     ) -> pb.ListExternalAccountsResponse:
@@ -261,7 +222,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             ]
         )
 
-    @_maps_errors
+    @maps_domain_errors
     async def UnlinkExternalAccount(
         self, request: pb.UnlinkExternalAccountRequest, context: Any
     ) -> pb.UnlinkExternalAccountResponse:

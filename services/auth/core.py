@@ -27,6 +27,7 @@ from argon2 import PasswordHasher as _Argon2
 from argon2 import Type as _Argon2Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from plumbing.domain_errors import DomainError, ErrorKind
 from plumbing.ids import sortable_id
 
 T = TypeVar("T")
@@ -54,12 +55,30 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "M_UNKNOWN"
 
 
-class AuthError(Exception):
+class AuthError(DomainError):
+    """A rule said no; `code` is the Matrix errcode, `kind` (from it) picks the gRPC/HTTP status."""
+
     def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int = 0) -> None:
-        super().__init__(message)
+        super().__init__(_KIND_OF[code], code.value, message, retry_after_ms=retry_after_ms)
         self.code = code
-        self.message = message
-        self.retry_after_ms = retry_after_ms
+
+
+_KIND_OF: dict[ErrorCode, ErrorKind] = {
+    ErrorCode.FORBIDDEN: ErrorKind.FORBIDDEN,
+    ErrorCode.USER_DEACTIVATED: ErrorKind.FORBIDDEN,
+    ErrorCode.UNKNOWN_TOKEN: ErrorKind.UNAUTHENTICATED,
+    ErrorCode.USER_IN_USE: ErrorKind.CONFLICT,
+    ErrorCode.THREEPID_IN_USE: ErrorKind.CONFLICT,
+    ErrorCode.INVALID_USERNAME: ErrorKind.INVALID,
+    ErrorCode.WEAK_PASSWORD: ErrorKind.INVALID,
+    ErrorCode.INVALID_PARAM: ErrorKind.INVALID,
+    ErrorCode.MISSING_PARAM: ErrorKind.INVALID,
+    ErrorCode.THREEPID_AUTH_FAILED: ErrorKind.INVALID,
+    ErrorCode.THREEPID_NOT_FOUND: ErrorKind.INVALID,
+    ErrorCode.LIMIT_EXCEEDED: ErrorKind.RATE_LIMITED,
+    ErrorCode.NOT_FOUND: ErrorKind.NOT_FOUND,
+    ErrorCode.UNAVAILABLE: ErrorKind.UNAVAILABLE,
+}
 
 
 def _limit(message: str, retry_after_seconds: float) -> AuthError:
