@@ -7,6 +7,7 @@ not matter. Payloads are the messages of `laiwang.events.v1`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -25,3 +26,12 @@ ZHADUI = StreamSpec("ZHADUI", ("laiwang.zhadui.>",))
 OPEN_PLATFORM = StreamSpec("OPEN_PLATFORM", ("laiwang.open_platform.>",))
 
 ALL = (AUTH, CONTACTS, MESSAGING, ZHADUI, OPEN_PLATFORM)
+
+
+def wake_subject(user_id: str) -> str:
+    """Core-NATS subject (not a stream) on which a user's waiting /sync requests are woken.
+
+    Hashed because user ids contain characters NATS subjects cannot; a collision only costs a
+    spurious wake-up. The gateway subscribes only while it holds a /sync of that user.
+    """
+    return "laiwang.wake." + hashlib.sha256(user_id.encode()).hexdigest()[:32]

@@ -1,1 +1,123 @@
-"""Events the messaging service produces and consumes (NATS JetStream)."""
+"""Events the messaging service produces and consumes (NATS).
+
+Produces:
+  - `laiwang.messaging.room_event` (JetStream, through the outbox): every persisted room event.
+  - wake-ups on core NATS `laiwang.wake.<hash>` for each affected user (no data; the gateway
+    re-runs /sync), published right after commit.
+  - replication between replicas of this service on core NATS `laiwang.internal.messaging.*`
+    (outside every stream): committed entries and typing changes, so each replica's cache
+    advances without reading the database; a missed message only means a catch-up read.
+Consumes:
+  - the contacts service's friend-graph events (stream CONTACTS) into the `relations` projection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from google.protobuf.message import Message
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from laiwang.events.v1 import contacts_events_pb2, messaging_events_pb2
+from plumbing.jetstream import ConsumerSpec, Handler
+from plumbing.streams import CONTACTS, wake_subject
+from services.messaging.core import JSON, MEMBER, Messaging, canonical_bytes, pair_id
+from services.messaging.store import MessagingStore
+
+log = logging.getLogger(__name__)
+
+ROOM_EVENT_SUBJECT = "laiwang.messaging.room_event"
+REPLICATION_PREFIX = "laiwang.internal.messaging"
+CONTACTS_CONSUMER = ConsumerSpec(CONTACTS, durable="messaging-relations", filter_subject="laiwang.contacts.>")
+
+
+def encode_outbox(entries: list[JSON]) -> list[tuple[str, Message]]:
+    out: list[tuple[str, Message]] = []
+    for entry in entries:
+        if entry["kind"] != "event":
+            continue
+        event = entry["event"]
+        message = messaging_events_pb2.RoomEventPersisted(
+            event_id=event["event_id"], room_id=event["room_id"], sender=event["sender"], type=event["type"],
+            origin_server_ts=event["origin_server_ts"], content_json=canonical_bytes(event["content"]),
+            stream_position=entry["pos"], redacts=event.get("redacts", ""),
+            membership=event["content"].get("membership", "") if event["type"] == MEMBER else "",
+        )
+        if "state_key" in event:
+            message.state_key = event["state_key"]
+        out.append((ROOM_EVENT_SUBJECT, message))
+    return out
+
+
+class NatsNotifier:
+    def __init__(self, nc: NatsClient, replica_id: str) -> None:
+        self._nc = nc
+        self.replica_id = replica_id
+
+    async def wake(self, users: dict[str, int]) -> None:
+        for user_id, pos in users.items():
+            await self._nc.publish(wake_subject(user_id), str(pos).encode())
+
+    async def broadcast_entries(self, entries: list[JSON]) -> None:
+        await self._nc.publish(f"{REPLICATION_PREFIX}.log.{self.replica_id}", orjson.dumps(entries))
+
+    async def broadcast_typing(self, room_id: str, user_id: str, expires_at_ms: int, serial: int) -> None:
+        payload = orjson.dumps({"room_id": room_id, "user_id": user_id, "expires": expires_at_ms, "serial": serial})
+        await self._nc.publish(f"{REPLICATION_PREFIX}.typing.{self.replica_id}", payload)
+
+
+async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) -> None:
+    """Apply other replicas' commits and typing changes to this replica's cache."""
+
+    async def on_log(msg: Msg) -> None:
+        if msg.subject.endswith("." + replica_id):
+            return
+        try:
+            await core.on_remote_entries(orjson.loads(msg.data))
+        except Exception:
+            log.warning("could not apply replicated entries; the periodic catch-up will", exc_info=True)
+
+    async def on_typing(msg: Msg) -> None:
+        if msg.subject.endswith("." + replica_id):
+            return
+        data = orjson.loads(msg.data)
+        await core.on_remote_typing(data["room_id"], data["user_id"], data["expires"], data["serial"])
+
+    await nc.subscribe(f"{REPLICATION_PREFIX}.log.*", cb=on_log)
+    await nc.subscribe(f"{REPLICATION_PREFIX}.typing.*", cb=on_typing)
+
+
+_CONTACT_EVENTS: dict[str, type[Message]] = {
+    "friendship_created": contacts_events_pb2.FriendshipCreated,
+    "friendship_removed": contacts_events_pb2.FriendshipRemoved,
+    "user_blocked": contacts_events_pb2.UserBlocked,
+    "user_unblocked": contacts_events_pb2.UserUnblocked,
+}
+
+
+def contacts_handler(store: MessagingStore) -> Handler:
+    """Idempotent: each event carries the pair's whole state and a version; older versions are ignored."""
+
+    async def handle(msg: Msg) -> None:
+        kind = msg.subject.rsplit(".", 1)[-1]
+        cls = _CONTACT_EVENTS.get(kind)
+        if cls is None:
+            return  # other contacts events are not ours to project
+        event: Any = cls.FromString(msg.data)
+        state = event.state
+        if not state.user_a or not state.user_b:
+            log.warning("contacts event %s without pair state; ignored", kind)
+            return
+        applied = await store.apply_relation(
+            pair_id(state.user_a, state.user_b), event.version,
+            {"user_a": min(state.user_a, state.user_b), "user_b": max(state.user_a, state.user_b),
+             "friends": state.friends,
+             "a_blocks_b": state.a_blocks_b if state.user_a < state.user_b else state.b_blocks_a,
+             "b_blocks_a": state.b_blocks_a if state.user_a < state.user_b else state.a_blocks_b},
+        )
+        log.debug("contacts %s v%d %s", kind, event.version, "applied" if applied else "ignored (not newer)")
+
+    return handle

@@ -2,21 +2,71 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
+
 from laiwang.messaging.v1 import messaging_pb2
 from plumbing import streams
+from plumbing.config import Env
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.messaging.api import MessagingApi
+from services.messaging.core import INVITE_POLICIES, Messaging, Settings
+from services.messaging.events import (
+    CONTACTS_CONSUMER,
+    NatsNotifier,
+    contacts_handler,
+    encode_outbox,
+    start_replication,
+)
 from services.messaging.store import MessagingStore
+
+log = logging.getLogger(__name__)
+
+
+def settings_from_env(server_name: str, env: Env | None = None) -> Settings:
+    env = env or Env()
+    return Settings(
+        server_name=server_name,
+        invite_policy=env.choice("MESSAGING_INVITE_POLICY", "friends", INVITE_POLICIES),
+        max_batch=env.int("MESSAGING_MAX_BATCH", 128, minimum=1, maximum=4096),
+        timeline_cap=env.int("MESSAGING_TIMELINE_CACHE", 256, minimum=1, maximum=100_000),
+        max_cached_rooms=env.int("MESSAGING_CACHED_ROOMS", 20_000, minimum=1),
+        max_cached_users=env.int("MESSAGING_CACHED_USERS", 50_000, minimum=1),
+    )
 
 
 async def build(runtime: Runtime) -> ServiceParts:
-    store = MessagingStore(runtime.db)
-    api = MessagingApi()
+    settings = settings_from_env(runtime.config.server_name)
+    store = MessagingStore(runtime.mongo, runtime.db, runtime.outbox, encode_outbox)
+    replica_id = uuid.uuid4().hex[:12]
+    core = Messaging(store, NatsNotifier(runtime.nats, replica_id), settings)
+    await core.start()
+    await start_replication(runtime.nats, core, replica_id)
+    api = MessagingApi(core)
+    log.info("messaging ready", extra={"invite_policy": settings.invite_policy, "head": core.cache.head})
+
+    async def typing_expiry() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await core.expire_typing()
+
+    async def periodic_catch_up() -> None:
+        # Covers replication messages lost on a NATS reconnect: at most a second behind.
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await core.cache.catch_up(await store.head())
+            except Exception:
+                log.warning("catch-up failed", exc_info=True)
+
     return ServiceParts(
         service_names=[messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name],
         registrations=[api.register],
         indexes=store.indexes(),
         produces=[streams.MESSAGING],
+        consumers=[(CONTACTS_CONSUMER, contacts_handler(store))],
+        background=[typing_expiry, periodic_catch_up],
     )
 
 

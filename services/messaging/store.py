@@ -1,15 +1,176 @@
-"""Repository over the messaging service's own collections; its indexes are declared here."""
+"""Repository over the messaging service's own collections; its indexes are declared here.
+
+Collections:
+  entries    the stream: room events (`_id` = event id) and read receipts, each with its `pos`
+  state      current room state, one document per (room, type, state_key); members carry
+             `member_user` / `membership` / `ever_joined`
+  rooms      immutable facts of a room (creator, direct-chat pair)
+  txns       (user, device, txn id) -> event id, so a retried send creates nothing
+  receipts   latest receipt per (room, user, type)
+  relations  projection of the contacts service's friend graph, one document per pair
+  counters   `stream`: the last allocated position
+"""
 
 from __future__ import annotations
 
-from pymongo.asynchronous.database import AsyncDatabase
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from plumbing.mongo import IndexPlan
+from google.protobuf.message import Message
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from plumbing.mongo import IndexPlan, in_transaction
+from plumbing.outbox import Outbox
+from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, Writes
+
+T = TypeVar("T")
+OutboxEncoder = Callable[[list[JSON]], list[tuple[str, Message]]]
+STREAM_COUNTER = "stream"
+
+
+def _is_duplicate(exc: Exception) -> bool:
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    if isinstance(exc, BulkWriteError):
+        return any(e.get("code") == 11000 for e in exc.details.get("writeErrors", []))
+    return False
+
+
+class MongoTx:
+    def __init__(self, store: MessagingStore, session: AsyncClientSession) -> None:
+        self._s = store
+        self._session = session
+
+    async def _by_ids(self, collection: str, ids: list[str]) -> dict[str, JSON]:
+        cursor = self._s.db[collection].find({"_id": {"$in": ids}}, session=self._session)
+        return {doc["_id"]: doc async for doc in cursor}
+
+    async def rooms(self, room_ids: list[str]) -> dict[str, JSON]:
+        return await self._by_ids("rooms", room_ids)
+
+    async def state_docs(self, keys: list[str]) -> dict[str, JSON]:
+        return await self._by_ids("state", keys)
+
+    async def txns(self, keys: list[str]) -> dict[str, JSON]:
+        return await self._by_ids("txns", keys)
+
+    async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
+        return await self._by_ids("relations", pair_ids)
+
+    async def entry(self, event_id: str) -> JSON | None:
+        return await self._s.db.entries.find_one({"_id": event_id}, session=self._session)
+
+    async def receipt(self, key: str) -> JSON | None:
+        return await self._s.db.receipts.find_one({"_id": key}, session=self._session)
+
+    async def allocate(self, count: int) -> int:
+        # Every writer increments this one document inside its transaction: a concurrent writer
+        # conflicts and retries, so commits happen in position order and positions stay contiguous.
+        doc = await self._s.db.counters.find_one_and_update(
+            {"_id": STREAM_COUNTER}, {"$inc": {"pos": count}}, upsert=True,
+            return_document=ReturnDocument.AFTER, session=self._session,
+        )
+        return int(doc["pos"]) - count + 1
+
+    async def write(self, writes: Writes) -> None:
+        db, session = self._s.db, self._session
+        if writes.rooms:
+            await db.rooms.insert_many(writes.rooms, session=session)
+        if writes.entries:
+            await db.entries.insert_many(writes.entries, session=session)
+        if writes.state:
+            await db.state.bulk_write(
+                [ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in writes.state.items()], session=session
+            )
+        if writes.receipts:
+            await db.receipts.bulk_write(
+                [ReplaceOne({"_id": key}, {k: v for k, v in doc.items() if k != "entry"}, upsert=True)
+                 for key, doc in writes.receipts.items()],
+                session=session,
+            )
+        if writes.txns:
+            await db.txns.insert_many(writes.txns, session=session)
+        for event_id, pruned in writes.redactions.items():
+            await db.entries.update_one({"_id": event_id}, {"$set": {"event": pruned}}, session=session)
+        if self._s.outbox is not None and writes.entries:
+            await self._s.outbox.add_many(session, self._s.encode(writes.entries))
 
 
 class MessagingStore:
-    def __init__(self, db: AsyncDatabase) -> None:
-        self._db = db
+    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, outbox: Outbox | None = None,
+                 encode: OutboxEncoder | None = None) -> None:
+        self.client = client
+        self.db = db
+        self.outbox = outbox
+        self.encode: OutboxEncoder = encode or (lambda entries: [])
 
     def indexes(self) -> IndexPlan:
-        return {}
+        return {
+            "entries": [
+                IndexModel([("pos", ASCENDING)], unique=True),
+                IndexModel([("room_id", ASCENDING), ("pos", ASCENDING)]),
+            ],
+            "state": [IndexModel([("room_id", ASCENDING)]), IndexModel([("member_user", ASCENDING)])],
+            "receipts": [IndexModel([("room_id", ASCENDING)])],
+        }
+
+    async def transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            result = await in_transaction(self.client, lambda session: work(MongoTx(self, session)))
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            if _is_duplicate(exc):
+                raise DuplicateWrite(str(exc)) from None
+            raise
+        if self.outbox is not None:
+            self.outbox.kick()
+        return result
+
+    async def head(self) -> int:
+        doc = await self.db.counters.find_one({"_id": STREAM_COUNTER})
+        return int(doc["pos"]) if doc else 0
+
+    async def entries_after(self, pos: int, limit: int) -> list[JSON]:
+        return await self.db.entries.find({"pos": {"$gt": pos}}, sort=[("pos", ASCENDING)], limit=limit).to_list()
+
+    async def room_entries(self, room_id: str, lo: int, hi: int, limit: int, descending: bool) -> list[JSON]:
+        return await self.db.entries.find(
+            {"room_id": room_id, "pos": {"$gt": lo, "$lte": hi}, "kind": "event"},
+            sort=[("pos", DESCENDING if descending else ASCENDING)], limit=limit,
+        ).to_list()
+
+    async def count_unread(self, room_id: str, lo: int, hi: int, user_id: str) -> int:
+        return await self.db.entries.count_documents({
+            "room_id": room_id, "pos": {"$gt": lo, "$lte": hi}, "kind": "event",
+            "event.type": {"$in": sorted(COUNTED_TYPES)}, "event.sender": {"$ne": user_id},
+            "event.state_key": {"$exists": False},
+        })
+
+    async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]:
+        doc = await self.db.rooms.find_one({"_id": room_id})
+        if doc is None:
+            return None, [], []
+        state = await self.db.state.find({"room_id": room_id}).to_list()
+        receipts = await self.db.receipts.find({"room_id": room_id}).to_list()
+        return doc, state, receipts
+
+    async def load_user(self, user_id: str) -> list[JSON]:
+        return await self.db.state.find({"member_user": user_id}).to_list()
+
+    async def entry(self, event_id: str) -> JSON | None:
+        return await self.db.entries.find_one({"_id": event_id})
+
+    async def apply_relation(self, pair: str, version: int, state: JSON) -> bool:
+        """Store the pair's relationship if `version` is newer than what we have; False if ignored."""
+        try:
+            await self.db.relations.update_one(
+                {"_id": pair, "version": {"$lt": version}}, {"$set": {**state, "version": version}}, upsert=True
+            )
+        except DuplicateKeyError:
+            return False  # we already hold this version or a newer one
+        return True
+
+    async def relation(self, pair: str) -> JSON | None:
+        return await self.db.relations.find_one({"_id": pair})
