@@ -11,7 +11,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ROUTE_MODULES: tuple[str, ...] = ("gateway.routes.accounts",)
+ROUTE_MODULES: tuple[str, ...] = (
+    "gateway.routes.accounts",
+    "gateway.routes.accounts_phone",
+    "gateway.routes.accounts_sso",
+)
 
 
 def route_modules() -> list[ModuleType]:

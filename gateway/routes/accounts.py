@@ -29,6 +29,7 @@ from gateway.session import (
     stop_revocation_listener,
 )
 from laiwang.auth.v1 import auth_pb2 as pb
+from plumbing.config import Env
 
 PREFIX = "/_matrix/client/v3"
 
@@ -53,7 +54,13 @@ def client_address(request: web.Request) -> str:
 def limit_address(request: web.Request, cost: float = 1.0) -> None:
     """First-line, per-replica flood limit on credential endpoints (auth enforces the real limits)."""
     deps = request.app[DEPS_KEY]
-    limiter: RateLimiter = deps.extras.setdefault(_LIMITER_KEY, RateLimiter(per_second=10.0, burst=50))
+    limiter: RateLimiter | None = deps.extras.get(_LIMITER_KEY)
+    if limiter is None:
+        env = Env()
+        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(
+            per_second=env.float("GATEWAY_CREDENTIAL_RATE_PER_SECOND", 20.0, minimum=0.01),
+            burst=env.int("GATEWAY_CREDENTIAL_BURST", 100, minimum=1),
+        )
     limiter.check(f"addr:{client_address(request)}", cost)
 
 

@@ -120,8 +120,9 @@ class AuthSettings:
     # Password guessing: failures per window per account and per client address.
     login_failure_window_seconds: int = 900
     login_failures_per_account: int = 10
-    login_failures_per_address: int = 30
-    registrations_per_address_per_hour: int = 30
+    # Generous per-address budgets: mobile carriers put many users behind one address (CGNAT).
+    login_failures_per_address: int = 100
+    registrations_per_address_per_hour: int = 200
     oidc_state_ttl_seconds: int = 600
     # Key for SMS code digests; shared by every replica (AUTH_CODE_PEPPER) so any replica can verify.
     code_pepper: bytes = b"laiwang-dev-pepper"

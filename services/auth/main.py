@@ -51,8 +51,9 @@ def settings_from_env(server_name: str, env: Env | None = None) -> AuthSettings:
         sms_per_address_per_hour=env.int("AUTH_SMS_PER_ADDRESS_PER_HOUR", 20, minimum=1),
         login_failure_window_seconds=env.int("AUTH_LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
         login_failures_per_account=env.int("AUTH_LOGIN_FAILURES_PER_ACCOUNT", 10, minimum=1),
-        login_failures_per_address=env.int("AUTH_LOGIN_FAILURES_PER_ADDRESS", 30, minimum=1),
-        registrations_per_address_per_hour=env.int("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", 30, minimum=1),
+        login_failures_per_address=env.int("AUTH_LOGIN_FAILURES_PER_ADDRESS", 100, minimum=1),
+        registrations_per_address_per_hour=env.int("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", 200, minimum=1),
+        code_checks_per_address_per_hour=env.int("AUTH_CODE_CHECKS_PER_ADDRESS_PER_HOUR", 60, minimum=1),
         code_pepper=env.str("AUTH_CODE_PEPPER", "laiwang-dev-pepper").encode(),
     )
 
