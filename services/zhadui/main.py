@@ -2,21 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 from laiwang.zhadui.v1 import zhadui_pb2
 from plumbing import streams
+from plumbing.config import Env
+from plumbing.grpc_client import open_channel
+from plumbing.ids import sortable_id
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.zhadui.api import ZhaduiApi
-from services.zhadui.store import ZhaduiStore
+from services.zhadui.clients import MessagingRooms
+from services.zhadui.core import ZhaduiCore
+from services.zhadui.events import FRIEND_GRAPH, OWN_EVENTS, friend_graph_handler, own_event_handler
+from services.zhadui.store import MongoZhaduiStore
+
+log = logging.getLogger(__name__)
 
 
 async def build(runtime: Runtime) -> ServiceParts:
-    store = ZhaduiStore(runtime.db)
-    api = ZhaduiApi()
+    env = Env()
+    archive_after = env.float("ZHADUI_ARCHIVE_AFTER_SECONDS", 7 * 24 * 3600.0, minimum=1.0)
+    archive_every = env.float("ZHADUI_ARCHIVE_SWEEP_SECONDS", 60.0, minimum=0.1)
+    per_hour = env.int("ZHADUI_CREATIONS_PER_HOUR", 20, minimum=1)
+    messaging = env.address("MESSAGING_ADDR", "127.0.0.1:50053")
+
+    store = MongoZhaduiStore(runtime.db, runtime.outbox)
+    core = ZhaduiCore(store=store, rooms=MessagingRooms(open_channel(messaging)), new_id=sortable_id,
+                      creations_per_hour=per_hour)
+
+    async def archive_forever() -> None:
+        while True:
+            await asyncio.sleep(archive_every)
+            try:
+                archived = await core.archive_idle(time.time_ns() // 1_000_000, int(archive_after * 1000))
+            except Exception:
+                log.warning("archive sweep failed; next sweep retries", exc_info=True)
+                continue
+            if archived:
+                log.info("archived idle zhaduis", extra={"count": archived})
+
     return ServiceParts(
         service_names=[zhadui_pb2.DESCRIPTOR.services_by_name["ZhaduiService"].full_name],
-        registrations=[api.register],
+        registrations=[ZhaduiApi(core).register],
         indexes=store.indexes(),
         produces=[streams.ZHADUI],
+        consumers=[(OWN_EVENTS, own_event_handler(core)), (FRIEND_GRAPH, friend_graph_handler(core))],
+        background=[archive_forever],
     )
 
 

@@ -24,13 +24,61 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elaiwang/zhadui/v1/zhadui.proto\x12\x11laiwang.zhadui.v12\x0f\n\rZhaduiServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elaiwang/zhadui/v1/zhadui.proto\x12\x11laiwang.zhadui.v1\"1\n\nAttachment\x12\x10\n\x08link_url\x18\x01 \x01(\t\x12\x11\n\tcard_json\x18\x02 \x01(\t\"\xee\x02\n\rZhaduiPreview\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63reator_user_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x31\n\nattachment\x18\x05 \x01(\x0b\x32\x1d.laiwang.zhadui.v1.Attachment\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12/\n\x06status\x18\x07 \x01(\x0e\x32\x1f.laiwang.zhadui.v1.ZhaduiStatus\x12\x19\n\x11participant_count\x18\x08 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x1b\n\x13last_activity_at_ms\x18\n \x01(\x03\x12\x15\n\rfriends_in_it\x18\x0b \x03(\t\x12\x1d\n\x15viewer_is_participant\x18\x0c \x01(\x08\x12\r\n\x05muted\x18\r \x01(\x08\x12\x0e\n\x06unread\x18\x0e \x01(\x08\"\x8b\x01\n\x13\x43reateZhaduiRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x31\n\nattachment\x18\x04 \x01(\x0b\x32\x1d.laiwang.zhadui.v1.Attachment\x12\x0c\n\x04tags\x18\x05 \x03(\t\"H\n\x14\x43reateZhaduiResponse\x12\x30\n\x06zhadui\x18\x01 \x01(\x0b\x32 .laiwang.zhadui.v1.ZhaduiPreview\"P\n\x10GetZhaduiRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x11\n\tzhadui_id\x18\x02 \x01(\t\x12\x11\n\tmark_seen\x18\x03 \x01(\x08\"E\n\x11GetZhaduiResponse\x12\x30\n\x06zhadui\x18\x01 \x01(\x0b\x32 .laiwang.zhadui.v1.ZhaduiPreview\"H\n\x0fListFeedRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"X\n\x10ListFeedResponse\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .laiwang.zhadui.v1.ZhaduiPreview\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\">\n\x11JoinZhaduiRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x11\n\tzhadui_id\x18\x02 \x01(\t\"W\n\x12JoinZhaduiResponse\x12\x30\n\x06zhadui\x18\x01 \x01(\x0b\x32 .laiwang.zhadui.v1.ZhaduiPreview\x12\x0f\n\x07room_id\x18\x02 \x01(\t\"?\n\x12LeaveZhaduiRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x11\n\tzhadui_id\x18\x02 \x01(\t\"\x15\n\x13LeaveZhaduiResponse\"M\n\x11MuteZhaduiRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x11\n\tzhadui_id\x18\x02 \x01(\t\x12\r\n\x05muted\x18\x03 \x01(\x08\"\x14\n\x12MuteZhaduiResponse\"?\n\x12\x43loseZhaduiRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x11\n\tzhadui_id\x18\x02 \x01(\t\"\x15\n\x13\x43loseZhaduiResponse\"V\n\x18RemoveParticipantRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x11\n\tzhadui_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"\x1b\n\x19RemoveParticipantResponse\"A\n\x14GetDiscussionRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\x11\n\tzhadui_id\x18\x02 \x01(\t\"(\n\x15GetDiscussionResponse\x12\x0f\n\x07room_id\x18\x01 \x01(\t\";\n\x12ListNoticesRequest\x12\x16\n\x0eviewer_user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"P\n\x06Notice\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x15\n\ractor_user_id\x18\x03 \x01(\t\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"A\n\x13ListNoticesResponse\x12*\n\x07notices\x18\x01 \x03(\x0b\x32\x19.laiwang.zhadui.v1.Notice*{\n\x0cZhaduiStatus\x12\x1d\n\x19ZHADUI_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12ZHADUI_STATUS_OPEN\x10\x01\x12\x18\n\x14ZHADUI_STATUS_CLOSED\x10\x02\x12\x1a\n\x16ZHADUI_STATUS_ARCHIVED\x10\x03\x32\xc1\x07\n\rZhaduiService\x12_\n\x0c\x43reateZhadui\x12&.laiwang.zhadui.v1.CreateZhaduiRequest\x1a\'.laiwang.zhadui.v1.CreateZhaduiResponse\x12V\n\tGetZhadui\x12#.laiwang.zhadui.v1.GetZhaduiRequest\x1a$.laiwang.zhadui.v1.GetZhaduiResponse\x12S\n\x08ListFeed\x12\".laiwang.zhadui.v1.ListFeedRequest\x1a#.laiwang.zhadui.v1.ListFeedResponse\x12Y\n\nJoinZhadui\x12$.laiwang.zhadui.v1.JoinZhaduiRequest\x1a%.laiwang.zhadui.v1.JoinZhaduiResponse\x12\\\n\x0bLeaveZhadui\x12%.laiwang.zhadui.v1.LeaveZhaduiRequest\x1a&.laiwang.zhadui.v1.LeaveZhaduiResponse\x12Y\n\nMuteZhadui\x12$.laiwang.zhadui.v1.MuteZhaduiRequest\x1a%.laiwang.zhadui.v1.MuteZhaduiResponse\x12\\\n\x0b\x43loseZhadui\x12%.laiwang.zhadui.v1.CloseZhaduiRequest\x1a&.laiwang.zhadui.v1.CloseZhaduiResponse\x12n\n\x11RemoveParticipant\x12+.laiwang.zhadui.v1.RemoveParticipantRequest\x1a,.laiwang.zhadui.v1.RemoveParticipantResponse\x12\x62\n\rGetDiscussion\x12\'.laiwang.zhadui.v1.GetDiscussionRequest\x1a(.laiwang.zhadui.v1.GetDiscussionResponse\x12\\\n\x0bListNotices\x12%.laiwang.zhadui.v1.ListNoticesRequest\x1a&.laiwang.zhadui.v1.ListNoticesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'laiwang.zhadui.v1.zhadui_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ZHADUISERVICE']._serialized_start=53
-  _globals['_ZHADUISERVICE']._serialized_end=68
+  _globals['_ZHADUISTATUS']._serialized_start=1872
+  _globals['_ZHADUISTATUS']._serialized_end=1995
+  _globals['_ATTACHMENT']._serialized_start=53
+  _globals['_ATTACHMENT']._serialized_end=102
+  _globals['_ZHADUIPREVIEW']._serialized_start=105
+  _globals['_ZHADUIPREVIEW']._serialized_end=471
+  _globals['_CREATEZHADUIREQUEST']._serialized_start=474
+  _globals['_CREATEZHADUIREQUEST']._serialized_end=613
+  _globals['_CREATEZHADUIRESPONSE']._serialized_start=615
+  _globals['_CREATEZHADUIRESPONSE']._serialized_end=687
+  _globals['_GETZHADUIREQUEST']._serialized_start=689
+  _globals['_GETZHADUIREQUEST']._serialized_end=769
+  _globals['_GETZHADUIRESPONSE']._serialized_start=771
+  _globals['_GETZHADUIRESPONSE']._serialized_end=840
+  _globals['_LISTFEEDREQUEST']._serialized_start=842
+  _globals['_LISTFEEDREQUEST']._serialized_end=914
+  _globals['_LISTFEEDRESPONSE']._serialized_start=916
+  _globals['_LISTFEEDRESPONSE']._serialized_end=1004
+  _globals['_JOINZHADUIREQUEST']._serialized_start=1006
+  _globals['_JOINZHADUIREQUEST']._serialized_end=1068
+  _globals['_JOINZHADUIRESPONSE']._serialized_start=1070
+  _globals['_JOINZHADUIRESPONSE']._serialized_end=1157
+  _globals['_LEAVEZHADUIREQUEST']._serialized_start=1159
+  _globals['_LEAVEZHADUIREQUEST']._serialized_end=1222
+  _globals['_LEAVEZHADUIRESPONSE']._serialized_start=1224
+  _globals['_LEAVEZHADUIRESPONSE']._serialized_end=1245
+  _globals['_MUTEZHADUIREQUEST']._serialized_start=1247
+  _globals['_MUTEZHADUIREQUEST']._serialized_end=1324
+  _globals['_MUTEZHADUIRESPONSE']._serialized_start=1326
+  _globals['_MUTEZHADUIRESPONSE']._serialized_end=1346
+  _globals['_CLOSEZHADUIREQUEST']._serialized_start=1348
+  _globals['_CLOSEZHADUIREQUEST']._serialized_end=1411
+  _globals['_CLOSEZHADUIRESPONSE']._serialized_start=1413
+  _globals['_CLOSEZHADUIRESPONSE']._serialized_end=1434
+  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_start=1436
+  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_end=1522
+  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_start=1524
+  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_end=1551
+  _globals['_GETDISCUSSIONREQUEST']._serialized_start=1553
+  _globals['_GETDISCUSSIONREQUEST']._serialized_end=1618
+  _globals['_GETDISCUSSIONRESPONSE']._serialized_start=1620
+  _globals['_GETDISCUSSIONRESPONSE']._serialized_end=1660
+  _globals['_LISTNOTICESREQUEST']._serialized_start=1662
+  _globals['_LISTNOTICESREQUEST']._serialized_end=1721
+  _globals['_NOTICE']._serialized_start=1723
+  _globals['_NOTICE']._serialized_end=1803
+  _globals['_LISTNOTICESRESPONSE']._serialized_start=1805
+  _globals['_LISTNOTICESRESPONSE']._serialized_end=1870
+  _globals['_ZHADUISERVICE']._serialized_start=1998
+  _globals['_ZHADUISERVICE']._serialized_end=2959
 # @@protoc_insertion_point(module_scope)

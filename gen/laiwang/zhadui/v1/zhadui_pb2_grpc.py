@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from laiwang.zhadui.v1 import zhadui_pb2 as laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -33,14 +34,180 @@ class ZhaduiServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateZhadui = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/CreateZhadui',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CreateZhaduiRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CreateZhaduiResponse.FromString,
+                _registered_method=True)
+        self.GetZhadui = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/GetZhadui',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetZhaduiRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetZhaduiResponse.FromString,
+                _registered_method=True)
+        self.ListFeed = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/ListFeed',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListFeedRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListFeedResponse.FromString,
+                _registered_method=True)
+        self.JoinZhadui = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/JoinZhadui',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.JoinZhaduiRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.JoinZhaduiResponse.FromString,
+                _registered_method=True)
+        self.LeaveZhadui = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/LeaveZhadui',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.LeaveZhaduiRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.LeaveZhaduiResponse.FromString,
+                _registered_method=True)
+        self.MuteZhadui = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/MuteZhadui',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.MuteZhaduiRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.MuteZhaduiResponse.FromString,
+                _registered_method=True)
+        self.CloseZhadui = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/CloseZhadui',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CloseZhaduiRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CloseZhaduiResponse.FromString,
+                _registered_method=True)
+        self.RemoveParticipant = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/RemoveParticipant',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.RemoveParticipantRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.RemoveParticipantResponse.FromString,
+                _registered_method=True)
+        self.GetDiscussion = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/GetDiscussion',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetDiscussionRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetDiscussionResponse.FromString,
+                _registered_method=True)
+        self.ListNotices = channel.unary_unary(
+                '/laiwang.zhadui.v1.ZhaduiService/ListNotices',
+                request_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListNoticesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListNoticesResponse.FromString,
+                _registered_method=True)
 
 
 class ZhaduiServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def CreateZhadui(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetZhadui(self, request, context):
+        """The preview (anyone in the audience) or NOT_FOUND (anyone else).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeed(self, request, context):
+        """The viewer's visible zhaduis, newest activity first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinZhadui(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveZhadui(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MuteZhadui(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseZhadui(self, request, context):
+        """Creator only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveParticipant(self, request, context):
+        """Creator only; a removed user cannot join again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDiscussion(self, request, context):
+        """The discussion room; participants only (PERMISSION_DENIED for everyone else).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNotices(self, request, context):
+        """"X joined a zhadui" notices for the viewer, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ZhaduiServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateZhadui': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateZhadui,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CreateZhaduiRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CreateZhaduiResponse.SerializeToString,
+            ),
+            'GetZhadui': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetZhadui,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetZhaduiRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetZhaduiResponse.SerializeToString,
+            ),
+            'ListFeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeed,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListFeedRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListFeedResponse.SerializeToString,
+            ),
+            'JoinZhadui': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinZhadui,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.JoinZhaduiRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.JoinZhaduiResponse.SerializeToString,
+            ),
+            'LeaveZhadui': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveZhadui,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.LeaveZhaduiRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.LeaveZhaduiResponse.SerializeToString,
+            ),
+            'MuteZhadui': grpc.unary_unary_rpc_method_handler(
+                    servicer.MuteZhadui,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.MuteZhaduiRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.MuteZhaduiResponse.SerializeToString,
+            ),
+            'CloseZhadui': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseZhadui,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CloseZhaduiRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CloseZhaduiResponse.SerializeToString,
+            ),
+            'RemoveParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveParticipant,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.RemoveParticipantRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.RemoveParticipantResponse.SerializeToString,
+            ),
+            'GetDiscussion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDiscussion,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetDiscussionRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetDiscussionResponse.SerializeToString,
+            ),
+            'ListNotices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotices,
+                    request_deserializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListNoticesRequest.FromString,
+                    response_serializer=laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListNoticesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'laiwang.zhadui.v1.ZhaduiService', rpc_method_handlers)
@@ -51,3 +218,273 @@ def add_ZhaduiServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ZhaduiService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateZhadui(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/CreateZhadui',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CreateZhaduiRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CreateZhaduiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetZhadui(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/GetZhadui',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetZhaduiRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetZhaduiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/ListFeed',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListFeedRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinZhadui(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/JoinZhadui',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.JoinZhaduiRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.JoinZhaduiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveZhadui(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/LeaveZhadui',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.LeaveZhaduiRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.LeaveZhaduiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuteZhadui(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/MuteZhadui',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.MuteZhaduiRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.MuteZhaduiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseZhadui(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/CloseZhadui',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CloseZhaduiRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.CloseZhaduiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/RemoveParticipant',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.RemoveParticipantRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.RemoveParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDiscussion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/GetDiscussion',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetDiscussionRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.GetDiscussionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.zhadui.v1.ZhaduiService/ListNotices',
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListNoticesRequest.SerializeToString,
+            laiwang_dot_zhadui_dot_v1_dot_zhadui__pb2.ListNoticesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
