@@ -15,6 +15,8 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.accounts",
     "gateway.routes.accounts_phone",
     "gateway.routes.accounts_sso",
+    "gateway.routes.rooms",
+    "gateway.routes.sync",
 )
 
 

@@ -1,0 +1,244 @@
+"""Matrix room endpoints: createRoom, membership, send, state, redact, members, history, receipts, typing.
+
+Handlers translate HTTP <-> the messaging service's gRPC API; the rules (membership, power
+levels, canonical JSON, the 64 KiB limit, the invite policy) live in services/messaging/core.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.matrix import MatrixError, json_response, read_json_object
+from gateway.ratelimit import RateLimiter
+from gateway.rpc import call
+from gateway.session import authenticate
+from laiwang.messaging.v1 import messaging_pb2 as pb
+from laiwang.messaging.v1 import messaging_pb2_grpc
+from plumbing.config import Env
+
+PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+_STUB_KEY = "messaging_stub"
+_SEND_LIMITER_KEY = "messaging_send_limiter"
+_EMPTY = b"{}"
+
+
+def messaging_stub(deps: GatewayDeps) -> messaging_pb2_grpc.MessagingServiceStub:
+    stub = deps.extras.get(_STUB_KEY)
+    if stub is None:
+        stub = deps.extras[_STUB_KEY] = messaging_pb2_grpc.MessagingServiceStub(deps.downstream.channels["messaging"])
+    return stub
+
+
+def _raw(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+async def _requester(request: web.Request) -> tuple[GatewayDeps, pb.Requester]:
+    who = await authenticate(request)
+    return request.app[DEPS_KEY], pb.Requester(user_id=who.user_id, device_id=who.device_id)
+
+
+def _limit_sends(request: web.Request, deps: GatewayDeps, user_id: str) -> None:
+    limiter: RateLimiter | None = deps.extras.get(_SEND_LIMITER_KEY)
+    if limiter is None:
+        env = Env()
+        limiter = deps.extras[_SEND_LIMITER_KEY] = RateLimiter(
+            per_second=env.float("GATEWAY_SEND_RATE_PER_SECOND", 20.0, minimum=0.01),
+            burst=env.int("GATEWAY_SEND_BURST", 100, minimum=1),
+        )
+    limiter.check(user_id)
+
+
+def _str_field(body: dict[str, Any], name: str, *, required: bool = False) -> str:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise MatrixError(400, "M_MISSING_PARAM", f"'{name}' is required")
+        return ""
+    if not isinstance(value, str):
+        raise MatrixError(400, "M_BAD_JSON", f"'{name}' must be a string")
+    return value
+
+
+async def create_room(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    raw = await request.read()
+    body = await read_json_object(request, allow_empty=True)
+    del body  # validated as a JSON object here; the service interprets it
+    reply = await call(messaging_stub(deps).CreateRoom,
+                       pb.CreateRoomRequest(requester=who, body_json=raw if raw.strip() else _EMPTY))
+    return json_response({"room_id": reply.room_id})
+
+
+def _membership_handler(action: int, needs_target: bool):  # noqa: ANN202 - an aiohttp handler factory
+    async def handler(request: web.Request) -> web.Response:
+        deps, who = await _requester(request)
+        body = await read_json_object(request, allow_empty=True)
+        target = _str_field(body, "user_id", required=needs_target)
+        room_id = request.match_info.get("room_id") or request.match_info["room_id_or_alias"]
+        if not room_id.startswith("!"):
+            raise MatrixError(404, "M_NOT_FOUND", "room aliases are not supported; join by room id")
+        await call(messaging_stub(deps).ChangeMembership, pb.ChangeMembershipRequest(
+            requester=who, room_id=room_id, action=action, target_user_id=target,
+            reason=_str_field(body, "reason")))
+        if action == pb.MEMBERSHIP_ACTION_JOIN:
+            return json_response({"room_id": room_id})
+        return _raw(_EMPTY)
+
+    return handler
+
+
+async def send_event(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    _limit_sends(request, deps, who.user_id)
+    raw = await request.read()
+    reply = await call(messaging_stub(deps).SendEvent, pb.SendEventRequest(
+        requester=who, room_id=request.match_info["room_id"], event_type=request.match_info["event_type"],
+        txn_id=request.match_info["txn_id"], content_json=raw))
+    return json_response({"event_id": reply.event_id})
+
+
+async def put_state(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    _limit_sends(request, deps, who.user_id)
+    raw = await request.read()
+    reply = await call(messaging_stub(deps).SetState, pb.SetStateRequest(
+        requester=who, room_id=request.match_info["room_id"], event_type=request.match_info["event_type"],
+        state_key=request.match_info.get("state_key", ""), content_json=raw))
+    return json_response({"event_id": reply.event_id})
+
+
+async def get_state(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    event_type = request.match_info.get("event_type", "")
+    reply = await call(messaging_stub(deps).GetState, pb.GetStateRequest(
+        requester=who, room_id=request.match_info["room_id"], event_type=event_type,
+        state_key=request.match_info.get("state_key", ""), single=bool(event_type)))
+    return _raw(reply.body_json)
+
+
+async def redact(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    _limit_sends(request, deps, who.user_id)
+    body = await read_json_object(request, allow_empty=True)
+    reply = await call(messaging_stub(deps).Redact, pb.RedactRequest(
+        requester=who, room_id=request.match_info["room_id"], event_id=request.match_info["event_id"],
+        txn_id=request.match_info["txn_id"], reason=_str_field(body, "reason")))
+    return json_response({"event_id": reply.event_id})
+
+
+async def members(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    reply = await call(messaging_stub(deps).GetMembers,
+                       pb.GetMembersRequest(requester=who, room_id=request.match_info["room_id"]))
+    return _raw(reply.body_json)
+
+
+async def joined_members(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    reply = await call(messaging_stub(deps).GetMembers,
+                       pb.GetMembersRequest(requester=who, room_id=request.match_info["room_id"]))
+    joined = {
+        event["state_key"]: {"display_name": event["content"].get("displayname"),
+                             "avatar_url": event["content"].get("avatar_url")}
+        for event in orjson.loads(reply.body_json)["chunk"] if event["content"].get("membership") == "join"
+    }
+    return json_response({"joined": joined})
+
+
+async def joined_rooms(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    reply = await call(messaging_stub(deps).JoinedRooms, pb.JoinedRoomsRequest(requester=who))
+    return json_response({"joined_rooms": list(reply.room_ids)})
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise MatrixError(400, "M_INVALID_PARAM", f"'{name}' must be an integer") from None
+
+
+async def messages(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    reply = await call(messaging_stub(deps).Messages, pb.MessagesRequest(
+        requester=who, room_id=request.match_info["room_id"], to=request.query.get("to", ""),
+        dir=request.query.get("dir", "b"), limit=max(0, min(_int_param(request, "limit", 10), 1000)),
+        **{"from": request.query.get("from", "")}))
+    return _raw(reply.body_json)
+
+
+async def receipt(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    await read_json_object(request, allow_empty=True)
+    await call(messaging_stub(deps).SendReceipt, pb.SendReceiptRequest(
+        requester=who, room_id=request.match_info["room_id"], receipt_type=request.match_info["receipt_type"],
+        event_id=request.match_info["event_id"]))
+    return _raw(_EMPTY)
+
+
+async def read_markers(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    body = await read_json_object(request, allow_empty=True)
+    # m.fully_read is per-user account data, which we do not keep; the read receipts are stored.
+    for receipt_type in ("m.read", "m.read.private"):
+        event_id = _str_field(body, receipt_type)
+        if event_id:
+            await call(messaging_stub(deps).SendReceipt, pb.SendReceiptRequest(
+                requester=who, room_id=request.match_info["room_id"], receipt_type=receipt_type, event_id=event_id))
+    return _raw(_EMPTY)
+
+
+async def typing(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    if request.match_info["user_id"] != who.user_id:
+        raise MatrixError(403, "M_FORBIDDEN", "you can only set your own typing state")
+    body = await read_json_object(request)
+    is_typing = body.get("typing")
+    if not isinstance(is_typing, bool):
+        raise MatrixError(400, "M_BAD_JSON", "'typing' must be a boolean")
+    timeout = body.get("timeout", 30_000)
+    if isinstance(timeout, bool) or not isinstance(timeout, int):
+        raise MatrixError(400, "M_BAD_JSON", "'timeout' must be an integer")
+    await call(messaging_stub(deps).SetTyping, pb.SetTypingRequest(
+        requester=who, room_id=request.match_info["room_id"], typing=is_typing,
+        timeout_ms=max(0, min(timeout, 120_000))))
+    return _raw(_EMPTY)
+
+
+def routes(deps: GatewayDeps) -> list[web.RouteDef]:
+    table: list[web.RouteDef] = []
+    room = "/rooms/{room_id}"
+    for prefix in PREFIXES:
+        table += [
+            web.post(f"{prefix}/createRoom", create_room),
+            web.post(f"{prefix}{room}/invite", _membership_handler(pb.MEMBERSHIP_ACTION_INVITE, True)),
+            web.post(f"{prefix}{room}/join", _membership_handler(pb.MEMBERSHIP_ACTION_JOIN, False)),
+            web.post(prefix + "/join/{room_id_or_alias}", _membership_handler(pb.MEMBERSHIP_ACTION_JOIN, False)),
+            web.post(f"{prefix}{room}/leave", _membership_handler(pb.MEMBERSHIP_ACTION_LEAVE, False)),
+            web.post(f"{prefix}{room}/kick", _membership_handler(pb.MEMBERSHIP_ACTION_KICK, True)),
+            web.post(f"{prefix}{room}/ban", _membership_handler(pb.MEMBERSHIP_ACTION_BAN, True)),
+            web.post(f"{prefix}{room}/unban", _membership_handler(pb.MEMBERSHIP_ACTION_UNBAN, True)),
+            web.put(prefix + room + "/send/{event_type}/{txn_id}", send_event),
+            web.put(prefix + room + "/state/{event_type}", put_state),
+            web.put(prefix + room + "/state/{event_type}/{state_key:[^/]*}", put_state),
+            web.get(f"{prefix}{room}/state", get_state),
+            web.get(prefix + room + "/state/{event_type}", get_state),
+            web.get(prefix + room + "/state/{event_type}/{state_key:[^/]*}", get_state),
+            web.put(prefix + room + "/redact/{event_id}/{txn_id}", redact),
+            web.get(f"{prefix}{room}/members", members),
+            web.get(f"{prefix}{room}/joined_members", joined_members),
+            web.get(f"{prefix}/joined_rooms", joined_rooms),
+            web.get(f"{prefix}{room}/messages", messages),
+            web.post(prefix + room + "/receipt/{receipt_type}/{event_id}", receipt),
+            web.post(f"{prefix}{room}/read_markers", read_markers),
+            web.put(prefix + room + "/typing/{user_id}", typing),
+        ]
+    return table

@@ -1,0 +1,261 @@
+"""GET /sync with long-poll, and client filters.
+
+Waking: while a user has a /sync waiting here, this gateway replica subscribes to the user's
+core-NATS wake subject (`plumbing.streams.wake_subject`); messaging publishes there right after
+each commit that concerns the user, so NATS delivers the wake-up only to replicas holding that
+user. The subscription is made (and flushed to the server) *before* the first sync computation,
+so nothing committed afterwards can slip between computing and waiting. It lingers a minute
+after the last waiter leaves, since a client re-polls at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.matrix import MatrixError, json_response, read_json_object
+from gateway.routes.rooms import PREFIXES, messaging_stub
+from gateway.rpc import call
+from gateway.session import authenticate
+from laiwang.messaging.v1 import messaging_pb2 as pb
+from plumbing.config import Env
+from plumbing.streams import wake_subject
+
+log = logging.getLogger(__name__)
+
+MAX_TIMEOUT_MS = 30_000
+_HUB_KEY = "wake_hub"
+_MAX_FILTER_BYTES = 4096
+
+
+class Waiter:
+    __slots__ = ("event", "pos")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.pos = 0
+
+    def wake(self, pos: int) -> None:
+        self.pos = max(self.pos, pos)
+        self.event.set()
+
+    async def wait(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class _Entry:
+    __slots__ = ("idle_since", "ready", "subscription", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: set[Waiter] = set()
+        self.subscription: Subscription | None = None
+        self.ready = asyncio.Event()
+        self.idle_since = 0.0
+
+
+class WakeHub:
+    """Per-user wake subscriptions of this gateway replica."""
+
+    def __init__(self, nc: NatsClient | None, linger_seconds: float = 60.0) -> None:
+        self._nc = nc
+        self._linger = linger_seconds
+        self._entries: dict[str, _Entry] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._entries)
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="wake-hub-sweeper")
+
+    async def acquire(self, user_id: str) -> Waiter:
+        waiter = Waiter()
+        entry = self._entries.get(user_id)
+        if entry is None:
+            entry = self._entries[user_id] = _Entry()
+            entry.waiters.add(waiter)
+            try:
+                if self._nc is not None:
+                    entry.subscription = await self._nc.subscribe(wake_subject(user_id), cb=self._deliver(entry))
+                    await self._nc.flush()  # the server knows the subscription before we compute
+            except Exception:
+                self._entries.pop(user_id, None)
+                entry.ready.set()
+                raise
+            entry.ready.set()
+        else:
+            entry.waiters.add(waiter)
+            await entry.ready.wait()
+        return waiter
+
+    def release(self, user_id: str, waiter: Waiter) -> None:
+        entry = self._entries.get(user_id)
+        if entry is not None:
+            entry.waiters.discard(waiter)
+            if not entry.waiters:
+                entry.idle_since = time.monotonic()
+
+    @staticmethod
+    def _deliver(entry: _Entry) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            try:
+                pos = int(msg.data or b"0")
+            except ValueError:
+                pos = 0
+            for waiter in entry.waiters:
+                waiter.wake(pos)
+
+        return on_message
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(10.0, self._linger))
+            cutoff = time.monotonic() - self._linger
+            for user_id, entry in list(self._entries.items()):
+                if not entry.waiters and entry.ready.is_set() and entry.idle_since < cutoff:
+                    del self._entries[user_id]
+                    if entry.subscription is not None:
+                        with contextlib.suppress(Exception):
+                            await entry.subscription.unsubscribe()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for entry in self._entries.values():
+            if entry.subscription is not None:
+                with contextlib.suppress(Exception):
+                    await entry.subscription.unsubscribe()
+        self._entries.clear()
+
+
+# -- filters: the id is the filter itself (base64url of its JSON), so any replica can read it --------
+
+
+def _encode_filter(definition: dict[str, Any]) -> str:
+    return "f" + base64.urlsafe_b64encode(orjson.dumps(definition)).decode().rstrip("=")
+
+
+def _decode_filter(filter_id: str) -> dict[str, Any]:
+    if not filter_id.startswith("f"):
+        raise MatrixError(404, "M_NOT_FOUND", "unknown filter")
+    data = filter_id[1:]
+    try:
+        value = orjson.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+    except (binascii.Error, ValueError):
+        raise MatrixError(404, "M_NOT_FOUND", "unknown filter") from None
+    if not isinstance(value, dict):
+        raise MatrixError(404, "M_NOT_FOUND", "unknown filter")
+    return value
+
+
+def timeline_limit(filter_param: str | None) -> int:
+    """The room timeline limit of a filter given inline (JSON) or by id; 0 when unset."""
+    if not filter_param:
+        return 0
+    if filter_param.lstrip().startswith("{"):
+        try:
+            definition = orjson.loads(filter_param)
+        except orjson.JSONDecodeError:
+            raise MatrixError(400, "M_INVALID_PARAM", "filter is not valid JSON") from None
+    else:
+        definition = _decode_filter(filter_param)
+    room = definition.get("room") if isinstance(definition, dict) else None
+    timeline = room.get("timeline") if isinstance(room, dict) else None
+    limit = timeline.get("limit") if isinstance(timeline, dict) else None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+
+
+async def post_filter(request: web.Request) -> web.Response:
+    who = await authenticate(request)
+    if request.match_info["user_id"] != who.user_id:
+        raise MatrixError(403, "M_FORBIDDEN", "you can only create filters for yourself")
+    body = await read_json_object(request)
+    if len(orjson.dumps(body)) > _MAX_FILTER_BYTES:
+        raise MatrixError(400, "M_TOO_LARGE", "filter is too large")
+    return json_response({"filter_id": _encode_filter(body)})
+
+
+async def get_filter(request: web.Request) -> web.Response:
+    who = await authenticate(request)
+    if request.match_info["user_id"] != who.user_id:
+        raise MatrixError(403, "M_FORBIDDEN", "you can only read your own filters")
+    return json_response(_decode_filter(request.match_info["filter_id"]))
+
+
+# -- /sync ------------------------------------------------------------------------------------------
+
+
+async def sync(request: web.Request) -> web.Response:
+    who = await authenticate(request)
+    deps = request.app[DEPS_KEY]
+    try:
+        timeout_ms = max(0, min(int(request.query.get("timeout") or 0), MAX_TIMEOUT_MS))
+    except ValueError:
+        raise MatrixError(400, "M_INVALID_PARAM", "'timeout' must be an integer") from None
+    sync_request = pb.SyncRequest(
+        requester=pb.Requester(user_id=who.user_id, device_id=who.device_id),
+        since=request.query.get("since", ""),
+        timeline_limit=timeline_limit(request.query.get("filter")),
+        full_state=request.query.get("full_state", "false").lower() == "true",
+    )
+    stub = messaging_stub(deps)
+    hub: WakeHub = deps.extras[_HUB_KEY]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_ms / 1000
+    waiter = await hub.acquire(who.user_id) if timeout_ms > 0 else None
+    try:
+        while True:
+            if waiter is not None:
+                waiter.event.clear()  # a wake-up from here on means "compute again"
+            reply = await call(stub.Sync, sync_request, timeout=10.0)
+            remaining = deadline - loop.time()
+            if reply.has_changes or waiter is None or remaining <= 0:
+                break
+            if not await waiter.wait(remaining):
+                break
+            sync_request.min_position = waiter.pos
+    finally:
+        if waiter is not None:
+            hub.release(who.user_id, waiter)
+    return web.Response(body=reply.body_json, content_type="application/json")
+
+
+def routes(deps: GatewayDeps) -> list[web.RouteDef]:
+    table: list[web.RouteDef] = []
+    for prefix in PREFIXES:
+        table += [
+            web.get(f"{prefix}/sync", sync),
+            web.post(prefix + "/user/{user_id}/filter", post_filter),
+            web.get(prefix + "/user/{user_id}/filter/{filter_id}", get_filter),
+        ]
+    return table
+
+
+async def startup(deps: GatewayDeps) -> None:
+    hub = WakeHub(deps.nats, Env().float("GATEWAY_WAKE_LINGER_SECONDS", 60.0, minimum=0.1))
+    hub.start()
+    deps.extras[_HUB_KEY] = hub
+
+
+async def cleanup(deps: GatewayDeps) -> None:
+    hub: WakeHub | None = deps.extras.pop(_HUB_KEY, None)
+    if hub is not None:
+        await hub.close()
