@@ -17,6 +17,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.accounts_sso",
     "gateway.routes.rooms",
     "gateway.routes.sync",
+    "gateway.routes.zhadui",
 )
 
 
