@@ -1,22 +1,87 @@
-"""Composition root of the contacts service: builds its parts from the shared runtime and serves them."""
+"""Composition root of the contacts service: builds its parts from the shared runtime and serves them.
+
+Settings (besides the common ones in plumbing.config):
+  CONTACTS_DEFAULT_REGION            region for numbers without a country code (default CN)
+  CONTACTS_HASH_KEY                  secret for the keyed hashes address books are stored under;
+                                     required when CONTACTS_REQUIRE_HASH_KEY=true (production)
+  CONTACTS_REQUIRE_HASH_KEY          refuse to start on the development key (default false)
+  CONTACTS_BUDGET_INITIAL            numbers a user may upload for the first time (default 10000)
+  CONTACTS_BUDGET_REFILL_PER_HOUR    how fast that budget refills (default 20)
+  CONTACTS_PEPPER_ROTATE_SECONDS     lookup pepper lifetime (default 7 days)
+  CONTACTS_PEPPER_KEEP               pepper generations whose hash-only entries are kept (default 4)
+  CONTACTS_INDEX_POLL_SECONDS        how often replicas pick up each other's index writes (0.25)
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+
 from laiwang.contacts.v1 import contacts_pb2
 from plumbing import streams
+from plumbing.config import Env
+from plumbing.errors import ConfigError
+from plumbing.mongo import ensure_indexes
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.contacts.api import ContactsApi
+from services.contacts.core import BudgetPolicy, InvalidArgument, Keyring, Normaliser, PhoneIndex
+from services.contacts.events import AUTH_CONSUMER, PairEventProducer, auth_handler
+from services.contacts.logic import ContactsLogic, Settings
 from services.contacts.store import ContactsStore
+
+log = logging.getLogger(__name__)
+
+DEV_HASH_KEY = "laiwang-dev-contacts-hash-key-not-for-production"
+
+
+def hash_key(env: Env) -> bytes:
+    raw = env.str("CONTACTS_HASH_KEY", DEV_HASH_KEY)
+    if raw == DEV_HASH_KEY:
+        if env.bool("CONTACTS_REQUIRE_HASH_KEY", False):
+            raise ConfigError("CONTACTS_HASH_KEY is required (CONTACTS_REQUIRE_HASH_KEY=true): set a random secret")
+        log.warning("CONTACTS_HASH_KEY is not set: using the development key (never do this in production)")
+    if len(raw) < 16:
+        raise ConfigError("CONTACTS_HASH_KEY must be at least 16 characters")
+    # Changing the key orphans every stored address book, so it is derived once, deterministically.
+    return hashlib.sha256(b"laiwang-contacts-book-key:" + raw.encode()).digest()
+
+
+def build_logic(runtime: Runtime, env: Env | None = None) -> tuple[ContactsLogic, ContactsStore]:
+    env = env or Env()
+    normaliser = Normaliser(env.str("CONTACTS_DEFAULT_REGION", "CN"))
+    try:
+        normaliser.region("")
+    except InvalidArgument:
+        raise ConfigError(f"CONTACTS_DEFAULT_REGION={normaliser.default_region!r} is not a known region") from None
+    settings = Settings(
+        budget=BudgetPolicy(
+            initial=env.int("CONTACTS_BUDGET_INITIAL", 10_000, minimum=1),
+            refill_per_hour=env.float("CONTACTS_BUDGET_REFILL_PER_HOUR", 20.0),
+        ),
+        pepper_rotate_seconds=env.float("CONTACTS_PEPPER_ROTATE_SECONDS", 7 * 24 * 3600.0, minimum=1.0),
+        pepper_keep=env.int("CONTACTS_PEPPER_KEEP", 4, minimum=1, maximum=100),
+        poll_seconds=env.float("CONTACTS_INDEX_POLL_SECONDS", 0.25, minimum=0.01),
+    )
+    store = ContactsStore(runtime.mongo, runtime.db)
+    producer = PairEventProducer(runtime.outbox)
+    logic = ContactsLogic(store, PhoneIndex(), Keyring(hash_key(env)), normaliser, settings, producer.stage,
+                          producer.kick)
+    return logic, store
 
 
 async def build(runtime: Runtime) -> ServiceParts:
-    store = ContactsStore(runtime.db)
-    api = ContactsApi()
+    logic, store = build_logic(runtime)
+    # Indexes first (run_service declares them again, harmlessly): loading a large index is faster with them.
+    await ensure_indexes(runtime.db, store.indexes())
+    await logic.load()
+    api = ContactsApi(logic)
     return ServiceParts(
         service_names=[contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"].full_name],
         registrations=[api.register],
         indexes=store.indexes(),
         produces=[streams.CONTACTS],
+        consumers=[(AUTH_CONSUMER, auth_handler(logic))],
+        background=[logic.run_refresh],
     )
 
 

@@ -1,15 +1,343 @@
-"""Repository over the contacts service's own collections; its indexes are declared here."""
+"""Repository over the contacts service's own collections; its indexes are declared here.
+
+Collections:
+  phones        _id = E.164 number of a verified phone; user_id (None once unbound), event_ms
+                (the auth event time, so a late redelivery cannot undo a newer change), updated_at
+  profiles      _id = user id; display_name, discoverability, deactivated, updated_at
+  books         _id = owner; `keys` = the owner's keyed hashes concatenated (16 bytes each, the
+                fast "uploaded before?" set), the enumeration budget (tokens, tokens_at_ms), rev
+  book_entries  one per (owner, keyed hash): for "who has this number" (suggestions, mutual
+                discoverability); `gen` = pepper generation of hash-only entries; `match` = the
+                registered user the entry resolved to
+  pairs         _id = "a|b" (a < b): friendship, pending request, blocks, version
+  suggestions   _id = "owner|subject"
+  peppers       _id = generation (int); pepper, created_at_ms
+"""
 
 from __future__ import annotations
 
-from pymongo.asynchronous.database import AsyncDatabase
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from plumbing.mongo import IndexPlan
+from bson import Binary
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from plumbing.mongo import IndexPlan, in_transaction
+from services.contacts.core import KEY_BYTES, Conflict, Discoverability, Pair, PairEvent, pair_key
+
+StageEvent = Callable[[AsyncClientSession, PairEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Book:
+    keys: set[bytes]
+    tokens: float | None
+    tokens_at_ms: int | None
+    rev: int
+
+
+@dataclass(frozen=True)
+class BookEntry:
+    key: bytes
+    gen: int | None
+    match: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _split_keys(blob: bytes) -> set[bytes]:
+    return {blob[i : i + KEY_BYTES] for i in range(0, len(blob), KEY_BYTES)}
+
+
+def _pair_from(doc: dict[str, Any]) -> Pair:
+    return Pair(
+        a=doc["a"], b=doc["b"], friends=doc.get("friends", False), friends_since_ms=doc.get("friends_since_ms", 0),
+        request_from=doc.get("request_from"), request_message=doc.get("request_message", ""),
+        request_at_ms=doc.get("request_at_ms", 0), a_blocks_b=doc.get("a_blocks_b", False),
+        b_blocks_a=doc.get("b_blocks_a", False), version=doc.get("version", 0),
+    )
+
+
+def _pair_doc(pair: Pair) -> dict[str, Any]:
+    return {
+        "_id": pair.key, "a": pair.a, "b": pair.b, "friends": pair.friends, "friends_since_ms": pair.friends_since_ms,
+        "request_from": pair.request_from, "request_to": pair.request_to(), "request_message": pair.request_message,
+        "request_at_ms": pair.request_at_ms, "a_blocks_b": pair.a_blocks_b, "b_blocks_a": pair.b_blocks_a,
+        "blocked": pair.blocked, "version": pair.version,
+    }
 
 
 class ContactsStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase) -> None:
+        self._client = client
         self._db = db
+        self.phones = db["phones"]
+        self.profiles = db["profiles"]
+        self.books = db["books"]
+        self.entries = db["book_entries"]
+        self.pairs = db["pairs"]
+        self.suggestions = db["suggestions"]
+        self.peppers = db["peppers"]
 
     def indexes(self) -> IndexPlan:
-        return {}
+        return {
+            "phones": [IndexModel([("user_id", ASCENDING)]), IndexModel([("updated_at", ASCENDING)])],
+            "profiles": [IndexModel([("updated_at", ASCENDING)])],
+            "book_entries": [
+                IndexModel([("k", ASCENDING)]),
+                IndexModel([("owner", ASCENDING)]),
+                IndexModel([("gen", ASCENDING)]),
+            ],
+            "pairs": [IndexModel([("a", ASCENDING)]), IndexModel([("b", ASCENDING)])],
+            "suggestions": [IndexModel([("owner", ASCENDING)])],
+        }
+
+    # ------------------------------------------------------------------ phone index projection
+    async def bind_phone(self, e164: str, user_id: str, event_ms: int) -> bool:
+        """Record that `user_id` verified `e164`, unless a newer event already decided; True if applied."""
+        return await self._set_phone(e164, user_id, event_ms)
+
+    async def unbind_phone(self, e164: str, user_id: str, event_ms: int) -> bool:
+        doc = await self.phones.find_one({"_id": e164})
+        if doc is not None and doc.get("user_id") not in (user_id, None):
+            return False  # the number has moved on to someone else since
+        return await self._set_phone(e164, None, event_ms)
+
+    async def _set_phone(self, e164: str, user_id: str | None, event_ms: int) -> bool:
+        try:
+            result = await self.phones.update_one(
+                {"_id": e164, "event_ms": {"$lte": event_ms}},
+                {"$set": {"user_id": user_id, "event_ms": event_ms, "updated_at": _now()}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # exists with a newer event_ms: the upsert tried to insert a second copy
+        return result.matched_count > 0 or result.upserted_id is not None
+
+    async def numbers_of(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
+        ids = list(set(user_ids))
+        found: dict[str, list[str]] = {}
+        if not ids:
+            return found
+        query = {"user_id": ids[0]} if len(ids) == 1 else {"user_id": {"$in": ids}}
+        async for doc in self.phones.find(query, {"user_id": 1}):
+            found.setdefault(doc["user_id"], []).append(doc["_id"])
+        return found
+
+    async def all_phones(self, batch: int = 20_000) -> Any:
+        """Every bound number, for loading the in-memory index at start-up."""
+        async for doc in self.phones.find({"user_id": {"$ne": None}}, {"user_id": 1}, batch_size=batch):
+            yield doc["_id"], doc["user_id"]
+
+    async def phones_changed_since(self, since: datetime) -> list[tuple[str, str | None, datetime]]:
+        docs = await self.phones.find({"updated_at": {"$gte": since}}, {"user_id": 1, "updated_at": 1}).to_list()
+        return [(d["_id"], d.get("user_id"), d["updated_at"]) for d in docs]
+
+    # ------------------------------------------------------------------ profiles
+    async def upsert_profile(
+        self, user_id: str, display_name: str | None = None, discoverability: Discoverability | None = None,
+        deactivated: bool | None = None,
+    ) -> None:
+        changes: dict[str, Any] = {"updated_at": _now()}
+        if display_name is not None:
+            changes["display_name"] = display_name
+        if discoverability is not None:
+            changes["discoverability"] = discoverability.value
+        if deactivated is not None:
+            changes["deactivated"] = deactivated
+        await self.profiles.update_one({"_id": user_id}, {"$set": changes}, upsert=True)
+
+    async def get_profile(self, user_id: str) -> dict[str, Any] | None:
+        return await self.profiles.find_one({"_id": user_id})
+
+    async def all_profiles(self, batch: int = 20_000) -> Any:
+        async for doc in self.profiles.find({}, batch_size=batch):
+            yield doc
+
+    async def profiles_changed_since(self, since: datetime) -> list[dict[str, Any]]:
+        return await self.profiles.find({"updated_at": {"$gte": since}}).to_list()
+
+    # ------------------------------------------------------------------ address books
+    async def load_book(self, owner: str) -> Book:
+        doc = await self.books.find_one({"_id": owner})
+        if doc is None:
+            return Book(set(), None, None, 0)
+        return Book(_split_keys(bytes(doc.get("keys", b""))), doc.get("tokens"), doc.get("tokens_at_ms"), doc["rev"])
+
+    async def save_book(
+        self,
+        owner: str,
+        expected_rev: int,
+        keys_after: set[bytes],
+        tokens: float | None,
+        tokens_at_ms: int | None,
+        added: Sequence[BookEntry],
+        removed: Iterable[bytes],
+    ) -> None:
+        """Write the book, its new entries and removals in one transaction; Conflict if `rev` moved."""
+        removed_ids = [f"{owner}|{key.hex()}" for key in removed]
+        new_docs = [
+            {"_id": f"{owner}|{e.key.hex()}", "owner": owner, "k": Binary(e.key), "gen": e.gen, "match": e.match}
+            for e in added
+        ]
+
+        async def work(session: AsyncClientSession) -> None:
+            fields = {"keys": Binary(b"".join(sorted(keys_after))), "tokens": tokens, "tokens_at_ms": tokens_at_ms,
+                      "rev": expected_rev + 1, "updated_at": _now()}
+            if expected_rev == 0:
+                try:
+                    await self.books.insert_one({"_id": owner, **fields}, session=session)
+                except DuplicateKeyError:
+                    raise Conflict("address book changed concurrently") from None
+            else:
+                result = await self.books.update_one({"_id": owner, "rev": expected_rev}, {"$set": fields},
+                                                     session=session)
+                if result.matched_count == 0:
+                    raise Conflict("address book changed concurrently")
+            if removed_ids:
+                await self.entries.delete_many({"_id": {"$in": removed_ids}}, session=session)
+            if new_docs:
+                await self.entries.insert_many(new_docs, ordered=False, session=session)
+
+        await in_transaction(self._client, work)
+
+    async def add_book_keys(self, owner: str, entries: Sequence[BookEntry]) -> None:
+        """Add entries outside an upload (a hash-only entry resolved by a later registration)."""
+        for _ in range(5):
+            book = await self.load_book(owner)
+            fresh = [e for e in entries if e.key not in book.keys]
+            if not fresh:
+                return
+            try:
+                await self.save_book(owner, book.rev, book.keys | {e.key for e in fresh}, book.tokens,
+                                     book.tokens_at_ms, fresh, ())
+                return
+            except Conflict:
+                continue
+        raise Conflict("address book kept changing")
+
+    async def holders(self, keys: Sequence[bytes]) -> list[tuple[str, bytes, int | None]]:
+        """(owner, key, gen) of every stored entry with one of `keys`: who has these numbers."""
+        if not keys:
+            return []
+        query = {"k": Binary(keys[0])} if len(keys) == 1 else {"k": {"$in": [Binary(k) for k in keys]}}
+        docs = await self.entries.find(query, {"owner": 1, "k": 1, "gen": 1}).to_list()
+        return [(d["owner"], bytes(d["k"]), d.get("gen")) for d in docs]
+
+    async def has_entries(self, owner: str, keys: Sequence[bytes]) -> bool:
+        if not keys:
+            return False
+        ids = [f"{owner}|{k.hex()}" for k in keys]
+        return await self.entries.find_one({"_id": {"$in": ids}}, {"_id": 1}) is not None
+
+    async def set_match(self, keys: Sequence[bytes], user_id: str | None, only_owners: Iterable[str] | None = None,
+                        previous: str | None = None) -> None:
+        query: dict[str, Any] = {"k": {"$in": [Binary(k) for k in keys]}}
+        if only_owners is not None:
+            query["owner"] = {"$in": list(only_owners)}
+        if previous is not None:
+            query["match"] = previous
+        await self.entries.update_many(query, {"$set": {"match": user_id}})
+
+    async def matched_users(self, owner: str) -> list[str]:
+        docs = await self.entries.find({"owner": owner, "match": {"$ne": None}}, {"match": 1}).to_list()
+        return list(dict.fromkeys(d["match"] for d in docs))
+
+    async def drop_generations_below(self, gen: int) -> int:
+        """Forget hash-only entries of retired peppers: they can never be matched again."""
+        result = await self.entries.delete_many({"gen": {"$ne": None, "$lt": gen}})
+        return result.deleted_count
+
+    # ------------------------------------------------------------------ pairs
+    async def get_pair(self, x: str, y: str) -> Pair:
+        doc = await self.pairs.find_one({"_id": pair_key(x, y)})
+        return _pair_from(doc) if doc is not None else Pair.new(x, y)
+
+    async def save_pair(self, before: Pair, after: Pair, events: Sequence[PairEvent], stage: StageEvent) -> None:
+        """Write the pair and stage its events in one transaction; Conflict if someone else wrote first."""
+
+        async def work(session: AsyncClientSession) -> None:
+            doc = _pair_doc(after)
+            if before.version == 0:
+                try:
+                    await self.pairs.insert_one(doc, session=session)
+                except DuplicateKeyError:
+                    raise Conflict("relationship changed concurrently") from None
+            else:
+                result = await self.pairs.replace_one({"_id": after.key, "version": before.version}, doc,
+                                                      session=session)
+                if result.matched_count == 0:
+                    raise Conflict("relationship changed concurrently")
+            for event in events:
+                await stage(session, event)
+
+        await in_transaction(self._client, work)
+
+    async def pairs_of(self, user: str, query: dict[str, Any]) -> list[Pair]:
+        docs = await self.pairs.find({"$or": [{"a": user, **query}, {"b": user, **query}]}).to_list()
+        return [_pair_from(d) for d in docs]
+
+    async def friends_of(self, user: str) -> dict[str, int]:
+        """Friend -> friends since (ms)."""
+        return {p.other(user): p.friends_since_ms for p in await self.pairs_of(user, {"friends": True})}
+
+    async def friendships_among(self, users: Sequence[str]) -> list[tuple[str, str]]:
+        if not users:
+            return []
+        docs = await self.pairs.find(
+            {"friends": True, "$or": [{"a": {"$in": list(users)}}, {"b": {"$in": list(users)}}]}, {"a": 1, "b": 1}
+        ).to_list()
+        return [(d["a"], d["b"]) for d in docs]
+
+    async def blocked_with(self, user: str) -> set[str]:
+        """Everyone `user` blocks or is blocked by."""
+        return {p.other(user) for p in await self.pairs_of(user, {"blocked": True})}
+
+    # ------------------------------------------------------------------ suggestions
+    async def add_suggestions(self, pairs: Iterable[tuple[str, str]], now_ms: int) -> None:
+        ops = [
+            UpdateOne({"_id": f"{owner}|{subject}"},
+                      {"$setOnInsert": {"owner": owner, "subject": subject, "created_at_ms": now_ms}}, upsert=True)
+            for owner, subject in pairs
+        ]
+        if ops:
+            await self.suggestions.bulk_write(ops, ordered=False)
+
+    async def suggestions_of(self, owner: str) -> list[tuple[str, int]]:
+        docs = await self.suggestions.find({"owner": owner}).sort("created_at_ms", -1).to_list()
+        return [(d["subject"], d["created_at_ms"]) for d in docs]
+
+    async def delete_suggestion(self, owner: str, subject: str) -> None:
+        await self.suggestions.delete_one({"_id": f"{owner}|{subject}"})
+
+    # ------------------------------------------------------------------ peppers
+    async def current_pepper(self) -> tuple[int, str, int] | None:
+        doc = await self.peppers.find_one({}, sort=[("_id", -1)])
+        return None if doc is None else (doc["_id"], doc["pepper"], doc["created_at_ms"])
+
+    async def pepper_generations(self, keep: int) -> list[tuple[int, str]]:
+        docs = await self.peppers.find({}).sort("_id", -1).limit(keep).to_list()
+        return [(d["_id"], d["pepper"]) for d in docs]
+
+    async def add_pepper(self, after_gen: int, now_ms: int) -> tuple[int, str]:
+        """Start generation `after_gen + 1`; if another replica got there first, theirs wins."""
+        pepper = secrets.token_urlsafe(24)
+        with contextlib.suppress(DuplicateKeyError):
+            await self.peppers.insert_one({"_id": after_gen + 1, "pepper": pepper, "created_at_ms": now_ms})
+        current = await self.current_pepper()
+        assert current is not None
+        return current[0], current[1]
+
+
+def overlap(since: datetime, seconds: float) -> datetime:
+    """Polls re-read a short window, so a write committed slightly out of clock order is not missed."""
+    return since - timedelta(seconds=seconds)
