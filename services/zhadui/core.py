@@ -1,18 +1,23 @@
 """Domain rules of the zhadui service. No gRPC, Mongo or NATS imports here.
 
 Audience(z) = participants(z) ∪ friends(participants(z)), minus anyone who blocked or is
-blocked by z's creator. Each user's feed is kept materialised (one entry per visible zhadui,
-with `via` = the friends through whom they see it), so reading a feed is one indexed query.
-Joins and leaves commit small transactions; their fan-out into friends' feeds runs from the
-service's own events and is idempotent, so a crash mid fan-out is finished by the redelivery.
+blocked by z's creator.
+
+Feeds are computed on read from an in-memory `AudienceIndex` (friend graph + who takes part
+where + each zhadui's activity), not materialised per user: a join then costs one small
+transaction instead of a write per friend, and it is visible to all friends at once. Every
+replica loads the index from the service's own collections at start and keeps it current from
+the events (applied idempotently, newest-wins), so replicas converge whatever order events
+arrive in.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -65,14 +70,11 @@ class Zhadui:
     room_id: str
 
 
-@dataclass
-class FeedEntry:
-    user: str
-    zhadui_id: str
-    via: list[str]
-    participant: bool
-    activity_ms: int
-    seen_ms: int
+@dataclass(frozen=True)
+class View:
+    """One user's own marks on one zhadui."""
+
+    seen_ms: int = 0
     muted: bool = False
 
 
@@ -189,49 +191,151 @@ def page_size(limit: int) -> int:
     return min(limit, MAX_FEED_PAGE)
 
 
-def via_for(viewer_friends: Iterable[str], participants: Iterable[str]) -> list[str]:
-    """The viewer's friends among the participants: why the viewer can see the zhadui."""
-    friends = set(viewer_friends)
-    return sorted(p for p in participants if p in friends)
+@dataclass
+class _Meta:
+    creator: str
+    activity_ms: int
+    status: Status
+
+
+class AudienceIndex:
+    """Who can see which zhadui, in memory. Every `apply_*` is idempotent and order-insensitive:
+    pair changes carry contacts' per-pair version, memberships the time of the change."""
+
+    def __init__(self) -> None:
+        self._friends: dict[str, set[str]] = {}
+        self._blocked: set[tuple[str, str]] = set()
+        self._pair_versions: dict[tuple[str, str], int] = {}
+        self._members: dict[str, set[str]] = {}
+        self._joined: dict[str, set[str]] = {}
+        self._member_stamp: dict[tuple[str, str], int] = {}
+        self._meta: dict[str, _Meta] = {}
+
+    # --- keeping it current -------------------------------------------------------------
+
+    def apply_pair(self, state: PairState, version: int) -> bool:
+        key = (state.user_a, state.user_b)
+        if self._pair_versions.get(key, -1) >= version:
+            return False
+        self._pair_versions[key] = version
+        a, b = key
+        if state.friends:
+            self._friends.setdefault(a, set()).add(b)
+            self._friends.setdefault(b, set()).add(a)
+        else:
+            self._friends.get(a, set()).discard(b)
+            self._friends.get(b, set()).discard(a)
+        if state.blocked:
+            self._blocked.add(key)
+        else:
+            self._blocked.discard(key)
+        return True
+
+    def apply_zhadui(self, zhadui_id: str, creator: str, activity_ms: int, status: Status) -> None:
+        meta = self._meta.get(zhadui_id)
+        if meta is None:
+            if creator:  # a status change for a zhadui we have not heard of yet waits for its load
+                self._meta[zhadui_id] = _Meta(creator, activity_ms, status)
+            return
+        meta.activity_ms = max(meta.activity_ms, activity_ms)
+        if status is Status.ARCHIVED or (status is Status.CLOSED and meta.status is Status.OPEN):
+            meta.status = status  # status only moves forward
+
+    def apply_membership(self, zhadui_id: str, user: str, joined: bool, at_ms: int) -> None:
+        key = (zhadui_id, user)
+        if self._member_stamp.get(key, -1) > at_ms:
+            return  # a newer change for this pair is already applied
+        self._member_stamp[key] = at_ms
+        if joined:
+            self._members.setdefault(zhadui_id, set()).add(user)
+            self._joined.setdefault(user, set()).add(zhadui_id)
+            if meta := self._meta.get(zhadui_id):
+                meta.activity_ms = max(meta.activity_ms, at_ms)
+        else:
+            self._members.get(zhadui_id, set()).discard(user)
+            self._joined.get(user, set()).discard(zhadui_id)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def friends_of(self, user: str) -> set[str]:
+        return self._friends.get(user, set())
+
+    def blocked(self, user_x: str, user_y: str) -> bool:
+        return (min(user_x, user_y), max(user_x, user_y)) in self._blocked
+
+    def participants(self, zhadui_id: str) -> set[str]:
+        return self._members.get(zhadui_id, set())
+
+    def joined_by(self, user: str) -> set[str]:
+        return self._joined.get(user, set())
+
+    def creator_of(self, zhadui_id: str) -> str | None:
+        meta = self._meta.get(zhadui_id)
+        return meta.creator if meta else None
+
+    def is_participant(self, user: str, zhadui_id: str) -> bool:
+        return user in self._members.get(zhadui_id, ())
+
+    def via(self, user: str, zhadui_id: str) -> list[str]:
+        """The user's friends who take part: the reason the user can see the zhadui."""
+        return sorted(self.friends_of(user) & self.participants(zhadui_id))
+
+    def can_see(self, user: str, zhadui_id: str) -> bool:
+        meta = self._meta.get(zhadui_id)
+        if meta is None or (user != meta.creator and self.blocked(user, meta.creator)):
+            return False
+        members = self.participants(zhadui_id)
+        return user in members or not self.friends_of(user).isdisjoint(members)
+
+    def feed(self, user: str, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        """(activity_ms, zhadui_id) of the user's visible, unarchived zhaduis, newest first."""
+        candidates = set(self._joined.get(user, ()))
+        for friend in self.friends_of(user):
+            candidates.update(self._joined.get(friend, ()))
+
+        def visible() -> Iterator[tuple[int, str]]:
+            for zhadui_id in candidates:
+                meta = self._meta.get(zhadui_id)
+                if meta is None or meta.status is Status.ARCHIVED:
+                    continue
+                if user != meta.creator and self.blocked(user, meta.creator):
+                    continue
+                key = (meta.activity_ms, zhadui_id)
+                if after is None or key < after:
+                    yield key
+
+        return heapq.nlargest(limit, visible())
+
+    def idle(self, before_ms: int) -> list[str]:
+        return [z for z, m in self._meta.items() if m.status is not Status.ARCHIVED and m.activity_ms < before_ms]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "users_with_friends": len(self._friends),
+            "friend_edges": sum(len(f) for f in self._friends.values()) // 2,
+            "zhaduis": len(self._meta),
+            "participations": sum(len(m) for m in self._members.values()),
+        }
 
 
 class ZhaduiStore(Protocol):
-    """What the rules need from storage (implemented over Mongo in store.py, by fakes in tests).
+    """Durable state (implemented over Mongo in store.py). Changes to a zhadui or a participation
+    are written with their event in one transaction."""
 
-    Methods that change a zhadui or a participation write their event in the same transaction.
-    """
-
-    # zhaduis and participations
     async def recent_creations_ms(self, creator: str, since_ms: int) -> list[int]: ...
     async def create(self, zhadui: Zhadui) -> None: ...
     async def get(self, zhadui_id: str) -> Zhadui | None: ...
     async def get_many(self, zhadui_ids: Sequence[str]) -> dict[str, Zhadui]: ...
     async def participant_state(self, zhadui_id: str, user: str) -> str | None: ...
-    async def participants(self, zhadui_id: str) -> list[str]: ...
-    async def joined_by(self, user: str) -> list[Zhadui]: ...
-    async def created_by(self, user: str) -> list[Zhadui]: ...
     async def join(self, zhadui_id: str, user: str, now_ms: int) -> bool: ...
     async def leave(self, zhadui_id: str, user: str, removed_by: str, now_ms: int) -> bool: ...
     async def set_status(self, zhadui_id: str, status: Status, now_ms: int) -> bool: ...
-    async def set_muted(self, zhadui_id: str, user: str, muted: bool) -> bool: ...
-    async def idle_since(self, before_ms: int, limit: int) -> list[str]: ...
-    # feeds (materialised)
-    async def feed_entry(self, user: str, zhadui_id: str) -> FeedEntry | None: ...
-    async def feed_page(self, user: str, after: tuple[int, str] | None, limit: int) -> list[FeedEntry]: ...
+    async def views(self, user: str, zhadui_ids: Sequence[str]) -> dict[str, View]: ...
     async def mark_seen(self, user: str, zhadui_id: str, now_ms: int) -> None: ...
-    async def add_via(self, zhadui_id: str, users: Sequence[str], via: str, activity_ms: int) -> None: ...
-    async def remove_via(self, zhadui_id: str, users: Sequence[str], via: str) -> None: ...
-    async def put_entry(
-        self, user: str, zhadui_id: str, via: list[str], participant: bool, activity_ms: int
-    ) -> None: ...
-    async def drop_entries(self, zhadui_id: str, users: Sequence[str] | None = None) -> None: ...
-    async def bump_activity(self, zhadui_id: str, activity_ms: int) -> None: ...
+    async def set_muted(self, user: str, zhadui_id: str, muted: bool) -> None: ...
     async def add_notices(self, users: Sequence[str], zhadui: Zhadui, actor: str, at_ms: int) -> None: ...
     async def notices(self, user: str, limit: int) -> list[Notice]: ...
-    # the friend graph, projected from contacts' events
-    async def friends_of(self, user: str) -> list[str]: ...
-    async def pair(self, user_x: str, user_y: str) -> PairState: ...
-    async def apply_pair(self, state: PairState, version: int) -> PairState | None: ...
+    async def save_pair(self, state: PairState, version: int) -> bool: ...
 
 
 class DiscussionRooms(Protocol):
@@ -250,45 +354,42 @@ class Ids(Protocol):
 class ZhaduiCore:
     store: ZhaduiStore
     rooms: DiscussionRooms
+    index: AudienceIndex
     new_id: Ids
     creations_per_hour: int = 20
 
     # --- who may see and do what -------------------------------------------------------
 
-    async def blocked_with_creator(self, viewer: str, zhadui: Zhadui) -> bool:
-        if viewer == zhadui.creator:
-            return False
-        return (await self.store.pair(viewer, zhadui.creator)).blocked
-
-    async def visible(self, viewer: str, zhadui_id: str) -> tuple[Zhadui, FeedEntry | None, str | None]:
-        """The zhadui, the viewer's feed entry and participation, or NOT_FOUND if it is not theirs to see."""
-        zhadui = await self.store.get(zhadui_id)
+    async def _visible(self, viewer: str, zhadui_id: str) -> Zhadui:
+        """The zhadui, or NOT_FOUND (the same answer as for one that does not exist)."""
+        zhadui = await self.store.get(zhadui_id) if self.index.can_see(viewer, zhadui_id) else None
         if zhadui is None:
             raise not_found("no such zhadui")
-        participation = await self.store.participant_state(zhadui_id, viewer)
-        entry = await self.store.feed_entry(viewer, zhadui_id)
-        in_audience = participation == "joined" or (entry is not None and bool(entry.via))
-        if not in_audience or await self.blocked_with_creator(viewer, zhadui):
-            raise not_found("no such zhadui")  # the same answer as for one that does not exist
-        return zhadui, entry, participation
+        return zhadui
 
     async def _creator_only(self, viewer: str, zhadui_id: str) -> Zhadui:
-        zhadui = await self.store.get(zhadui_id)
-        if zhadui is None:
-            raise not_found("no such zhadui")
+        zhadui = await self._visible(viewer, zhadui_id)
         if zhadui.creator != viewer:
-            await self.visible(viewer, zhadui_id)  # outsiders learn nothing
             raise forbidden("only the creator may do this")
         return zhadui
 
-    # --- commands ----------------------------------------------------------------------
+    def _preview(self, viewer: str, zhadui: Zhadui, view: View, seen_now: bool = False) -> Preview:
+        return Preview(
+            zhadui,
+            friends_in_it=self.index.via(viewer, zhadui.zhadui_id),
+            viewer_is_participant=self.index.is_participant(viewer, zhadui.zhadui_id),
+            muted=view.muted,
+            unread=not seen_now and not view.muted and zhadui.last_activity_ms > view.seen_ms,
+        )
+
+    # --- commands and queries ----------------------------------------------------------
 
     async def create(self, creator: str, draft: Draft, now_ms: int) -> Preview:
         recent = await self.store.recent_creations_ms(creator, now_ms - 3_600_000)
         wait = creation_retry_after_ms(recent, now_ms, self.creations_per_hour)
         if wait:
             raise rate_limited(f"at most {self.creations_per_hour} zhaduis an hour", retry_after_ms=wait)
-        # The room comes first: a zhadui never exists without its discussion.
+        # The room comes first, so a zhadui never exists without its discussion.
         room_id = await self.rooms.create(creator, draft.title)
         zhadui = Zhadui(
             zhadui_id=self.new_id(), creator=creator, title=draft.title, body=draft.body,
@@ -296,161 +397,120 @@ class ZhaduiCore:
             created_ms=now_ms, last_activity_ms=now_ms, participant_count=1, room_id=room_id,
         )
         await self.store.create(zhadui)
-        await self.store.put_entry(creator, zhadui.zhadui_id, [], True, now_ms)
+        self.index.apply_zhadui(zhadui.zhadui_id, creator, now_ms, Status.OPEN)
+        self.index.apply_membership(zhadui.zhadui_id, creator, True, now_ms)
         await self.store.mark_seen(creator, zhadui.zhadui_id, now_ms)
-        return Preview(zhadui, viewer_is_participant=True)
+        return self._preview(creator, zhadui, View(), seen_now=True)
 
     async def preview(self, viewer: str, zhadui_id: str, mark_seen: bool, now_ms: int) -> Preview:
-        zhadui, entry, participation = await self.visible(viewer, zhadui_id)
+        zhadui = await self._visible(viewer, zhadui_id)
         if mark_seen:
             await self.store.mark_seen(viewer, zhadui_id, now_ms)
-        return self._preview(zhadui, entry, participation == "joined", seen_now=mark_seen)
-
-    def _preview(self, zhadui: Zhadui, entry: FeedEntry | None, participant: bool, seen_now: bool = False) -> Preview:
-        unread = bool(entry) and not seen_now and entry.activity_ms > entry.seen_ms and not entry.muted
-        return Preview(
-            zhadui,
-            friends_in_it=list(entry.via) if entry else [],
-            viewer_is_participant=participant,
-            muted=bool(entry and entry.muted),
-            unread=unread,
-        )
+        view = (await self.store.views(viewer, [zhadui_id])).get(zhadui_id, View())
+        return self._preview(viewer, zhadui, view, seen_now=mark_seen)
 
     async def feed(self, viewer: str, cursor: str, limit: int) -> tuple[list[Preview], str]:
         size = page_size(limit)
-        after = decode_cursor(cursor) if cursor else None
-        entries = await self.store.feed_page(viewer, after, size + 1)
-        more = len(entries) > size
-        entries = entries[:size]
-        zhaduis = await self.store.get_many([e.zhadui_id for e in entries])
-        items: list[Preview] = []
-        for entry in entries:
-            zhadui = zhaduis.get(entry.zhadui_id)
-            if zhadui is None or zhadui.status is Status.ARCHIVED:
-                continue
-            if await self.blocked_with_creator(viewer, zhadui):
-                continue  # a block hides it at once, even before the fan-out catches up
-            items.append(self._preview(zhadui, entry, entry.participant))
-        next_cursor = encode_cursor(entries[-1].activity_ms, entries[-1].zhadui_id) if more and entries else ""
+        keys = self.index.feed(viewer, decode_cursor(cursor) if cursor else None, size + 1)
+        page = keys[:size]
+        ids = [zhadui_id for _, zhadui_id in page]
+        zhaduis = await self.store.get_many(ids)
+        views = await self.store.views(viewer, ids)
+        items = [self._preview(viewer, zhaduis[i], views.get(i, View())) for i in ids if i in zhaduis]
+        next_cursor = encode_cursor(*page[-1]) if len(keys) > size else ""
         return items, next_cursor
 
     async def join(self, viewer: str, zhadui_id: str, now_ms: int) -> Preview:
-        zhadui, entry, participation = await self.visible(viewer, zhadui_id)
-        if participation == "removed":
+        zhadui = await self._visible(viewer, zhadui_id)
+        state = await self.store.participant_state(zhadui_id, viewer)
+        if state == "removed":
             raise forbidden("the creator removed you from this zhadui")
-        if participation != "joined":
+        if state != "joined":
             if zhadui.status is not Status.OPEN:
                 raise forbidden(f"this zhadui is {zhadui.status.value}")
             if await self.store.join(zhadui_id, viewer, now_ms):
                 zhadui.participant_count += 1
-            await self.store.put_entry(viewer, zhadui_id, list(entry.via) if entry else [], True, now_ms)
-            await self.store.mark_seen(viewer, zhadui_id, now_ms)
-        # Immediately usable; the joined-event handler repeats this idempotently if it failed here.
+                zhadui.last_activity_ms = max(zhadui.last_activity_ms, now_ms)
+        self.index.apply_membership(zhadui_id, viewer, True, now_ms)
+        await self.store.mark_seen(viewer, zhadui_id, now_ms)
+        # Usable at once; the joined-event handler repeats this (idempotently) if it failed here.
         await self.rooms.join(zhadui.room_id, viewer)
-        return Preview(zhadui, friends_in_it=list(entry.via) if entry else [], viewer_is_participant=True)
+        return self._preview(viewer, zhadui, View(seen_ms=now_ms), seen_now=True)
 
     async def leave(self, viewer: str, zhadui_id: str, now_ms: int) -> None:
-        zhadui, _, participation = await self.visible(viewer, zhadui_id)
-        if participation != "joined":
-            raise forbidden("you are not taking part in this zhadui")
+        zhadui = await self._visible(viewer, zhadui_id)
         if viewer == zhadui.creator:
             raise forbidden("the creator cannot leave; close the zhadui instead")
-        await self.store.leave(zhadui_id, viewer, "", now_ms)
+        if not await self.store.leave(zhadui_id, viewer, "", now_ms):
+            raise forbidden("you are not taking part in this zhadui")
+        self.index.apply_membership(zhadui_id, viewer, False, now_ms)
 
     async def remove(self, viewer: str, zhadui_id: str, user: str, now_ms: int) -> None:
         zhadui = await self._creator_only(viewer, zhadui_id)
         if user == zhadui.creator:
             raise invalid("the creator cannot remove themself")
-        if await self.store.participant_state(zhadui_id, user) != "joined":
+        if not await self.store.leave(zhadui_id, user, viewer, now_ms):
             raise not_found("that user is not taking part")
-        await self.store.leave(zhadui_id, user, viewer, now_ms)
+        self.index.apply_membership(zhadui_id, user, False, now_ms)
 
     async def close(self, viewer: str, zhadui_id: str, now_ms: int) -> None:
         zhadui = await self._creator_only(viewer, zhadui_id)
-        if zhadui.status is Status.OPEN:
-            await self.store.set_status(zhadui_id, Status.CLOSED, now_ms)
+        if await self.store.set_status(zhadui_id, Status.CLOSED, now_ms):
+            self.index.apply_zhadui(zhadui_id, zhadui.creator, now_ms, Status.CLOSED)
 
     async def mute(self, viewer: str, zhadui_id: str, muted: bool) -> None:
-        _, _, participation = await self.visible(viewer, zhadui_id)
-        if participation != "joined":
+        await self._visible(viewer, zhadui_id)
+        if not self.index.is_participant(viewer, zhadui_id):
             raise forbidden("only participants can mute a zhadui")
-        await self.store.set_muted(zhadui_id, viewer, muted)
+        await self.store.set_muted(viewer, zhadui_id, muted)
 
     async def discussion(self, viewer: str, zhadui_id: str) -> str:
         zhadui = await self.store.get(zhadui_id)
-        if zhadui is None or await self.store.participant_state(zhadui_id, viewer) != "joined":
-            raise forbidden("only participants can read or post in the discussion")
-        if await self.blocked_with_creator(viewer, zhadui):
+        if (
+            zhadui is None
+            or await self.store.participant_state(zhadui_id, viewer) != "joined"
+            or self.index.blocked(viewer, zhadui.creator)
+        ):
             raise forbidden("only participants can read or post in the discussion")
         return zhadui.room_id
 
     async def notices(self, viewer: str, limit: int) -> list[Notice]:
         return await self.store.notices(viewer, page_size(limit))
 
-    async def archive_idle(self, now_ms: int, idle_ms: int, batch: int = 200) -> int:
+    async def archive_idle(self, now_ms: int, idle_ms: int) -> int:
         archived = 0
-        for zhadui_id in await self.store.idle_since(now_ms - idle_ms, batch):
+        for zhadui_id in self.index.idle(now_ms - idle_ms):
+            creator = self.index.creator_of(zhadui_id) or ""
             if await self.store.set_status(zhadui_id, Status.ARCHIVED, now_ms):
                 archived += 1
+            self.index.apply_zhadui(zhadui_id, creator, 0, Status.ARCHIVED)
         return archived
 
-    # --- reactions to events (all idempotent: redelivery repeats them harmlessly) --------
+    # --- reactions to the service's durable events (idempotent: redelivery is harmless) --
 
     async def on_joined(self, zhadui_id: str, user: str, at_ms: int) -> None:
+        """Tell the joiner's friends (once each) and make sure the joiner is in the room."""
         zhadui = await self.store.get(zhadui_id)
         if zhadui is None or await self.store.participant_state(zhadui_id, user) != "joined":
-            return  # left again (or never existed) before we got here: nothing to spread
-        audience = [f for f in await self.store.friends_of(user) if not await self.blocked_with_creator(f, zhadui)]
-        await self._recompute(user, zhadui)
-        await self.store.add_via(zhadui_id, audience, user, at_ms)
-        await self.store.bump_activity(zhadui_id, at_ms)
+            return  # left again before we got here
+        audience = [f for f in self.index.friends_of(user) if not self.index.blocked(f, zhadui.creator)]
         await self.store.add_notices(audience, zhadui, user, at_ms)
         await self.rooms.join(zhadui.room_id, user)
 
     async def on_left(self, zhadui_id: str, user: str, removed: bool) -> None:
         zhadui = await self.store.get(zhadui_id)
         if zhadui is None or await self.store.participant_state(zhadui_id, user) == "joined":
-            return  # re-joined since: the join's fan-out stands
-        await self.store.remove_via(zhadui_id, await self.store.friends_of(user), user)
-        await self._recompute(user, zhadui)
+            return  # joined again since
         await self.rooms.leave(zhadui.room_id, user, ban=removed)
 
-    async def on_archived(self, zhadui_id: str) -> None:
-        await self.store.drop_entries(zhadui_id)
-
-    async def on_pair_changed(self, state: PairState, version: int) -> None:
-        before = await self.store.apply_pair(state, version)
-        if before is None:
-            return  # stale or repeated event
-        a, b = state.user_a, state.user_b
-        if before.friends != state.friends:
-            for user, friend in ((a, b), (b, a)):
-                for zhadui in await self.store.joined_by(user):
-                    if zhadui.status is Status.ARCHIVED:
-                        continue
-                    if state.friends and not await self.blocked_with_creator(friend, zhadui):
-                        await self.store.add_via(zhadui.zhadui_id, [friend], user, zhadui.last_activity_ms)
-                    elif not state.friends:
-                        await self.store.remove_via(zhadui.zhadui_id, [friend], user)
-                        await self._recompute(friend, zhadui)
-        if before.blocked != state.blocked:
-            for creator, other in ((a, b), (b, a)):
-                for zhadui in await self.store.created_by(creator):
-                    if zhadui.status is Status.ARCHIVED:
-                        continue
-                    if state.blocked and await self.store.participant_state(zhadui.zhadui_id, other) == "joined":
-                        # Out of the zhadui and its discussion; the left event removes them from the room.
-                        await self.store.leave(zhadui.zhadui_id, other, "", zhadui.last_activity_ms)
-                    await self._recompute(other, zhadui)
-
-    async def _recompute(self, user: str, zhadui: Zhadui) -> None:
-        """Rebuild one user's entry for one zhadui from the current participants and graph."""
-        participant = await self.store.participant_state(zhadui.zhadui_id, user) == "joined"
-        if await self.blocked_with_creator(user, zhadui):
-            await self.store.drop_entries(zhadui.zhadui_id, [user])
+    async def on_pair_changed(self, state: PairState, version: int, now_ms: int) -> None:
+        """Record contacts' pair state durably; a new block takes the other user out of the creator's zhaduis."""
+        if not await self.store.save_pair(state, version):
             return
-        via = via_for(await self.store.friends_of(user), await self.store.participants(zhadui.zhadui_id))
-        if via or participant:
-            await self.store.put_entry(user, zhadui.zhadui_id, via, participant, zhadui.last_activity_ms)
-        else:
-            await self.store.drop_entries(zhadui.zhadui_id, [user])
+        self.index.apply_pair(state, version)
+        if not state.blocked:
+            return
+        for creator, other in ((state.user_a, state.user_b), (state.user_b, state.user_a)):
+            for zhadui_id in list(self.index.joined_by(other)):
+                if self.index.creator_of(zhadui_id) == creator and await self.store.leave(zhadui_id, other, "", now_ms):
+                    self.index.apply_membership(zhadui_id, other, False, now_ms)

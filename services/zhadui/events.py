@@ -1,17 +1,34 @@
-"""Events the zhadui service consumes: its own (to fan joins and leaves out to friends' feeds and
-keep discussion rooms in step) and contacts' friend-graph events (to follow the graph)."""
+"""Events the zhadui service consumes.
+
+Durable consumers (each event handled once across replicas, retried until it succeeds):
+  - its own joined/left events: notices to friends, discussion-room membership kept in step;
+  - contacts' friend-graph events: the `pairs` projection, and blocks taking users out.
+
+Index followers (every replica, plain NATS subscriptions on the same subjects): keep this
+replica's in-memory AudienceIndex current. Applying is idempotent and newest-wins, so a replay
+or a reorder is harmless; after a reconnect (events may have been missed) the index is reloaded.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from laiwang.events.v1 import contacts_events_pb2 as contacts_events
 from laiwang.events.v1 import zhadui_events_pb2 as zhadui_events
 from plumbing import streams
 from plumbing.jetstream import ConsumerSpec, Handler
-from services.zhadui.core import PairState, ZhaduiCore
+from services.zhadui.core import AudienceIndex, PairState, Status, ZhaduiCore
+from services.zhadui.store import MongoZhaduiStore
 
-OWN_EVENTS = ConsumerSpec(stream=streams.ZHADUI, durable="zhadui-fanout", filter_subject="laiwang.zhadui.>")
+log = logging.getLogger(__name__)
+
+OWN_EVENTS = ConsumerSpec(stream=streams.ZHADUI, durable="zhadui-own-events", filter_subject="laiwang.zhadui.>")
 FRIEND_GRAPH = ConsumerSpec(stream=streams.CONTACTS, durable="zhadui-friend-graph", filter_subject="laiwang.contacts.>")
 
 _PAIR_EVENTS = {
@@ -20,6 +37,15 @@ _PAIR_EVENTS = {
     "laiwang.contacts.user_blocked": contacts_events.UserBlocked,
     "laiwang.contacts.user_unblocked": contacts_events.UserUnblocked,
 }
+
+
+def _pair_change(msg: Msg) -> tuple[PairState, int] | None:
+    message_type = _PAIR_EVENTS.get(msg.subject)
+    if message_type is None:
+        return None  # contacts publishes other events zhadui does not need
+    event = message_type.FromString(msg.data)
+    s = event.state
+    return PairState(s.user_a, s.user_b, s.friends, s.a_blocks_b, s.b_blocks_a), event.version
 
 
 def own_event_handler(core: ZhaduiCore) -> Handler:
@@ -31,22 +57,83 @@ def own_event_handler(core: ZhaduiCore) -> Handler:
         elif kind == "left":
             left = zhadui_events.ZhaduiLeft.FromString(msg.data)
             await core.on_left(left.zhadui_id, left.user_id, removed=bool(left.removed_by))
-        elif kind == "archived":
-            await core.on_archived(zhadui_events.ZhaduiArchived.FromString(msg.data).zhadui_id)
-        # created / closed change nothing in feeds: the preview reads the status directly.
 
     return handle
 
 
 def friend_graph_handler(core: ZhaduiCore) -> Handler:
     async def handle(msg: Msg) -> None:
-        message_type = _PAIR_EVENTS.get(msg.subject)
-        if message_type is None:
-            return  # contacts publishes other events zhadui does not need
-        event = message_type.FromString(msg.data)
-        state = event.state
-        await core.on_pair_changed(
-            PairState(state.user_a, state.user_b, state.friends, state.a_blocks_b, state.b_blocks_a), event.version
-        )
+        if change := _pair_change(msg):
+            await core.on_pair_changed(*change, now_ms=time.time_ns() // 1_000_000)
 
     return handle
+
+
+def apply_to_index(index: AudienceIndex, msg: Msg) -> None:
+    """Apply one zhadui or contacts event to an index (idempotent)."""
+    if msg.subject.startswith("laiwang.contacts."):
+        if change := _pair_change(msg):
+            index.apply_pair(*change)
+        return
+    kind = msg.subject.rsplit(".", 1)[-1]
+    if kind == "created":
+        created = zhadui_events.ZhaduiCreated.FromString(msg.data)
+        index.apply_zhadui(created.zhadui_id, created.creator_user_id, created.created_at_ms, Status.OPEN)
+    elif kind == "joined":
+        joined = zhadui_events.ZhaduiJoined.FromString(msg.data)
+        index.apply_membership(joined.zhadui_id, joined.user_id, True, joined.joined_at_ms)
+    elif kind == "left":
+        left = zhadui_events.ZhaduiLeft.FromString(msg.data)
+        index.apply_membership(left.zhadui_id, left.user_id, False, left.left_at_ms)
+    elif kind == "closed":
+        index.apply_zhadui(zhadui_events.ZhaduiClosed.FromString(msg.data).zhadui_id, "", 0, Status.CLOSED)
+    elif kind == "archived":
+        index.apply_zhadui(zhadui_events.ZhaduiArchived.FromString(msg.data).zhadui_id, "", 0, Status.ARCHIVED)
+
+
+class IndexFollower:
+    """Loads this replica's AudienceIndex and keeps it current from NATS."""
+
+    SUBJECTS = ("laiwang.zhadui.>", "laiwang.contacts.>")
+
+    def __init__(self, core: ZhaduiCore, store: MongoZhaduiStore, nats: NatsClient) -> None:
+        self._core = core
+        self._store = store
+        self._nats = nats
+        self._subscriptions: list[Subscription] = []
+        self._buffer: list[Msg] | None = None
+        self._reconnects = 0
+        self._reloading: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # Subscribe first, so nothing published during the load is missed.
+        for subject in self.SUBJECTS:
+            self._subscriptions.append(await self._nats.subscribe(subject, cb=self._on_message))
+        await self.reload()
+
+    async def reload(self) -> None:
+        self._buffer = []
+        started = time.perf_counter()
+        fresh = AudienceIndex()
+        await self._store.load_index(fresh)
+        for msg in self._buffer:
+            apply_to_index(fresh, msg)
+        self._core.index = fresh
+        self._buffer = None
+        self._reconnects = self._nats.stats.get("reconnects", 0)
+        log.info("audience index loaded", extra={**fresh.stats(), "seconds": round(time.perf_counter() - started, 2)})
+
+    async def _on_message(self, msg: Msg) -> None:
+        apply_to_index(self._core.index, msg)
+        if self._buffer is not None:
+            self._buffer.append(msg)
+        if self._nats.stats.get("reconnects", 0) != self._reconnects and (
+            self._reloading is None or self._reloading.done()
+        ):
+            self._reconnects = self._nats.stats.get("reconnects", 0)
+            log.warning("NATS reconnected: events may have been missed; reloading the audience index")
+            self._reloading = asyncio.create_task(self.reload())
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()

@@ -14,8 +14,14 @@ from plumbing.ids import sortable_id
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.zhadui.api import ZhaduiApi
 from services.zhadui.clients import MessagingRooms
-from services.zhadui.core import ZhaduiCore
-from services.zhadui.events import FRIEND_GRAPH, OWN_EVENTS, friend_graph_handler, own_event_handler
+from services.zhadui.core import AudienceIndex, ZhaduiCore
+from services.zhadui.events import (
+    FRIEND_GRAPH,
+    OWN_EVENTS,
+    IndexFollower,
+    friend_graph_handler,
+    own_event_handler,
+)
 from services.zhadui.store import MongoZhaduiStore
 
 log = logging.getLogger(__name__)
@@ -29,8 +35,9 @@ async def build(runtime: Runtime) -> ServiceParts:
     messaging = env.address("MESSAGING_ADDR", "127.0.0.1:50053")
 
     store = MongoZhaduiStore(runtime.db, runtime.outbox)
-    core = ZhaduiCore(store=store, rooms=MessagingRooms(open_channel(messaging)), new_id=sortable_id,
-                      creations_per_hour=per_hour)
+    core = ZhaduiCore(store=store, rooms=MessagingRooms(open_channel(messaging)), index=AudienceIndex(),
+                      new_id=sortable_id, creations_per_hour=per_hour)
+    await IndexFollower(core, store, runtime.nats).start()
 
     async def archive_forever() -> None:
         while True:

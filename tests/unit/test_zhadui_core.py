@@ -10,10 +10,11 @@ import pytest
 
 from plumbing.domain_errors import DomainError, ErrorKind
 from services.zhadui.core import (
-    FeedEntry,
+    AudienceIndex,
     Notice,
     PairState,
     Status,
+    View,
     Zhadui,
     ZhaduiCore,
     creation_retry_after_ms,
@@ -31,9 +32,9 @@ class FakeStore:
     def __init__(self) -> None:
         self.zhaduis: dict[str, Zhadui] = {}
         self.participation: dict[tuple[str, str], str] = {}
-        self.feed: dict[tuple[str, str], FeedEntry] = {}
+        self.view: dict[tuple[str, str], View] = {}
         self.notice_list: list[tuple[str, Notice]] = []
-        self.pairs: dict[tuple[str, str], tuple[PairState, int]] = {}
+        self.pair_versions: dict[tuple[str, str], int] = {}
         self.events: list[tuple[str, str, str]] = []
 
     async def recent_creations_ms(self, creator: str, since_ms: int) -> list[int]:
@@ -55,32 +56,22 @@ class FakeStore:
     async def participant_state(self, zhadui_id: str, user: str) -> str | None:
         return self.participation.get((zhadui_id, user))
 
-    async def participants(self, zhadui_id: str) -> list[str]:
-        return [u for (z, u), s in self.participation.items() if z == zhadui_id and s == "joined"]
-
-    async def joined_by(self, user: str) -> list[Zhadui]:
-        return [replace(self.zhaduis[z]) for (z, u), s in self.participation.items() if u == user and s == "joined"]
-
-    async def created_by(self, user: str) -> list[Zhadui]:
-        return [replace(z) for z in self.zhaduis.values() if z.creator == user]
-
     async def join(self, zhadui_id: str, user: str, now_ms: int) -> bool:
-        if (zhadui_id, user) in self.participation:
+        if self.participation.get((zhadui_id, user)) in ("joined", "removed"):
             return False
         self.participation[(zhadui_id, user)] = "joined"
-        self.zhaduis[zhadui_id].participant_count += 1
+        zhadui = self.zhaduis[zhadui_id]
+        zhadui.participant_count += 1
+        zhadui.last_activity_ms = max(zhadui.last_activity_ms, now_ms)
         self.events.append(("joined", zhadui_id, user))
         return True
 
     async def leave(self, zhadui_id: str, user: str, removed_by: str, now_ms: int) -> bool:
         if self.participation.get((zhadui_id, user)) != "joined":
             return False
-        if removed_by:
-            self.participation[(zhadui_id, user)] = "removed"
-        else:
-            del self.participation[(zhadui_id, user)]
+        self.participation[(zhadui_id, user)] = "removed" if removed_by else "left"
         self.zhaduis[zhadui_id].participant_count -= 1
-        self.events.append(("left", zhadui_id, user))
+        self.events.append(("removed" if removed_by else "left", zhadui_id, user))
         return True
 
     async def set_status(self, zhadui_id: str, status: Status, now_ms: int) -> bool:
@@ -88,65 +79,17 @@ class FakeStore:
         if zhadui.status in (status, Status.ARCHIVED):
             return False
         zhadui.status = status
-        if status is Status.ARCHIVED:
-            self.events.append(("archived", zhadui_id, ""))
         return True
 
-    async def set_muted(self, zhadui_id: str, user: str, muted: bool) -> bool:
-        entry = self.feed.get((user, zhadui_id))
-        if entry:
-            entry.muted = muted
-        return entry is not None
-
-    async def idle_since(self, before_ms: int, limit: int) -> list[str]:
-        return [z.zhadui_id for z in self.zhaduis.values()
-                if z.status is not Status.ARCHIVED and z.last_activity_ms < before_ms][:limit]
-
-    async def feed_entry(self, user: str, zhadui_id: str) -> FeedEntry | None:
-        return self.feed.get((user, zhadui_id))
-
-    async def feed_page(self, user: str, after: tuple[int, str] | None, limit: int) -> list[FeedEntry]:
-        entries = sorted((e for (u, _), e in self.feed.items() if u == user),
-                         key=lambda e: (e.activity_ms, e.zhadui_id), reverse=True)
-        if after is not None:
-            entries = [e for e in entries if (e.activity_ms, e.zhadui_id) < after]
-        return entries[:limit]
+    async def views(self, user: str, zhadui_ids: Sequence[str]) -> dict[str, View]:
+        return {z: self.view[(user, z)] for z in zhadui_ids if (user, z) in self.view}
 
     async def mark_seen(self, user: str, zhadui_id: str, now_ms: int) -> None:
-        if entry := self.feed.get((user, zhadui_id)):
-            entry.seen_ms = max(entry.seen_ms, now_ms)
+        old = self.view.get((user, zhadui_id), View())
+        self.view[(user, zhadui_id)] = replace(old, seen_ms=max(old.seen_ms, now_ms))
 
-    async def add_via(self, zhadui_id: str, users: Sequence[str], via: str, activity_ms: int) -> None:
-        for user in users:
-            entry = self.feed.setdefault((user, zhadui_id), FeedEntry(user, zhadui_id, [], False, activity_ms, 0))
-            if via not in entry.via:
-                entry.via.append(via)
-            entry.activity_ms = max(entry.activity_ms, activity_ms)
-
-    async def remove_via(self, zhadui_id: str, users: Sequence[str], via: str) -> None:
-        for user in users:
-            entry = self.feed.get((user, zhadui_id))
-            if entry and via in entry.via:
-                entry.via.remove(via)
-                if not entry.via and not entry.participant:
-                    del self.feed[(user, zhadui_id)]
-
-    async def put_entry(self, user: str, zhadui_id: str, via: list[str], participant: bool, activity_ms: int) -> None:
-        old = self.feed.get((user, zhadui_id))
-        self.feed[(user, zhadui_id)] = FeedEntry(user, zhadui_id, list(via), participant,
-                                                 max(activity_ms, old.activity_ms if old else 0),
-                                                 old.seen_ms if old else 0, old.muted if old else False)
-
-    async def drop_entries(self, zhadui_id: str, users: Sequence[str] | None = None) -> None:
-        for key in [k for k in self.feed if k[1] == zhadui_id and (users is None or k[0] in users)]:
-            del self.feed[key]
-
-    async def bump_activity(self, zhadui_id: str, activity_ms: int) -> None:
-        zhadui = self.zhaduis[zhadui_id]
-        zhadui.last_activity_ms = max(zhadui.last_activity_ms, activity_ms)
-        for (_, z), entry in self.feed.items():
-            if z == zhadui_id:
-                entry.activity_ms = max(entry.activity_ms, activity_ms)
+    async def set_muted(self, user: str, zhadui_id: str, muted: bool) -> None:
+        self.view[(user, zhadui_id)] = replace(self.view.get((user, zhadui_id), View()), muted=muted)
 
     async def add_notices(self, users: Sequence[str], zhadui: Zhadui, actor: str, at_ms: int) -> None:
         for user in users:
@@ -157,24 +100,12 @@ class FakeStore:
     async def notices(self, user: str, limit: int) -> list[Notice]:
         return [n for u, n in reversed(self.notice_list) if u == user][:limit]
 
-    async def friends_of(self, user: str) -> list[str]:
-        found = []
-        for (a, b), (state, _) in self.pairs.items():
-            if state.friends and user in (a, b):
-                found.append(b if user == a else a)
-        return found
-
-    async def pair(self, user_x: str, user_y: str) -> PairState:
-        a, b = sorted((user_x, user_y))
-        return self.pairs.get((a, b), (PairState(a, b), 0))[0]
-
-    async def apply_pair(self, state: PairState, version: int) -> PairState | None:
+    async def save_pair(self, state: PairState, version: int) -> bool:
         key = (state.user_a, state.user_b)
-        before, current_version = self.pairs.get(key, (PairState(*key), 0))
-        if version <= current_version:
-            return None
-        self.pairs[key] = (state, version)
-        return before
+        if self.pair_versions.get(key, 0) >= version:
+            return False
+        self.pair_versions[key] = version
+        return True
 
 
 class FakeRooms:
@@ -197,13 +128,14 @@ class FakeRooms:
 
 
 class World:
-    """A core wired to fakes, with the event fan-out run the way the consumer would run it."""
+    """One replica wired to fakes, with the durable event handlers run as the consumer runs them."""
 
     def __init__(self, per_hour: int = 20) -> None:
         self.store = FakeStore()
         self.rooms = FakeRooms()
         counter = itertools.count(1)
-        self.core = ZhaduiCore(self.store, self.rooms, new_id=lambda: f"z{next(counter)}", creations_per_hour=per_hour)
+        self.core = ZhaduiCore(self.store, self.rooms, AudienceIndex(), new_id=lambda: f"z{next(counter)}",
+                               creations_per_hour=per_hour)
         self.clock = 1_000_000
         self.version = 0
 
@@ -216,16 +148,14 @@ class World:
             kind, zhadui_id, user = self.store.events.pop(0)
             if kind == "joined":
                 await self.core.on_joined(zhadui_id, user, self.clock)
-            elif kind == "left":
-                await self.core.on_left(zhadui_id, user, removed=False)
-            elif kind == "archived":
-                await self.core.on_archived(zhadui_id)
+            else:
+                await self.core.on_left(zhadui_id, user, removed=kind == "removed")
 
     async def relate(self, x: str, y: str, friends: bool = True, x_blocks_y: bool = False) -> None:
         a, b = sorted((x, y))
         self.version += 1
         blocks = {"a_blocks_b": x_blocks_y and x == a, "b_blocks_a": x_blocks_y and x == b}
-        await self.core.on_pair_changed(PairState(a, b, friends, **blocks), self.version)
+        await self.core.on_pair_changed(PairState(a, b, friends, **blocks), self.version, self.tick())
         await self.deliver()
 
     async def sees(self, viewer: str, zhadui_id: str) -> bool:
@@ -237,7 +167,8 @@ class World:
         except DomainError as error:
             assert error.kind is ErrorKind.NOT_FOUND
             previewable = False
-        assert in_feed == previewable, "the feed and the preview must agree"
+        archived = self.store.zhaduis[zhadui_id].status is Status.ARCHIVED
+        assert in_feed == previewable or archived, "the feed and the preview must agree"
         return in_feed
 
     async def create(self, creator: str, title: str = "hotpot on friday?") -> str:
@@ -335,8 +266,8 @@ async def test_joining_tells_friends_once(chain: World) -> None:
 async def test_stale_and_repeated_graph_events_are_ignored(chain: World) -> None:
     z = await chain.create("A")
     await chain.join("B", z)
-    await chain.core.on_pair_changed(PairState("B", "C", friends=False), version=chain.version + 1)
-    await chain.core.on_pair_changed(PairState("B", "C", friends=True), version=chain.version)  # older
+    await chain.core.on_pair_changed(PairState("B", "C", friends=False), chain.version + 1, chain.tick())
+    await chain.core.on_pair_changed(PairState("B", "C", friends=True), chain.version, chain.tick())  # older
     assert not await chain.sees("C", z)
 
 
@@ -350,7 +281,7 @@ async def test_creator_powers(chain: World) -> None:
         await chain.core.close("E", z, chain.tick())
     assert raised.value.kind is ErrorKind.NOT_FOUND  # outsiders learn nothing
     await chain.core.remove("A", z, "B", chain.tick())
-    await chain.core.on_left(z, "B", removed=True)
+    await chain.deliver()
     assert "B" in chain.rooms.banned[chain.store.zhaduis[z].room_id]
     with pytest.raises(DomainError) as raised:
         await chain.core.join("B", z, chain.tick())
@@ -364,10 +295,13 @@ async def test_creator_powers(chain: World) -> None:
 
 async def test_idle_topics_are_archived_and_leave_the_feeds(chain: World) -> None:
     z = await chain.create("A")
-    assert await chain.core.archive_idle(chain.clock + 10_000, idle_ms=5_000) == 1
-    await chain.deliver()
+    fresh = await chain.create("A", "still going")
+    assert await chain.core.archive_idle(chain.clock + 500, idle_ms=1_000) == 1
     assert not await chain.sees("B", z)
-    assert await chain.core.archive_idle(chain.clock + 10_000, idle_ms=5_000) == 0
+    assert await chain.sees("B", fresh)
+    assert await chain.core.archive_idle(chain.clock + 500, idle_ms=1_000) == 0
+    with pytest.raises(DomainError, match="archived"):
+        await chain.core.join("B", z, chain.tick())
 
 
 async def test_feed_is_newest_activity_first_with_a_cursor(chain: World) -> None:
@@ -428,3 +362,38 @@ def test_retry_after_counts_from_the_oldest_creation_in_the_hour() -> None:
     now = 10_000_000
     assert creation_retry_after_ms([now - 10, now - 20], now, per_hour=3) == 0
     assert creation_retry_after_ms([now - 3_000_000, now - 10, now - 20], now, per_hour=3) == 600_000
+
+
+def test_index_converges_whatever_order_events_arrive_in() -> None:
+    events = [
+        ("pair", PairState("A", "B", friends=True), 1),
+        ("pair", PairState("A", "B", friends=False), 2),
+        ("member", "z1", "A", True, 10),
+        ("member", "z1", "A", False, 20),
+        ("member", "z1", "A", True, 30),
+    ]
+    finals = set()
+    for ordering in itertools.permutations(events):
+        index = AudienceIndex()
+        index.apply_zhadui("z1", "A", 5, Status.OPEN)
+        for event in ordering:
+            if event[0] == "pair":
+                index.apply_pair(event[1], event[2])
+            else:
+                index.apply_membership(*event[1:])
+        finals.add((frozenset(index.friends_of("A")), frozenset(index.participants("z1"))))
+    assert finals == {(frozenset(), frozenset({"A"}))}
+
+
+def test_index_feed_excludes_archived_and_blocked() -> None:
+    index = AudienceIndex()
+    index.apply_pair(PairState("A", "B", friends=True), 1)
+    index.apply_pair(PairState("B", "C", friends=True), 1)
+    for zhadui_id, creator, at in (("z1", "A", 10), ("z2", "C", 20), ("z3", "A", 30)):
+        index.apply_zhadui(zhadui_id, creator, at, Status.OPEN)
+        index.apply_membership(zhadui_id, creator, True, at)
+    assert index.feed("B", None, 10) == [(30, "z3"), (20, "z2"), (10, "z1")]
+    index.apply_zhadui("z3", "", 0, Status.ARCHIVED)
+    index.apply_pair(PairState("B", "C", friends=True, a_blocks_b=True), 2)
+    assert index.feed("B", None, 10) == [(10, "z1")]
+    assert index.feed("B", (10, "z1"), 10) == []
