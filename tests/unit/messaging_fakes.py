@@ -1,0 +1,132 @@
+"""In-memory fakes of the messaging core's ports (store and notifier), for unit tests."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, Writes
+
+T = TypeVar("T")
+
+
+class FakeTx:
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
+        self.pending: Writes | None = None
+        self.allocated = 0
+
+    async def rooms(self, room_ids: list[str]) -> dict[str, JSON]:
+        return {r: self._store.rooms[r] for r in room_ids if r in self._store.rooms}
+
+    async def state_docs(self, keys: list[str]) -> dict[str, JSON]:
+        return {k: copy.deepcopy(self._store.state[k]) for k in keys if k in self._store.state}
+
+    async def txns(self, keys: list[str]) -> dict[str, JSON]:
+        return {k: self._store.txns[k] for k in keys if k in self._store.txns}
+
+    async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
+        return {p: self._store.relations[p] for p in pair_ids if p in self._store.relations}
+
+    async def entry(self, event_id: str) -> JSON | None:
+        return self._store.entries.get(event_id)
+
+    async def receipt(self, key: str) -> JSON | None:
+        return self._store.receipts.get(key)
+
+    async def allocate(self, count: int) -> int:
+        self.allocated = count
+        return self._store.counter + 1
+
+    async def write(self, writes: Writes) -> None:
+        self.pending = writes
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.counter = 0
+        self.entries: dict[str, JSON] = {}
+        self.state: dict[str, JSON] = {}
+        self.rooms: dict[str, JSON] = {}
+        self.txns: dict[str, JSON] = {}
+        self.receipts: dict[str, JSON] = {}
+        self.relations: dict[str, JSON] = {}
+        self.transactions = 0
+        self.fail_next_commit: Exception | None = None
+
+    async def transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        tx = FakeTx(self)
+        result = await work(tx)
+        if self.fail_next_commit is not None:
+            error, self.fail_next_commit = self.fail_next_commit, None
+            raise error
+        writes = tx.pending
+        if writes is not None:
+            if any(t["_id"] in self.txns for t in writes.txns):
+                raise DuplicateWrite("txn")
+            self.counter += tx.allocated
+            for doc in writes.rooms:
+                self.rooms[doc["_id"]] = doc
+            for entry in writes.entries:
+                self.entries[entry["_id"]] = entry
+            self.state.update(copy.deepcopy(writes.state))
+            self.receipts.update(writes.receipts)
+            for txn in writes.txns:
+                self.txns[txn["_id"]] = txn
+            for event_id, pruned in writes.redactions.items():
+                self.entries[event_id] = {**self.entries[event_id], "event": pruned}
+        self.transactions += 1
+        return result
+
+    async def head(self) -> int:
+        return self.counter
+
+    def _sorted(self) -> list[JSON]:
+        return sorted(self.entries.values(), key=lambda e: e["pos"])
+
+    async def entries_after(self, pos: int, limit: int) -> list[JSON]:
+        return [e for e in self._sorted() if e["pos"] > pos][:limit]
+
+    async def room_entries(self, room_id: str, lo: int, hi: int, limit: int, descending: bool) -> list[JSON]:
+        found = [e for e in self._sorted() if e["room_id"] == room_id and e["kind"] == "event" and lo < e["pos"] <= hi]
+        return (found[::-1] if descending else found)[:limit]
+
+    async def count_unread(self, room_id: str, lo: int, hi: int, user_id: str) -> int:
+        return sum(1 for e in await self.room_entries(room_id, lo, hi, 10**9, False)
+                   if e["event"]["type"] in COUNTED_TYPES and e["event"]["sender"] != user_id
+                   and "state_key" not in e["event"])
+
+    async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]:
+        room = self.rooms.get(room_id)
+        if room is None:
+            return None, [], []
+        state = [copy.deepcopy(d) for d in self.state.values() if d["room_id"] == room_id]
+        receipts = [{k: v for k, v in d.items() if k != "entry"} for d in self.receipts.values()
+                    if d["room_id"] == room_id]
+        return room, state, receipts
+
+    async def load_user(self, user_id: str) -> list[JSON]:
+        return [copy.deepcopy(d) for d in self.state.values() if d.get("member_user") == user_id]
+
+    async def entry(self, event_id: str) -> JSON | None:
+        return self.entries.get(event_id)
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.woken: list[dict[str, int]] = []
+        self.broadcasts: list[list[JSON]] = []
+        self.typing: list[tuple[str, str, int, int]] = []
+
+    async def wake(self, users: dict[str, int]) -> None:
+        self.woken.append(dict(users))
+
+    async def broadcast_entries(self, entries: list[JSON]) -> None:
+        self.broadcasts.append(entries)
+
+    async def broadcast_typing(self, room_id: str, user_id: str, expires_at_ms: int, serial: int) -> None:
+        self.typing.append((room_id, user_id, expires_at_ms, serial))
+
+    def woken_users(self) -> set[str]:
+        return {u for batch in self.woken for u in batch}
