@@ -18,6 +18,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.rooms",
     "gateway.routes.sync",
     "gateway.routes.zhadui",
+    "gateway.routes.contacts",
 )
 
 
