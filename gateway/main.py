@@ -17,7 +17,7 @@ from gateway.routes import route_modules
 from plumbing.errors import StartupError
 from plumbing.jetstream import connect_nats
 from plumbing.logs import configure_logging
-from plumbing.metrics import port_is_free
+from plumbing.ports import port_is_free
 
 log = logging.getLogger(__name__)
 

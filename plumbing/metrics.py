@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 from prometheus_client import Counter, Histogram, start_http_server
 
 from plumbing.errors import StartupError
@@ -48,13 +46,3 @@ def _reason(exc: OSError) -> str:
     if exc.errno in (98, 48):  # EADDRINUSE on Linux / macOS
         return "port already in use"
     return exc.strerror or str(exc)
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True

@@ -31,9 +31,10 @@ from plumbing.jetstream import (
     ensure_stream,
 )
 from plumbing.logs import configure_logging
-from plumbing.metrics import port_is_free, serve_metrics
+from plumbing.metrics import serve_metrics
 from plumbing.mongo import IndexPlan, connect_mongo, ensure_indexes
 from plumbing.outbox import OUTBOX_INDEXES, Outbox
+from plumbing.ports import port_is_free
 from plumbing.streams import StreamSpec
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plumbing.config import Env
 from plumbing.errors import StartupError
-from plumbing.metrics import port_is_free
+from plumbing.ports import free_port, free_port_block, port_is_free
 from plumbing.supervisor import ChildSpec, Probe
 
 SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
@@ -68,6 +68,27 @@ class StackConfig:
             log_level=env.str("LOG_LEVEL", "INFO"),
             external_mongo_uri=external_mongo,
             external_nats_url=external_nats,
+        )
+
+    @classmethod
+    def on_free_ports(
+        cls, data_dir: Path, mongo_uri: str | None = None, server_name: str = "laiwang.test"
+    ) -> StackConfig:
+        """A stack on fresh loopback ports with its own embedded NATS (tests and benchmarks), on an
+        existing Mongo-wire server if `mongo_uri` is given, else on its own embedded one."""
+        return cls(
+            data_dir=data_dir,
+            ports=StackPorts(
+                gateway=free_port(),
+                nats=free_port(),
+                mongo=free_port(),
+                grpc_base=free_port_block(len(SERVICES)),
+                metrics_base=free_port_block(len(SERVICES)),
+            ),
+            server_name=server_name,
+            log_level="INFO",
+            external_mongo_uri=mongo_uri,
+            external_nats_url=None,
         )
 
     @property
