@@ -8,7 +8,9 @@ the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from plumbing.config import Env
 from plumbing.errors import StartupError
 from plumbing.ports import free_port, free_port_block, port_is_free
-from plumbing.supervisor import ChildSpec, Probe
+from plumbing.supervisor import ChildSpec, Probe, Supervisor
 
 SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
 HOST = "127.0.0.1"
@@ -219,3 +221,53 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
         )
     )
     return specs
+
+
+@dataclass
+class RunningStack:
+    config: StackConfig
+    supervisor: Supervisor
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return self.config.gateway_url
+
+    def grpc_address(self, service: str) -> str:
+        return f"{HOST}:{self.config.ports.grpc(service)}"
+
+    def metrics_url(self, service: str) -> str:
+        return f"http://{HOST}:{self.config.ports.metrics(service)}/metrics"
+
+    def log_text(self) -> str:
+        """Everything the stack's processes printed so far (each line prefixed with its name)."""
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    config: StackConfig, env: dict[str, str] | None = None, database_suffix: str = ""
+) -> AsyncIterator[RunningStack]:
+    """The stack of `config` under a supervisor, its output in `<data_dir>/stack.log`; stopped on exit.
+
+    `database_suffix` gives every service database a distinct name, so stacks sharing one
+    Mongo-wire server never see each other's data.
+    """
+    specs = stack_specs(config)
+    for spec in specs:
+        if database_suffix:
+            spec.env.setdefault("MONGO_DB", f"{spec.name}_{database_suffix}")
+        spec.env.update(env or {})
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.data_dir / "stack.log"
+    with open(log_path, "w", buffering=1) as output:  # noqa: ASYNC230 - once per stack
+        supervisor = Supervisor(specs, out=output)
+        try:
+            await supervisor.start_all()
+        except Exception:
+            sys.stderr.write(log_path.read_text(errors="replace")[-20000:])
+            raise
+        try:
+            yield RunningStack(config, supervisor, log_path)
+        finally:
+            await supervisor.stop_all()

@@ -14,14 +14,12 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pymongo import MongoClient
 
-from plumbing.stack import StackConfig, stack_specs
-from plumbing.supervisor import Supervisor
+from plumbing.stack import RunningStack, running_stack
 from tests.support import free_port, stack_config
 
 BIN = Path(sys.executable).parent
@@ -91,27 +89,6 @@ def fresh_db_name() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
-@dataclass
-class RunningStack:
-    config: StackConfig
-    supervisor: Supervisor
-    log_path: Path
-
-    def log_text(self) -> str:
-        """Everything the stack's processes printed so far (each line prefixed with its name)."""
-        return self.log_path.read_text(errors="replace")
-
-    @property
-    def base_url(self) -> str:
-        return self.config.gateway_url
-
-    def grpc_address(self, service: str) -> str:
-        return f"127.0.0.1:{self.config.ports.grpc(service)}"
-
-    def metrics_url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.config.ports.metrics(service)}/metrics"
-
-
 @contextlib.asynccontextmanager
 async def launch_stack(
     mongo_uri: str, data_dir: Path, env: dict[str, str] | None = None
@@ -121,24 +98,8 @@ async def launch_stack(
     Every launch gets its own NATS server (so durable consumers of two stacks never share a
     stream) and its own database names on the shared Mongo-wire server.
     """
-    run_id = uuid.uuid4().hex[:8]
-    config = stack_config(data_dir, mongo_uri)
-    specs = stack_specs(config)
-    for spec in specs:
-        spec.env.setdefault("MONGO_DB", f"{spec.name}_{run_id}")
-        spec.env.update(env or {})
-    log_path = data_dir / "stack.log"
-    with open(log_path, "w", buffering=1) as output:  # noqa: ASYNC230 - once per stack
-        supervisor = Supervisor(specs, out=output)
-        try:
-            await supervisor.start_all()
-        except Exception:
-            sys.stderr.write(log_path.read_text(errors="replace")[-20000:])
-            raise
-        try:
-            yield RunningStack(config, supervisor, log_path)
-        finally:
-            await supervisor.stop_all()
+    async with running_stack(stack_config(data_dir, mongo_uri), env, database_suffix=uuid.uuid4().hex[:8]) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
