@@ -17,7 +17,7 @@ import base64
 import binascii
 import heapq
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -198,18 +198,32 @@ class _Meta:
     status: Status
 
 
+_KEY_DIGITS = 15  # milliseconds, zero-padded, so the keys sort as strings in activity order
+
+
+def _rank_key(activity_ms: int, zhadui_id: str) -> str:
+    return f"{activity_ms:0{_KEY_DIGITS}d}|{zhadui_id}"
+
+
+def _from_rank_key(key: str) -> tuple[int, str]:
+    return int(key[:_KEY_DIGITS]), key[_KEY_DIGITS + 1:]
+
+
 class AudienceIndex:
     """Who can see which zhadui, in memory. Every `apply_*` is idempotent and order-insensitive:
     pair changes carry contacts' per-pair version, memberships the time of the change."""
 
     def __init__(self) -> None:
         self._friends: dict[str, set[str]] = {}
-        self._blocked: set[tuple[str, str]] = set()
+        self._blocks: dict[str, set[str]] = {}  # user -> users with a block between them, either way
         self._pair_versions: dict[tuple[str, str], int] = {}
         self._members: dict[str, set[str]] = {}
         self._joined: dict[str, set[str]] = {}
         self._member_stamp: dict[tuple[str, str], int] = {}
         self._meta: dict[str, _Meta] = {}
+        # One string per unarchived zhadui that sorts by (activity, id): feeds rank candidates with
+        # C-level comparisons instead of building a tuple per candidate.
+        self._rank: dict[str, str] = {}
 
     # --- keeping it current -------------------------------------------------------------
 
@@ -219,27 +233,36 @@ class AudienceIndex:
             return False
         self._pair_versions[key] = version
         a, b = key
-        if state.friends:
-            self._friends.setdefault(a, set()).add(b)
-            self._friends.setdefault(b, set()).add(a)
-        else:
-            self._friends.get(a, set()).discard(b)
-            self._friends.get(b, set()).discard(a)
-        if state.blocked:
-            self._blocked.add(key)
-        else:
-            self._blocked.discard(key)
+        for user, other in ((a, b), (b, a)):
+            if state.friends:
+                self._friends.setdefault(user, set()).add(other)
+            else:
+                self._friends.get(user, set()).discard(other)
+            if state.blocked:
+                self._blocks.setdefault(user, set()).add(other)
+            elif user in self._blocks:
+                self._blocks[user].discard(other)
+                if not self._blocks[user]:
+                    del self._blocks[user]
         return True
 
     def apply_zhadui(self, zhadui_id: str, creator: str, activity_ms: int, status: Status) -> None:
         meta = self._meta.get(zhadui_id)
         if meta is None:
             if creator:  # a status change for a zhadui we have not heard of yet waits for its load
-                self._meta[zhadui_id] = _Meta(creator, activity_ms, status)
+                meta = self._meta[zhadui_id] = _Meta(creator, activity_ms, status)
+                self._rerank(zhadui_id, meta)
             return
         meta.activity_ms = max(meta.activity_ms, activity_ms)
         if status is Status.ARCHIVED or (status is Status.CLOSED and meta.status is Status.OPEN):
             meta.status = status  # status only moves forward
+        self._rerank(zhadui_id, meta)
+
+    def _rerank(self, zhadui_id: str, meta: _Meta) -> None:
+        if meta.status is Status.ARCHIVED:
+            self._rank.pop(zhadui_id, None)
+        else:
+            self._rank[zhadui_id] = _rank_key(meta.activity_ms, zhadui_id)
 
     def apply_membership(self, zhadui_id: str, user: str, joined: bool, at_ms: int) -> None:
         key = (zhadui_id, user)
@@ -249,8 +272,9 @@ class AudienceIndex:
         if joined:
             self._members.setdefault(zhadui_id, set()).add(user)
             self._joined.setdefault(user, set()).add(zhadui_id)
-            if meta := self._meta.get(zhadui_id):
-                meta.activity_ms = max(meta.activity_ms, at_ms)
+            if (meta := self._meta.get(zhadui_id)) and at_ms > meta.activity_ms:
+                meta.activity_ms = at_ms
+                self._rerank(zhadui_id, meta)
         else:
             self._members.get(zhadui_id, set()).discard(user)
             self._joined.get(user, set()).discard(zhadui_id)
@@ -261,7 +285,7 @@ class AudienceIndex:
         return self._friends.get(user, set())
 
     def blocked(self, user_x: str, user_y: str) -> bool:
-        return (min(user_x, user_y), max(user_x, user_y)) in self._blocked
+        return user_y in self._blocks.get(user_x, ())
 
     def participants(self, zhadui_id: str) -> set[str]:
         return self._members.get(zhadui_id, set())
@@ -289,22 +313,26 @@ class AudienceIndex:
 
     def feed(self, user: str, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
         """(activity_ms, zhadui_id) of the user's visible, unarchived zhaduis, newest first."""
-        candidates = set(self._joined.get(user, ()))
+        joined = self._joined
+        candidates = set(joined.get(user, ()))
         for friend in self.friends_of(user):
-            candidates.update(self._joined.get(friend, ()))
-
-        def visible() -> Iterator[tuple[int, str]]:
-            for zhadui_id in candidates:
-                meta = self._meta.get(zhadui_id)
-                if meta is None or meta.status is Status.ARCHIVED:
-                    continue
-                if user != meta.creator and self.blocked(user, meta.creator):
-                    continue
-                key = (meta.activity_ms, zhadui_id)
-                if after is None or key < after:
-                    yield key
-
-        return heapq.nlargest(limit, visible())
+            if zhaduis := joined.get(friend):
+                candidates |= zhaduis
+        keys = [key for key in map(self._rank.get, candidates) if key is not None]  # drops archived
+        if after is not None:
+            bound = _rank_key(*after)
+            keys = [key for key in keys if key < bound]
+        blocked = self._blocks.get(user)
+        if not blocked:
+            return [_from_rank_key(key) for key in heapq.nlargest(limit, keys)]
+        page: list[tuple[int, str]] = []
+        for key in sorted(keys, reverse=True):
+            activity, zhadui_id = _from_rank_key(key)
+            if self._meta[zhadui_id].creator not in blocked:
+                page.append((activity, zhadui_id))
+                if len(page) == limit:
+                    break
+        return page
 
     def idle(self, before_ms: int) -> list[str]:
         return [z for z, m in self._meta.items() if m.status is not Status.ARCHIVED and m.activity_ms < before_ms]
