@@ -24,6 +24,7 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client import Gauge
 
 from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.matrix import MatrixError, json_response, read_json_object
@@ -37,6 +38,8 @@ from plumbing.streams import wake_subject
 log = logging.getLogger(__name__)
 
 MAX_TIMEOUT_MS = 30_000
+SYNC_WAITING = Gauge("gateway_sync_long_polls", "/sync requests currently held open by this gateway replica.")
+SYNC_SUBSCRIPTIONS = Gauge("gateway_sync_wake_subscriptions", "Per-user wake subjects this replica subscribes to.")
 _HUB_KEY = "wake_hub"
 _MAX_FILTER_BYTES = 4096
 
@@ -61,13 +64,33 @@ class Waiter:
 
 
 class _Entry:
-    __slots__ = ("idle_since", "ready", "subscription", "waiters")
+    """One user's wake subscription on this replica.
+
+    `wakes` counts wake-ups since subscribing and `max_pos` is the highest position named. `quiet`
+    remembers, for recently returned tokens, the wake count when their computation began: if no
+    wake-up has arrived since, nothing concerning the user was committed, and a re-poll with that
+    token can go straight to waiting without asking messaging (a client re-polls after every answer).
+    """
+
+    __slots__ = ("idle_since", "max_pos", "quiet", "ready", "subscription", "waiters", "wakes")
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
         self.subscription: Subscription | None = None
         self.ready = asyncio.Event()
         self.idle_since = 0.0
+        self.wakes = 0
+        self.max_pos = 0
+        self.quiet: dict[str, int] = {}
+
+    def remember(self, token: str, wakes_at_start: int) -> None:
+        self.quiet.pop(token, None)
+        self.quiet[token] = wakes_at_start
+        if len(self.quiet) > 8:  # a few devices' worth
+            del self.quiet[next(iter(self.quiet))]
+
+    def is_quiet_since(self, token: str) -> bool:
+        return self.quiet.get(token) == self.wakes
 
 
 class WakeHub:
@@ -86,7 +109,7 @@ class WakeHub:
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="wake-hub-sweeper")
 
-    async def acquire(self, user_id: str) -> Waiter:
+    async def acquire(self, user_id: str) -> tuple[Waiter, _Entry]:
         waiter = Waiter()
         entry = self._entries.get(user_id)
         if entry is None:
@@ -104,7 +127,7 @@ class WakeHub:
         else:
             entry.waiters.add(waiter)
             await entry.ready.wait()
-        return waiter
+        return waiter, entry
 
     def release(self, user_id: str, waiter: Waiter) -> None:
         entry = self._entries.get(user_id)
@@ -120,6 +143,8 @@ class WakeHub:
                 pos = int(msg.data or b"0")
             except ValueError:
                 pos = 0
+            entry.wakes += 1
+            entry.max_pos = max(entry.max_pos, pos)
             for waiter in entry.waiters:
                 waiter.wake(pos)
 
@@ -220,22 +245,36 @@ async def sync(request: web.Request) -> web.Response:
     hub: WakeHub = deps.extras[_HUB_KEY]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
-    waiter = await hub.acquire(who.user_id) if timeout_ms > 0 else None
+    if timeout_ms <= 0:
+        reply = await call(stub.Sync, sync_request, timeout=10.0)
+        return web.Response(body=reply.body_json, content_type="application/json")
+    waiter, entry = await hub.acquire(who.user_id)
+    SYNC_WAITING.inc()
     try:
-        while True:
-            if waiter is not None:
-                waiter.event.clear()  # a wake-up from here on means "compute again"
-            reply = await call(stub.Sync, sync_request, timeout=10.0)
+        reply = None
+        if not (sync_request.since and not sync_request.full_state and entry.is_quiet_since(sync_request.since)):
+            reply = await _compute(stub, sync_request, waiter, entry)
+        while reply is None or not reply.has_changes:
             remaining = deadline - loop.time()
-            if reply.has_changes or waiter is None or remaining <= 0:
+            if remaining <= 0 or not await waiter.wait(remaining):
+                if reply is None:  # skipped above, and nothing came: answer with the current token
+                    reply = await _compute(stub, sync_request, waiter, entry)
                 break
-            if not await waiter.wait(remaining):
-                break
-            sync_request.min_position = waiter.pos
+            reply = await _compute(stub, sync_request, waiter, entry)
     finally:
-        if waiter is not None:
-            hub.release(who.user_id, waiter)
+        SYNC_WAITING.dec()
+        hub.release(who.user_id, waiter)
     return web.Response(body=reply.body_json, content_type="application/json")
+
+
+async def _compute(stub: Any, sync_request: pb.SyncRequest, waiter: Waiter, entry: _Entry) -> pb.SyncResponse:
+    waiter.event.clear()  # a wake-up from here on means "compute again"
+    wakes = entry.wakes
+    # Include everything we were woken for so far, even if messaging's replica has not seen it yet.
+    sync_request.min_position = max(sync_request.min_position, entry.max_pos)
+    reply: pb.SyncResponse = await call(stub.Sync, sync_request, timeout=10.0)
+    entry.remember(reply.next_batch, wakes)
+    return reply
 
 
 def routes(deps: GatewayDeps) -> list[web.RouteDef]:
@@ -252,6 +291,7 @@ def routes(deps: GatewayDeps) -> list[web.RouteDef]:
 async def startup(deps: GatewayDeps) -> None:
     hub = WakeHub(deps.nats, Env().float("GATEWAY_WAKE_LINGER_SECONDS", 60.0, minimum=0.1))
     hub.start()
+    SYNC_SUBSCRIPTIONS.set_function(lambda: hub.subscriptions)
     deps.extras[_HUB_KEY] = hub
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -342,8 +343,15 @@ def pair_id(a: str, b: str) -> str:
     return f"{a}{SEP}{b}" if a < b else f"{b}{SEP}{a}"
 
 
-def txn_key(user_id: str, device_id: str, txn_id: str) -> str:
-    return f"{user_id}{SEP}{device_id}{SEP}{txn_id}"
+def txn_key(user_id: str, device_id: str, room_id: str, kind: str, txn_id: str) -> str:
+    """Transaction ids are scoped like Synapse's: per device, per request path (room and type)."""
+    return SEP.join((user_id, device_id, room_id, kind, txn_id))
+
+
+def txn_event_id(key: str) -> str:
+    """The event id of a client transaction is derived from it, so every replica (and every retry
+    after a crash) names the same event, and the unique `_id` of the stream stops a duplicate."""
+    return "$" + base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()).decode().rstrip("=")
 
 
 def receipt_key(room_id: str, user_id: str, receipt_type: str) -> str:
@@ -362,7 +370,7 @@ class Writes:
     entries: list[JSON] = field(default_factory=list)
     state: dict[str, JSON] = field(default_factory=dict)
     rooms: list[JSON] = field(default_factory=list)
-    txns: list[JSON] = field(default_factory=list)
+    txn_ids: list[tuple[str, str]] = field(default_factory=list)  # remembered after commit, not stored
     receipts: dict[str, JSON] = field(default_factory=dict)
     redactions: dict[str, JSON] = field(default_factory=dict)  # event_id -> pruned event
 
@@ -372,7 +380,7 @@ class Tx(Protocol):
 
     async def rooms(self, room_ids: list[str]) -> dict[str, JSON]: ...
     async def state_docs(self, keys: list[str]) -> dict[str, JSON]: ...
-    async def txns(self, keys: list[str]) -> dict[str, JSON]: ...
+    async def head(self) -> int: ...
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]: ...
     async def entry(self, event_id: str) -> JSON | None: ...
     async def receipt(self, key: str) -> JSON | None: ...
@@ -746,17 +754,30 @@ class Typing:
 # ---------------------------------------------------------------------------------------------
 
 
-class Batch:
-    """Reads through an overlay of this batch's own writes; writes are buffered and flushed in bulk."""
+class StaleCache(Exception):
+    """Another writer committed after the cache state a batch was validated against; re-run it."""
 
-    def __init__(self, core: Messaging, tx: Tx, check_txns: bool) -> None:
+
+class Batch:
+    """One transaction's worth of requests.
+
+    Reads go through an overlay of the batch's own writes. In *cache mode* (the normal case) rules
+    are checked against this replica's cache as of `base_head`, and the position allocation proves
+    that was current: positions are handed out by the one counter, so getting `base_head + 1` means
+    nobody committed in between (otherwise the transaction is abandoned and re-run). Without cache
+    mode, reads go to the database inside the transaction. Writes are buffered and flushed in bulk.
+    """
+
+    def __init__(self, core: Messaging, tx: Tx, check_txns: bool, cache_mode: bool) -> None:
         self.core = core
         self.tx = tx
         self.check_txns = check_txns
+        self.cache_mode = cache_mode
+        self.base_head = core.cache.head
+        self.refused = False
         self.writes = Writes()
         self.state: dict[str, JSON | None] = {}
         self.room_docs: dict[str, JSON | None] = {}
-        self.relation_docs: dict[str, JSON | None] = {}
         self.txn_map: dict[str, str] = {}
         self._journal: list[tuple[str, str, Any]] = []
         self.ts = now_ms()
@@ -765,14 +786,14 @@ class Batch:
 
     def savepoint(self) -> tuple[int, ...]:
         w = self.writes
-        return (len(w.entries), len(w.rooms), len(w.txns), len(self._journal))
+        return (len(w.entries), len(w.rooms), len(w.txn_ids), len(self._journal))
 
     def rollback(self, mark: tuple[int, ...]) -> None:
         entries, rooms, txns, journal = mark
         w = self.writes
         del w.entries[entries:]
         del w.rooms[rooms:]
-        del w.txns[txns:]
+        del w.txn_ids[txns:]
         while len(self._journal) > journal:
             kind, key, previous = self._journal.pop()
             target: dict[str, Any] = {
@@ -791,39 +812,42 @@ class Batch:
     # -- reads ----------------------------------------------------------------------------------
 
     async def prefetch(self, room_ids: set[str], state_keys: set[str]) -> None:
-        missing_rooms = [r for r in room_ids if r not in self.room_docs and r not in self.core.room_docs]
-        if missing_rooms:
-            found = await self.tx.rooms(missing_rooms)
-            for room_id in missing_rooms:
-                self.room_docs[room_id] = found.get(room_id)
-        missing = [k for k in state_keys if k not in self.state]
-        if missing:
-            found = await self.tx.state_docs(missing)
-            for key in missing:
-                self.state[key] = found.get(key)
+        if self.cache_mode:
+            for room_id in room_ids:
+                await self.core.cache.room(room_id)
+            self.base_head = self.core.cache.head  # after loading: loads may catch up
+        else:
+            missing_rooms = [r for r in room_ids if r not in self.room_docs and r not in self.core.room_docs]
+            if missing_rooms:
+                found = await self.tx.rooms(missing_rooms)
+                for room_id in missing_rooms:
+                    self.room_docs[room_id] = found.get(room_id)
+            missing = [k for k in state_keys if k not in self.state]
+            if missing:
+                found = await self.tx.state_docs(missing)
+                for key in missing:
+                    self.state[key] = found.get(key)
         pairs: set[str] = set()
         for room_id in room_ids:
             doc = await self.room(room_id)
             if doc is not None and doc.get("direct_pair"):
                 a, b = doc["direct_pair"]
                 pairs.add(pair_id(a, b))
-        await self._load_relations(pairs)
-
-    async def _load_relations(self, pairs: set[str]) -> None:
-        missing = [p for p in pairs if p not in self.relation_docs]
-        if missing:
-            found = await self.tx.relations(missing)
-            for key in missing:
-                self.relation_docs[key] = found.get(key)
+        await self.core.relations.prefetch(self.tx, pairs)
 
     async def room(self, room_id: str) -> JSON | None:
         cached = self.core.room_docs.get(room_id)
         if cached is not None:
             return cached
-        if room_id not in self.room_docs:
-            found = await self.tx.rooms([room_id])
-            self.room_docs[room_id] = found.get(room_id)
-        return self.room_docs[room_id]
+        if room_id in self.room_docs:
+            return self.room_docs[room_id]
+        if self.cache_mode:
+            view = self.core.cache.rooms.get(room_id) or await self.core.cache.room(room_id)
+            doc = view.doc if view is not None else None
+        else:
+            doc = (await self.tx.rooms([room_id])).get(room_id)
+        self.room_docs[room_id] = doc
+        return doc
 
     async def existing_room(self, room_id: str) -> JSON:
         doc = await self.room(room_id)
@@ -831,19 +855,34 @@ class Batch:
             raise not_found("room not found")
         return doc
 
-    async def state_entry(self, room_id: str, event_type: str, state_key: str) -> JSON | None:
+    async def _state_doc(self, room_id: str, event_type: str, state_key: str) -> JSON | None:
         key = state_key_id(room_id, event_type, state_key)
-        if key not in self.state:
-            found = await self.tx.state_docs([key])
-            self.state[key] = found.get(key)
-        doc = self.state[key]
+        if key in self.state:
+            return self.state[key]
+        doc: JSON | None = None
+        if self.cache_mode:
+            view = self.core.cache.rooms.get(room_id)
+            if view is None and room_id not in self.room_docs:
+                view = await self.core.cache.room(room_id)
+            entry = view.state.get((event_type, state_key)) if view is not None else None
+            if entry is not None:
+                doc = {"entry": entry}
+                if event_type == MEMBER:
+                    info = view.members[state_key] if view is not None else None
+                    doc.update(membership=info.membership if info else entry["event"]["content"]["membership"],
+                               ever_joined=bool(info and info.ever_joined))
+        else:
+            doc = (await self.tx.state_docs([key])).get(key)
+        self.state[key] = doc
+        return doc
+
+    async def state_entry(self, room_id: str, event_type: str, state_key: str) -> JSON | None:
+        doc = await self._state_doc(room_id, event_type, state_key)
         return doc["entry"] if doc is not None else None
 
     async def membership(self, room_id: str, user_id: str) -> tuple[str, bool]:
         """(membership or "", ever_joined)."""
-        key = state_key_id(room_id, MEMBER, user_id)
-        await self.state_entry(room_id, MEMBER, user_id)
-        doc = self.state[key]
+        doc = await self._state_doc(room_id, MEMBER, user_id)
         if doc is None:
             return "", False
         return doc["membership"], bool(doc.get("ever_joined"))
@@ -853,9 +892,7 @@ class Batch:
         return entry["event"]["content"] if entry else DEFAULT_POWER_LEVELS
 
     async def relation(self, a: str, b: str) -> JSON | None:
-        key = pair_id(a, b)
-        await self._load_relations({key})
-        return self.relation_docs[key]
+        return await self.core.relations.get(self.tx, pair_id(a, b))
 
     async def blocked(self, a: str, b: str) -> bool:
         rel = await self.relation(a, b)
@@ -865,18 +902,18 @@ class Batch:
         if key in self.txn_map:
             return self.txn_map[key]
         if self.check_txns:
-            found = await self.tx.txns([key])
-            if key in found:
-                return str(found[key]["event_id"])
+            event_id = txn_event_id(key)
+            if await self.tx.entry(event_id) is not None:
+                return event_id
         return None
 
     # -- writes ---------------------------------------------------------------------------------
 
     def append_event(self, room_id: str, sender: str, event_type: str, content: JSON, *,
-                     state_key: str | None = None, redacts: str | None = None,
+                     state_key: str | None = None, redacts: str | None = None, event_id: str = "",
                      device_id: str = "", txn_id: str = "", ever_joined: bool = False) -> JSON:
         event: JSON = {
-            "event_id": "$" + _random_id(24),
+            "event_id": event_id or "$" + _random_id(24),
             "room_id": room_id,
             "sender": sender,
             "type": event_type,
@@ -919,8 +956,8 @@ class Batch:
         self.writes.rooms.append(doc)
         self._set("room_docs", self.room_docs, doc["_id"], doc)
 
-    def record_txn(self, key: str, event_id: str, room_id: str) -> None:
-        self.writes.txns.append({"_id": key, "event_id": event_id, "room_id": room_id, "created_ms": self.ts})
+    def record_txn(self, key: str, event_id: str) -> None:
+        self.writes.txn_ids.append((key, event_id))
         self._set("txn_map", self.txn_map, key, event_id)
 
     def add_receipt(self, room_id: str, user_id: str, receipt_type: str, event_id: str, event_pos: int) -> None:
@@ -937,9 +974,15 @@ class Batch:
 
     async def flush(self) -> None:
         writes = self.writes
-        if not writes.entries and not writes.rooms:
+        if not writes.entries:
+            if self.cache_mode and self.refused and await self.tx.head() != self.base_head:
+                raise StaleCache()  # a refusal must not rest on a stale view either
+            if writes.rooms:
+                await self.tx.write(writes)
             return
-        first = await self.tx.allocate(len(writes.entries)) if writes.entries else 0
+        first = await self.tx.allocate(len(writes.entries))
+        if self.cache_mode and first != self.base_head + 1:
+            raise StaleCache()
         for offset, entry in enumerate(writes.entries):
             entry["pos"] = first + offset
             if entry["kind"] == "receipt":
@@ -947,6 +990,48 @@ class Batch:
         for doc in writes.receipts.values():
             doc["pos"] = doc["entry"]["pos"]
         await self.tx.write(writes)
+
+
+class Relations:
+    """The friend-graph projection as seen by this replica: read from the store, kept briefly.
+
+    Contacts events reach the projection asynchronously anyway, so a few seconds of caching adds
+    no weaker guarantee; a change applied by any replica evicts the pair everywhere at once
+    (`forget`, called from the replication broadcast).
+    """
+
+    def __init__(self, ttl_seconds: float = 5.0) -> None:
+        self._ttl = ttl_seconds
+        self._docs: OrderedDict[str, tuple[float, JSON | None]] = OrderedDict()
+
+    def _fresh(self, pair: str) -> tuple[bool, JSON | None]:
+        found = self._docs.get(pair)
+        if found is None or found[0] < time.monotonic():
+            return False, None
+        return True, found[1]
+
+    async def prefetch(self, tx: Tx, pairs: set[str]) -> None:
+        missing = [p for p in pairs if not self._fresh(p)[0]]
+        if missing:
+            found = await tx.relations(missing)
+            for pair in missing:
+                self._put(pair, found.get(pair))
+
+    async def get(self, tx: Tx, pair: str) -> JSON | None:
+        fresh, doc = self._fresh(pair)
+        if not fresh:
+            doc = (await tx.relations([pair])).get(pair)
+            self._put(pair, doc)
+        return doc
+
+    def _put(self, pair: str, doc: JSON | None) -> None:
+        self._docs[pair] = (time.monotonic() + self._ttl, doc)
+        self._docs.move_to_end(pair)
+        if len(self._docs) > 100_000:
+            self._docs.popitem(last=False)
+
+    def forget(self, pair: str) -> None:
+        self._docs.pop(pair, None)
 
 
 _MISSING = object()
@@ -975,6 +1060,7 @@ class Settings:
     timeline_cap: int = 256
     max_cached_rooms: int = 20_000
     max_cached_users: int = 50_000
+    relations_cache_seconds: float = 5.0
 
 
 @dataclass
@@ -995,6 +1081,7 @@ class Messaging:
                               max_rooms=self.settings.max_cached_rooms, max_users=self.settings.max_cached_users)
         self.typing = Typing()
         self.room_docs: OrderedDict[str, JSON] = OrderedDict()  # rooms are immutable once created
+        self.relations = Relations(self.settings.relations_cache_seconds)
         self._recent_txns: OrderedDict[str, str] = OrderedDict()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -1034,10 +1121,12 @@ class Messaging:
         state_keys = set().union(*(p.state_keys for p in pending))
         outcomes: list[tuple[bool, Any]] = []
         committed: Batch | None = None
-        for attempt in range(5):
+        check_txns = False
+        stale = 0
+        for _attempt in range(10):
 
-            async def work(tx: Tx, check: bool = attempt > 0) -> Batch:
-                batch = Batch(self, tx, check_txns=check)
+            async def work(tx: Tx, check: bool = check_txns, cache_mode: bool = stale < 3) -> Batch:
+                batch = Batch(self, tx, check_txns=check, cache_mode=cache_mode)
                 outcomes.clear()
                 await batch.prefetch(rooms, state_keys)
                 for item in pending:
@@ -1046,6 +1135,7 @@ class Messaging:
                         outcomes.append((True, await item.op(batch)))
                     except MessagingError as exc:
                         batch.rollback(mark)
+                        batch.refused = True
                         outcomes.append((False, exc))
                 await batch.flush()
                 return batch
@@ -1054,7 +1144,10 @@ class Messaging:
                 committed = await self.store.transaction(work)
                 break
             except DuplicateWrite:
-                continue  # another writer stored the same transaction id; re-run, looking txn ids up
+                check_txns = True  # another writer stored the same client transaction; look ids up
+            except StaleCache:
+                stale += 1  # after a few, validate against the database instead of the cache
+                await self.cache.catch_up()
         if committed is None:
             raise RuntimeError("could not commit after repeated conflicts")
         await self._after_commit(committed)
@@ -1070,8 +1163,8 @@ class Messaging:
         writes = batch.writes
         for doc in writes.rooms:
             self._remember(self.room_docs, doc["_id"], doc, 100_000)
-        for txn in writes.txns:
-            self._remember(self._recent_txns, txn["_id"], txn["event_id"], 100_000)
+        for key, event_id in writes.txn_ids:
+            self._remember(self._recent_txns, key, event_id, 100_000)
         if not writes.entries:
             return
         await self.cache.apply_committed(writes.entries)
@@ -1295,7 +1388,7 @@ class Messaging:
             raise invalid("bad event type")
         if not txn_id or len(txn_id) > 255:
             raise invalid("bad transaction id")
-        key = txn_key(sender, device_id, txn_id)
+        key = txn_key(sender, device_id, room_id, event_type, txn_id)
         known = self._recent_txns.get(key)
         if known is not None:
             return known
@@ -1321,9 +1414,10 @@ class Messaging:
                     raise forbidden("you can only edit your own messages")
                 if "redacted_because" in event.get("unsigned", {}):
                     raise forbidden("a redacted event cannot be edited")
-            entry = batch.append_event(room_id, sender, event_type, content, device_id=device_id, txn_id=txn_id)
+            entry = batch.append_event(room_id, sender, event_type, content, event_id=txn_event_id(key),
+                                       device_id=device_id, txn_id=txn_id)
             event_id = str(entry["event"]["event_id"])
-            batch.record_txn(key, event_id, room_id)
+            batch.record_txn(key, event_id)
             return event_id
 
         return await self._submit(
@@ -1381,7 +1475,7 @@ class Messaging:
 
     async def redact(self, sender: str, device_id: str, room_id: str, event_id: str, txn_id: str,
                      reason: str = "") -> str:
-        key = txn_key(sender, device_id, f"redact:{txn_id}")
+        key = txn_key(sender, device_id, room_id, f"redact:{event_id}", txn_id)
         known = self._recent_txns.get(key)
         if known is not None:
             return known
@@ -1403,9 +1497,9 @@ class Messaging:
             if reason:
                 content["reason"] = reason
             entry = batch.append_event(room_id, sender, REDACTION, content, redacts=event_id,
-                                       device_id=device_id, txn_id=txn_id)
+                                       event_id=txn_event_id(key), device_id=device_id, txn_id=txn_id)
             batch.add_redaction(event, entry["event"])
-            batch.record_txn(key, entry["event"]["event_id"], room_id)
+            batch.record_txn(key, entry["event"]["event_id"])
             return str(entry["event"]["event_id"])
 
         return await self._submit(
@@ -1424,7 +1518,11 @@ class Messaging:
             target = await self.cache.find_entry(room_id, event_id)
             if target is None or target["room_id"] != room_id or target["kind"] != "event":
                 raise not_found("event not found")
-            current = await batch.tx.receipt(receipt_key(room_id, user_id, receipt_type))
+            if batch.cache_mode:
+                view = self.cache.rooms.get(room_id)
+                current = view.receipts.get((user_id, receipt_type)) if view is not None else None
+            else:
+                current = await batch.tx.receipt(receipt_key(room_id, user_id, receipt_type))
             pending = batch.writes.receipts.get(receipt_key(room_id, user_id, receipt_type))
             for doc in (current, pending):
                 if doc is not None and doc["event_pos"] >= target["pos"]:

@@ -14,6 +14,7 @@ Consumes:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -68,6 +69,10 @@ class NatsNotifier:
         payload = orjson.dumps({"room_id": room_id, "user_id": user_id, "expires": expires_at_ms, "serial": serial})
         await self._nc.publish(f"{REPLICATION_PREFIX}.typing.{self.replica_id}", payload)
 
+    async def relation_changed(self, pair: str) -> None:
+        """Every replica (this one included) drops its cached copy of the pair."""
+        await self._nc.publish(f"{REPLICATION_PREFIX}.relations.{self.replica_id}", pair.encode())
+
 
 async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) -> None:
     """Apply other replicas' commits and typing changes to this replica's cache."""
@@ -86,8 +91,13 @@ async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) ->
         data = orjson.loads(msg.data)
         await core.on_remote_typing(data["room_id"], data["user_id"], data["expires"], data["serial"])
 
+    async def on_relation(msg: Msg) -> None:
+        core.relations.forget(msg.data.decode())
+
     await nc.subscribe(f"{REPLICATION_PREFIX}.log.*", cb=on_log)
     await nc.subscribe(f"{REPLICATION_PREFIX}.typing.*", cb=on_typing)
+    await nc.subscribe(f"{REPLICATION_PREFIX}.relations.*", cb=on_relation)
+    await nc.flush()
 
 
 _CONTACT_EVENTS: dict[str, type[Message]] = {
@@ -98,8 +108,11 @@ _CONTACT_EVENTS: dict[str, type[Message]] = {
 }
 
 
-def contacts_handler(store: MessagingStore) -> Handler:
-    """Idempotent: each event carries the pair's whole state and a version; older versions are ignored."""
+def contacts_handler(store: MessagingStore, on_change: Callable[[str], Awaitable[None]] | None = None) -> Handler:
+    """Idempotent: each event carries the pair's whole state and a version; older versions are ignored.
+
+    `on_change(pair)` runs after a newer state was stored (to evict cached copies on every replica).
+    """
 
     async def handle(msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
@@ -111,13 +124,16 @@ def contacts_handler(store: MessagingStore) -> Handler:
         if not state.user_a or not state.user_b:
             log.warning("contacts event %s without pair state; ignored", kind)
             return
+        pair = pair_id(state.user_a, state.user_b)
         applied = await store.apply_relation(
-            pair_id(state.user_a, state.user_b), event.version,
+            pair, event.version,
             {"user_a": min(state.user_a, state.user_b), "user_b": max(state.user_a, state.user_b),
              "friends": state.friends,
              "a_blocks_b": state.a_blocks_b if state.user_a < state.user_b else state.b_blocks_a,
              "b_blocks_a": state.b_blocks_a if state.user_a < state.user_b else state.a_blocks_b},
         )
         log.debug("contacts %s v%d %s", kind, event.version, "applied" if applied else "ignored (not newer)")
+        if applied and on_change is not None:
+            await on_change(pair)
 
     return handle

@@ -33,14 +33,18 @@ def settings_from_env(server_name: str, env: Env | None = None) -> Settings:
         timeline_cap=env.int("MESSAGING_TIMELINE_CACHE", 256, minimum=1, maximum=100_000),
         max_cached_rooms=env.int("MESSAGING_CACHED_ROOMS", 20_000, minimum=1),
         max_cached_users=env.int("MESSAGING_CACHED_USERS", 50_000, minimum=1),
+        relations_cache_seconds=env.float("MESSAGING_RELATIONS_CACHE_SECONDS", 5.0),
     )
 
 
 async def build(runtime: Runtime) -> ServiceParts:
     settings = settings_from_env(runtime.config.server_name)
-    store = MessagingStore(runtime.mongo, runtime.db, runtime.outbox, encode_outbox)
+    env = Env()
+    store = MessagingStore(runtime.mongo, runtime.db, runtime.outbox, encode_outbox,
+                           relay_delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000)
     replica_id = uuid.uuid4().hex[:12]
-    core = Messaging(store, NatsNotifier(runtime.nats, replica_id), settings)
+    notifier = NatsNotifier(runtime.nats, replica_id)
+    core = Messaging(store, notifier, settings)
     await core.start()
     await start_replication(runtime.nats, core, replica_id)
     api = MessagingApi(core)
@@ -65,7 +69,7 @@ async def build(runtime: Runtime) -> ServiceParts:
         registrations=[api.register],
         indexes=store.indexes(),
         produces=[streams.MESSAGING],
-        consumers=[(CONTACTS_CONSUMER, contacts_handler(store))],
+        consumers=[(CONTACTS_CONSUMER, contacts_handler(store, notifier.relation_changed))],
         background=[typing_expiry, periodic_catch_up],
     )
 

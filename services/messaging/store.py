@@ -1,11 +1,12 @@
 """Repository over the messaging service's own collections; its indexes are declared here.
 
 Collections:
-  entries    the stream: room events (`_id` = event id) and read receipts, each with its `pos`
+  entries    the stream: room events (`_id` = event id) and read receipts, each with its `pos`;
+             a client transaction's event id is derived from (user, device, room, type, txn id), so
+             the unique `_id` is what makes a retried send create nothing
   state      current room state, one document per (room, type, state_key); members carry
              `member_user` / `membership` / `ever_joined`
   rooms      immutable facts of a room (creator, direct-chat pair)
-  txns       (user, device, txn id) -> event id, so a retried send creates nothing
   receipts   latest receipt per (room, user, type)
   relations  projection of the contacts service's friend graph, one document per pair
   counters   `stream`: the last allocated position
@@ -13,6 +14,7 @@ Collections:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -54,8 +56,9 @@ class MongoTx:
     async def state_docs(self, keys: list[str]) -> dict[str, JSON]:
         return await self._by_ids("state", keys)
 
-    async def txns(self, keys: list[str]) -> dict[str, JSON]:
-        return await self._by_ids("txns", keys)
+    async def head(self) -> int:
+        doc = await self._s.db.counters.find_one({"_id": STREAM_COUNTER}, session=self._session)
+        return int(doc["pos"]) if doc else 0
 
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
         return await self._by_ids("relations", pair_ids)
@@ -91,8 +94,6 @@ class MongoTx:
                  for key, doc in writes.receipts.items()],
                 session=session,
             )
-        if writes.txns:
-            await db.txns.insert_many(writes.txns, session=session)
         for event_id, pruned in writes.redactions.items():
             await db.entries.update_one({"_id": event_id}, {"$set": {"event": pruned}}, session=session)
         if self._s.outbox is not None and writes.entries:
@@ -101,11 +102,29 @@ class MongoTx:
 
 class MessagingStore:
     def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, outbox: Outbox | None = None,
-                 encode: OutboxEncoder | None = None) -> None:
+                 encode: OutboxEncoder | None = None, relay_delay_seconds: float = 0.05) -> None:
         self.client = client
         self.db = db
         self.outbox = outbox
         self.encode: OutboxEncoder = encode or (lambda entries: [])
+        self._relay_delay = relay_delay_seconds
+        self._kick: asyncio.TimerHandle | None = None
+
+    def _kick_relay_soon(self) -> None:
+        """Wake the outbox relay shortly after a commit, once for all commits in that window.
+
+        The relay's own reads and deletes compete with writers for the database, so under load it
+        publishes many batches per pass; sync wake-ups do not wait for it (they go out at commit).
+        """
+        if self.outbox is None or self._kick is not None:
+            return
+
+        def kick() -> None:
+            self._kick = None
+            if self.outbox is not None:
+                self.outbox.kick()
+
+        self._kick = asyncio.get_running_loop().call_later(self._relay_delay, kick)
 
     def indexes(self) -> IndexPlan:
         return {
@@ -124,8 +143,7 @@ class MessagingStore:
             if _is_duplicate(exc):
                 raise DuplicateWrite(str(exc)) from None
             raise
-        if self.outbox is not None:
-            self.outbox.kick()
+        self._kick_relay_soon()
         return result
 
     async def head(self) -> int:

@@ -23,8 +23,8 @@ class FakeTx:
     async def state_docs(self, keys: list[str]) -> dict[str, JSON]:
         return {k: copy.deepcopy(self._store.state[k]) for k in keys if k in self._store.state}
 
-    async def txns(self, keys: list[str]) -> dict[str, JSON]:
-        return {k: self._store.txns[k] for k in keys if k in self._store.txns}
+    async def head(self) -> int:
+        return self._store.counter
 
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
         return {p: self._store.relations[p] for p in pair_ids if p in self._store.relations}
@@ -49,7 +49,6 @@ class FakeStore:
         self.entries: dict[str, JSON] = {}
         self.state: dict[str, JSON] = {}
         self.rooms: dict[str, JSON] = {}
-        self.txns: dict[str, JSON] = {}
         self.receipts: dict[str, JSON] = {}
         self.relations: dict[str, JSON] = {}
         self.transactions = 0
@@ -63,8 +62,8 @@ class FakeStore:
             raise error
         writes = tx.pending
         if writes is not None:
-            if any(t["_id"] in self.txns for t in writes.txns):
-                raise DuplicateWrite("txn")
+            if any(e["_id"] in self.entries for e in writes.entries):
+                raise DuplicateWrite("entry")
             self.counter += tx.allocated
             for doc in writes.rooms:
                 self.rooms[doc["_id"]] = doc
@@ -72,8 +71,6 @@ class FakeStore:
                 self.entries[entry["_id"]] = entry
             self.state.update(copy.deepcopy(writes.state))
             self.receipts.update(writes.receipts)
-            for txn in writes.txns:
-                self.txns[txn["_id"]] = txn
             for event_id, pruned in writes.redactions.items():
                 self.entries[event_id] = {**self.entries[event_id], "event": pruned}
         self.transactions += 1
