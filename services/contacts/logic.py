@@ -354,10 +354,12 @@ class ContactsLogic:
             available = budget.available(book.tokens, book.tokens_at_ms, now)
             if not change.added and not change.removed:
                 return change, int(available)  # a re-sync of known numbers costs nothing
-            left = budget.charge(available, len(change.added))
+            # Only numbers never uploaded before cost anything (a removed and re-added one is free).
+            left = budget.charge(available, sum(1 for key in change.added if key not in book.seen))
             entries = [BookEntry(key, gen, match_of.get(key)) for key, gen in change.added.items()]
             try:
-                await self.store.save_book(user_id, book.rev, change.keys_after, left, now, entries, change.removed)
+                await self.store.save_book(user_id, book.rev, change.keys_after, book.seen | change.added.keys(),
+                                           left, now, entries, change.removed)
             except Conflict:
                 continue
             return change, int(left)

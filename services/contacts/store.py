@@ -4,8 +4,9 @@ Collections:
   phones        _id = E.164 number of a verified phone; user_id (None once unbound), event_ms
                 (the auth event time, so a late redelivery cannot undo a newer change), updated_at
   profiles      _id = user id; display_name, discoverability, deactivated, updated_at
-  books         _id = owner; `keys` = the owner's keyed hashes concatenated (16 bytes each, the
-                fast "uploaded before?" set), the enumeration budget (tokens, tokens_at_ms), rev
+  books         _id = owner; `keys` = the owner's keyed hashes concatenated (16 bytes each), `seen` =
+                every key ever uploaded (the "uploaded before?" set the budget charges against),
+                the enumeration budget (tokens, tokens_at_ms), rev
   book_entries  one per (owner, keyed hash): for "who has this number" (suggestions, mutual
                 discoverability); `gen` = pepper generation of hash-only entries; `match` = the
                 registered user the entry resolved to
@@ -38,6 +39,7 @@ StageEvent = Callable[[AsyncClientSession, PairEvent], Awaitable[None]]
 @dataclass(frozen=True)
 class Book:
     keys: set[bytes]
+    seen: set[bytes]  # every key ever uploaded: re-adding a removed number is not charged again
     tokens: float | None
     tokens_at_ms: int | None
     rev: int
@@ -170,14 +172,17 @@ class ContactsStore:
     async def load_book(self, owner: str) -> Book:
         doc = await self.books.find_one({"_id": owner})
         if doc is None:
-            return Book(set(), None, None, 0)
-        return Book(_split_keys(bytes(doc.get("keys", b""))), doc.get("tokens"), doc.get("tokens_at_ms"), doc["rev"])
+            return Book(set(), set(), None, None, 0)
+        keys = _split_keys(bytes(doc.get("keys", b"")))
+        seen = _split_keys(bytes(doc.get("seen", b""))) | keys
+        return Book(keys, seen, doc.get("tokens"), doc.get("tokens_at_ms"), doc["rev"])
 
     async def save_book(
         self,
         owner: str,
         expected_rev: int,
         keys_after: set[bytes],
+        seen_after: set[bytes],
         tokens: float | None,
         tokens_at_ms: int | None,
         added: Sequence[BookEntry],
@@ -191,8 +196,8 @@ class ContactsStore:
         ]
 
         async def work(session: AsyncClientSession) -> None:
-            fields = {"keys": Binary(b"".join(sorted(keys_after))), "tokens": tokens, "tokens_at_ms": tokens_at_ms,
-                      "rev": expected_rev + 1, "updated_at": _now()}
+            fields = {"keys": Binary(b"".join(sorted(keys_after))), "seen": Binary(b"".join(sorted(seen_after))),
+                      "tokens": tokens, "tokens_at_ms": tokens_at_ms, "rev": expected_rev + 1, "updated_at": _now()}
             if expected_rev == 0:
                 try:
                     await self.books.insert_one({"_id": owner, **fields}, session=session)
@@ -218,7 +223,8 @@ class ContactsStore:
             if not fresh:
                 return
             try:
-                await self.save_book(owner, book.rev, book.keys | {e.key for e in fresh}, book.tokens,
+                keys = {e.key for e in fresh}
+                await self.save_book(owner, book.rev, book.keys | keys, book.seen | keys, book.tokens,
                                      book.tokens_at_ms, fresh, ())
                 return
             except Conflict:

@@ -345,6 +345,8 @@ async def test_enumeration_budget_charges_only_new_numbers(contacts: Contacts) -
     # Incremental removal frees nothing but costs nothing.
     removed = await upload(contacts, scanner, [], mode=pb.UPLOAD_MODE_MERGE, remove=book[:5])
     assert (removed.added, removed.removed) == (0, 5)
+    readded = await upload(contacts, scanner, book[:5], mode=pb.UPLOAD_MODE_MERGE)  # uploaded before: free
+    assert (readded.added, readded.budget_remaining) == (5, 10)
 
 
 async def test_too_large_and_bad_requests(contacts: Contacts) -> None:
