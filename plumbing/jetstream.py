@@ -172,3 +172,8 @@ class DurableConsumer:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, timeout=3.0)
+        # An open pull subscription makes the connection's drain wait its full timeout (30 s).
+        subscription = getattr(self, "_subscription", None)
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()

@@ -21,6 +21,7 @@ import orjson
 from google.protobuf.message import Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from laiwang.events.v1 import contacts_events_pb2, messaging_events_pb2
 from plumbing.jetstream import ConsumerSpec, Handler
@@ -74,7 +75,7 @@ class NatsNotifier:
         await self._nc.publish(f"{REPLICATION_PREFIX}.relations.{self.replica_id}", pair.encode())
 
 
-async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) -> None:
+async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) -> list[Subscription]:
     """Apply other replicas' commits and typing changes to this replica's cache."""
 
     async def on_log(msg: Msg) -> None:
@@ -94,10 +95,13 @@ async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) ->
     async def on_relation(msg: Msg) -> None:
         core.relations.forget(msg.data.decode())
 
-    await nc.subscribe(f"{REPLICATION_PREFIX}.log.*", cb=on_log)
-    await nc.subscribe(f"{REPLICATION_PREFIX}.typing.*", cb=on_typing)
-    await nc.subscribe(f"{REPLICATION_PREFIX}.relations.*", cb=on_relation)
+    subscriptions = [
+        await nc.subscribe(f"{REPLICATION_PREFIX}.log.*", cb=on_log),
+        await nc.subscribe(f"{REPLICATION_PREFIX}.typing.*", cb=on_typing),
+        await nc.subscribe(f"{REPLICATION_PREFIX}.relations.*", cb=on_relation),
+    ]
     await nc.flush()
+    return subscriptions
 
 
 _CONTACT_EVENTS: dict[str, type[Message]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 
@@ -46,14 +47,20 @@ async def build(runtime: Runtime) -> ServiceParts:
     notifier = NatsNotifier(runtime.nats, replica_id)
     core = Messaging(store, notifier, settings)
     await core.start()
-    await start_replication(runtime.nats, core, replica_id)
+    subscriptions = await start_replication(runtime.nats, core, replica_id)
     api = MessagingApi(core)
     log.info("messaging ready", extra={"invite_policy": settings.invite_policy, "head": core.cache.head})
 
     async def typing_expiry() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            await core.expire_typing()
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                await core.expire_typing()
+        finally:  # background jobs are cancelled at shutdown: leave NATS and the writer tidy
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+            await core.stop()
 
     async def periodic_catch_up() -> None:
         # Covers replication messages lost on a NATS reconnect: at most a second behind.
