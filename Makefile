@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install proto check-proto lint format bench bench-contacts clean-data help
+.PHONY: run test install proto check-proto lint format bench bench-contacts bench-chat clean-data help
 
 help:
 	@echo "make run     - the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client"
@@ -60,6 +60,11 @@ bench: install
 # 2,000-number address book against 1,000,000 registered numbers (seeded data cached in var/bench-contacts).
 bench-contacts: install
 	$(PY) -m bench.contacts_bench
+
+# Same chat workload against Laiwang and Synapse (pip-installed into var/bench/synapse-venv), then
+# 5,000 idle /sync long-polls on one gateway.
+bench-chat: install
+	$(PY) -m bench.chat_bench
 
 clean-data:
 	rm -rf var
