@@ -379,3 +379,33 @@ async def test_unbinding_and_stale_redelivery(contacts: Contacts) -> None:
                                                                           verified_at_ms=now - 1000))
     await contacts.settled()
     assert await gone()
+
+
+async def test_profile_changes_replacement_and_deactivation(contacts: Contacts) -> None:
+    viewer, _ = await new_user(contacts, "viewer")
+    mia, mia_no = await new_user(contacts, "mia")
+    ned, ned_no = await new_user(contacts, "ned")
+    for user in (mia, ned):
+        await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
+            user_id=user, discoverability=pb.DISCOVERABILITY_EVERYONE))
+    await contacts.publish("profile_changed", auth_events_pb2.ProfileChanged(user_id=mia, display_name="Mia Wong"))
+    await contacts.settled()
+
+    reply = await upload(contacts, viewer, [mia_no, ned_no])
+    assert sorted((m.user_id, m.display_name) for m in reply.matches) == sorted([(mia, "Mia Wong"), (ned, "Ned")])
+    listed = await contacts.stub.ListMatches(pb.ListMatchesRequest(user_id=viewer))
+    assert {u.user_id for u in listed.users} == {mia, ned}
+
+    # A full upload replaces the book: ned's number is gone, and so is ned from the matches.
+    reply = await upload(contacts, viewer, [mia_no])
+    assert (reply.added, reply.removed) == (0, 1)
+    listed = await contacts.stub.ListMatches(pb.ListMatchesRequest(user_id=viewer))
+    assert [u.user_id for u in listed.users] == [mia]
+
+    await contacts.publish("account_deactivated", auth_events_pb2.AccountDeactivated(
+        user_id=mia, deactivated_at_ms=int(time.time() * 1000)))
+    await contacts.settled()
+    assert mia not in await matched(contacts, viewer, [mia_no])
+    assert (await contacts.stub.ListMatches(pb.ListMatchesRequest(user_id=viewer))).users == []
+    search = await contacts.stub.SearchDirectory(pb.SearchDirectoryRequest(user_id=viewer, search_term="mia"))
+    assert not search.results
