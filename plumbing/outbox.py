@@ -54,20 +54,6 @@ class Outbox:
         )
         return event_id
 
-    async def add_many(self, session: AsyncClientSession, events: list[tuple[str, Message]]) -> list[str]:
-        """`add` for several events in one round trip (group-committed writers)."""
-        if not events:
-            return []
-        request_id = request_id_var.get()
-        now = datetime.now(UTC)
-        docs = [
-            {"_id": sortable_id(), "subject": subject, "data": event.SerializeToString(),
-             "request_id": request_id, "created_at": now}
-            for subject, event in events
-        ]
-        await self._collection.insert_many(docs, session=session)
-        return [doc["_id"] for doc in docs]
-
     def kick(self) -> None:
         """Ask the relay to publish now (call after the transaction committed)."""
         self._wake.set()

@@ -8,7 +8,8 @@ Shape of the data:
   position order even with several replicas (a second writer conflicts on the counter and
   retries). A reader that has seen every entry up to W therefore never misses one below W.
 - Writes are group-committed: concurrent requests queue up and one transaction carries all of
-  them (validation per request, one position range, one outbox insert).
+  them (validation per request, one position range, one bulk insert; the stream entries double
+  as the outbox that the relay in events.py publishes from).
 - Each replica keeps a `LogCache`: loaded rooms (state, members, receipts, recent timeline) and
   users (their memberships), advanced strictly in `pos` order from its own commits, from other
   replicas' broadcasts, or by catching up from the database. /sync and history are served from

@@ -1,7 +1,8 @@
 """Events the messaging service produces and consumes (NATS).
 
 Produces:
-  - `laiwang.messaging.room_event` (JetStream, through the outbox): every persisted room event.
+  - `laiwang.messaging.room_event` (JetStream): every persisted room event, published by the
+    `StreamRelay` tailing the `entries` stream (see its docstring for why not the shared outbox).
   - wake-ups on core NATS `laiwang.wake.<hash>` for each affected user (no data; the gateway
     re-runs /sync), published right after commit.
   - replication between replicas of this service on core NATS `laiwang.internal.messaging.*`
@@ -13,6 +14,8 @@ Consumes:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,9 +27,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from laiwang.events.v1 import contacts_events_pb2, messaging_events_pb2
-from plumbing.jetstream import ConsumerSpec, Handler
+from plumbing.jetstream import ConsumerSpec, EventPublisher, Handler
 from plumbing.streams import CONTACTS, wake_subject
-from services.messaging.core import JSON, MEMBER, Messaging, canonical_bytes, pair_id
+from services.messaging.core import JSON, MEMBER, Messaging, canonical_bytes, now_ms, pair_id
 from services.messaging.store import MessagingStore
 
 log = logging.getLogger(__name__)
@@ -36,22 +39,83 @@ REPLICATION_PREFIX = "laiwang.internal.messaging"
 CONTACTS_CONSUMER = ConsumerSpec(CONTACTS, durable="messaging-relations", filter_subject="laiwang.contacts.>")
 
 
-def encode_outbox(entries: list[JSON]) -> list[tuple[str, Message]]:
-    out: list[tuple[str, Message]] = []
-    for entry in entries:
-        if entry["kind"] != "event":
-            continue
-        event = entry["event"]
-        message = messaging_events_pb2.RoomEventPersisted(
-            event_id=event["event_id"], room_id=event["room_id"], sender=event["sender"], type=event["type"],
-            origin_server_ts=event["origin_server_ts"], content_json=canonical_bytes(event["content"]),
-            stream_position=entry["pos"], redacts=event.get("redacts", ""),
-            membership=event["content"].get("membership", "") if event["type"] == MEMBER else "",
-        )
-        if "state_key" in event:
-            message.state_key = event["state_key"]
-        out.append((ROOM_EVENT_SUBJECT, message))
-    return out
+def encode_room_event(entry: JSON) -> messaging_events_pb2.RoomEventPersisted:
+    event = entry["event"]
+    message = messaging_events_pb2.RoomEventPersisted(
+        event_id=event["event_id"], room_id=event["room_id"], sender=event["sender"], type=event["type"],
+        origin_server_ts=event["origin_server_ts"], content_json=canonical_bytes(event["content"]),
+        stream_position=entry["pos"], redacts=event.get("redacts", ""),
+        membership=event["content"].get("membership", "") if event["type"] == MEMBER else "",
+    )
+    if "state_key" in event:
+        message.state_key = event["state_key"]
+    return message
+
+
+class StreamRelay:
+    """Publishes committed room events to JetStream by tailing the `entries` collection.
+
+    This is the transactional-outbox guarantee without a separate outbox write: `entries` is
+    already written in the same transaction as every change, in position order, so it *is* the
+    outbox. One replica at a time holds a lease and publishes entries past its persisted cursor
+    (message id = event id, so JetStream drops a re-publish after a crash or a lease hand-over),
+    then advances the cursor. It is kicked shortly after commits (coalescing a burst into one
+    pass) and polls as a fallback. Sync wake-ups never wait for it.
+    """
+
+    def __init__(self, store: MessagingStore, publisher: EventPublisher, owner: str, *, delay_seconds: float = 0.05,
+                 poll_seconds: float = 1.0, lease_seconds: float = 10.0) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._owner = owner
+        self._delay = delay_seconds
+        self._poll = poll_seconds
+        self._lease_ms = int(lease_seconds * 1000)
+        self._wake = asyncio.Event()
+        self._scheduled = False
+
+    def kick(self) -> None:
+        if self._scheduled:
+            return
+        self._scheduled = True
+
+        def fire() -> None:
+            self._scheduled = False
+            self._wake.set()
+
+        asyncio.get_running_loop().call_later(self._delay, fire)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            self._wake.clear()
+            try:
+                while await self.relay_once() >= 500:
+                    pass
+            except Exception:
+                log.warning("stream relay failed; will retry", exc_info=True)
+                await asyncio.sleep(self._poll)
+
+    async def relay_once(self, limit: int = 500) -> int:
+        """Publish up to `limit` entries past the cursor if this replica holds the lease; how many were read."""
+        cursor = await self._store.hold_relay_lease(self._owner, self._lease_ms, now_ms())
+        if cursor is None:
+            return 0
+        entries = await self._store.entries_after(cursor, limit)
+        published = cursor
+        try:
+            for entry in entries:
+                if entry["pos"] != published + 1:
+                    break  # positions are contiguous once committed; a hole means "not yet visible"
+                if entry["kind"] == "event":
+                    await self._publisher.publish(ROOM_EVENT_SUBJECT, encode_room_event(entry).SerializeToString(),
+                                                  msg_id=entry["_id"])
+                published = entry["pos"]
+        finally:
+            if published > cursor:
+                await self._store.advance_relay_cursor(self._owner, published)
+        return len(entries)
 
 
 class NatsNotifier:

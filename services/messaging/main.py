@@ -16,8 +16,8 @@ from services.messaging.core import INVITE_POLICIES, Messaging, Settings
 from services.messaging.events import (
     CONTACTS_CONSUMER,
     NatsNotifier,
+    StreamRelay,
     contacts_handler,
-    encode_outbox,
     start_replication,
 )
 from services.messaging.store import MessagingStore
@@ -41,9 +41,11 @@ def settings_from_env(server_name: str, env: Env | None = None) -> Settings:
 async def build(runtime: Runtime) -> ServiceParts:
     settings = settings_from_env(runtime.config.server_name)
     env = Env()
-    store = MessagingStore(runtime.mongo, runtime.db, runtime.outbox, encode_outbox,
-                           relay_delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000)
+    store = MessagingStore(runtime.mongo, runtime.db)
     replica_id = uuid.uuid4().hex[:12]
+    relay = StreamRelay(store, runtime.publisher, replica_id,
+                        delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000)
+    store.on_commit = relay.kick
     notifier = NatsNotifier(runtime.nats, replica_id)
     core = Messaging(store, notifier, settings)
     await core.start()
@@ -77,7 +79,7 @@ async def build(runtime: Runtime) -> ServiceParts:
         indexes=store.indexes(),
         produces=[streams.MESSAGING],
         consumers=[(CONTACTS_CONSUMER, contacts_handler(store, notifier.relation_changed))],
-        background=[typing_expiry, periodic_catch_up],
+        background=[typing_expiry, periodic_catch_up, relay.run],
     )
 
 

@@ -14,23 +14,20 @@ Collections:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from google.protobuf.message import Message
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from plumbing.mongo import IndexPlan, in_transaction
-from plumbing.outbox import Outbox
 from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, Writes
 
 T = TypeVar("T")
-OutboxEncoder = Callable[[list[JSON]], list[tuple[str, Message]]]
 STREAM_COUNTER = "stream"
+RELAY_STATE = "relay"
 
 
 def _is_duplicate(exc: Exception) -> bool:
@@ -96,35 +93,13 @@ class MongoTx:
             )
         for event_id, pruned in writes.redactions.items():
             await db.entries.update_one({"_id": event_id}, {"$set": {"event": pruned}}, session=session)
-        if self._s.outbox is not None and writes.entries:
-            await self._s.outbox.add_many(session, self._s.encode(writes.entries))
 
 
 class MessagingStore:
-    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, outbox: Outbox | None = None,
-                 encode: OutboxEncoder | None = None, relay_delay_seconds: float = 0.05) -> None:
+    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase) -> None:
         self.client = client
         self.db = db
-        self.outbox = outbox
-        self.encode: OutboxEncoder = encode or (lambda entries: [])
-        self._relay_delay = relay_delay_seconds
-        self._kick: asyncio.TimerHandle | None = None
-
-    def _kick_relay_soon(self) -> None:
-        """Wake the outbox relay shortly after a commit, once for all commits in that window.
-
-        The relay's own reads and deletes compete with writers for the database, so under load it
-        publishes many batches per pass; sync wake-ups do not wait for it (they go out at commit).
-        """
-        if self.outbox is None or self._kick is not None:
-            return
-
-        def kick() -> None:
-            self._kick = None
-            if self.outbox is not None:
-                self.outbox.kick()
-
-        self._kick = asyncio.get_running_loop().call_later(self._relay_delay, kick)
+        self.on_commit: Callable[[], None] = lambda: None
 
     def indexes(self) -> IndexPlan:
         return {
@@ -143,7 +118,7 @@ class MessagingStore:
             if _is_duplicate(exc):
                 raise DuplicateWrite(str(exc)) from None
             raise
-        self._kick_relay_soon()
+        self.on_commit()
         return result
 
     async def head(self) -> int:
@@ -192,3 +167,20 @@ class MessagingStore:
 
     async def relation(self, pair: str) -> JSON | None:
         return await self.db.relations.find_one({"_id": pair})
+
+    # -- the stream relay's lease and cursor (one relaying replica at a time) ----------------------
+
+    async def hold_relay_lease(self, owner: str, lease_ms: int, now_ms: int) -> int | None:
+        """Take or renew the relay lease; the published-up-to cursor if we hold it, else None."""
+        try:
+            doc = await self.db.counters.find_one_and_update(
+                {"_id": RELAY_STATE, "$or": [{"owner": owner}, {"expires_ms": {"$lt": now_ms}}]},
+                {"$set": {"owner": owner, "expires_ms": now_ms + lease_ms}},
+                upsert=True, return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            return None  # another replica holds a live lease
+        return int(doc.get("cursor", 0))
+
+    async def advance_relay_cursor(self, owner: str, cursor: int) -> None:
+        await self.db.counters.update_one({"_id": RELAY_STATE, "owner": owner}, {"$max": {"cursor": cursor}})
