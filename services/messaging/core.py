@@ -95,6 +95,20 @@ class DuplicateWrite(Exception):
     """The store hit a unique key another writer committed first (e.g. the same txn id)."""
 
 
+class StaleCache(Exception):
+    """Another writer took the positions a batch claimed (its view of the stream was not current)."""
+
+
+class PartialAppend(Exception):
+    """A non-transactional append stored only the first `inserted` entries; the rest were refused
+    because their position was taken (`stale`) or their event id already exists (a retried txn)."""
+
+    def __init__(self, inserted: int, stale: bool) -> None:
+        super().__init__(f"appended {inserted} entries; {'stale' if stale else 'duplicate event id'}")
+        self.inserted = inserted
+        self.stale = stale
+
+
 # ---------------------------------------------------------------------------------------------
 # Canonical JSON and content validation
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +391,7 @@ class Writes:
 
 
 class Tx(Protocol):
-    """Reads and writes inside one transaction."""
+    """Reads and writes inside one transaction (or plain reads, for the append-only fast path)."""
 
     async def rooms(self, room_ids: list[str]) -> dict[str, JSON]: ...
     async def state_docs(self, keys: list[str]) -> dict[str, JSON]: ...
@@ -385,12 +399,13 @@ class Tx(Protocol):
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]: ...
     async def entry(self, event_id: str) -> JSON | None: ...
     async def receipt(self, key: str) -> JSON | None: ...
-    async def allocate(self, count: int) -> int: ...
     async def write(self, writes: Writes) -> None: ...
 
 
 class Store(Protocol):
     async def transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T: ...
+    def reader(self) -> Tx: ...
+    async def append_entries(self, entries: list[JSON]) -> None: ...
     async def head(self) -> int: ...
     async def entries_after(self, pos: int, limit: int) -> list[JSON]: ...
     async def room_entries(self, room_id: str, lo: int, hi: int, limit: int, descending: bool) -> list[JSON]: ...
@@ -755,18 +770,15 @@ class Typing:
 # ---------------------------------------------------------------------------------------------
 
 
-class StaleCache(Exception):
-    """Another writer committed after the cache state a batch was validated against; re-run it."""
-
-
 class Batch:
-    """One transaction's worth of requests.
+    """One write's worth of requests.
 
     Reads go through an overlay of the batch's own writes. In *cache mode* (the normal case) rules
-    are checked against this replica's cache as of `base_head`, and the position allocation proves
-    that was current: positions are handed out by the one counter, so getting `base_head + 1` means
-    nobody committed in between (otherwise the transaction is abandoned and re-run). Without cache
-    mode, reads go to the database inside the transaction. Writes are buffered and flushed in bulk.
+    are checked against this replica's cache as of `base_head`, and the entries claim positions
+    base_head+1, base_head+2, ... under a unique index: if another writer already took them, the
+    view was stale and the batch is re-run after catching up; if the claim succeeds, nobody wrote
+    in between, so the checks held. Without cache mode (the fallback after repeated conflicts),
+    reads go to the database inside the transaction. Writes are buffered and flushed in bulk.
     """
 
     def __init__(self, core: Messaging, tx: Tx, check_txns: bool, cache_mode: bool) -> None:
@@ -973,24 +985,29 @@ class Batch:
     def add_redaction(self, target: JSON, redaction: JSON) -> None:
         self._set("redactions", self.writes.redactions, target["event_id"], pruned(target, redaction))
 
-    async def flush(self) -> None:
-        writes = self.writes
-        if not writes.entries:
-            if self.cache_mode and self.refused and await self.tx.head() != self.base_head:
-                raise StaleCache()  # a refusal must not rest on a stale view either
-            if writes.rooms:
-                await self.tx.write(writes)
-            return
-        first = await self.tx.allocate(len(writes.entries))
-        if self.cache_mode and first != self.base_head + 1:
-            raise StaleCache()
-        for offset, entry in enumerate(writes.entries):
-            entry["pos"] = first + offset
+    def claim_positions(self) -> None:
+        for offset, entry in enumerate(self.writes.entries, start=1):
+            entry["pos"] = self.base_head + offset
             if entry["kind"] == "receipt":
                 entry["_id"] = f"~r{entry['pos']}"
-        for doc in writes.receipts.values():
+        for doc in self.writes.receipts.values():
             doc["pos"] = doc["entry"]["pos"]
-        await self.tx.write(writes)
+
+    async def check_refusals(self) -> None:
+        """A refusal must not rest on a stale view either: with nothing written, compare heads."""
+        if self.cache_mode and self.refused and not self.writes.entries and await self.tx.head() != self.base_head:
+            raise StaleCache()
+
+    async def flush(self) -> None:
+        await self.check_refusals()
+        if not self.writes.entries and not self.writes.rooms:
+            return
+        self.claim_positions()
+        await self.tx.write(self.writes)
+
+    def is_append_only(self) -> bool:
+        w = self.writes
+        return not (w.state or w.rooms or w.receipts or w.redactions) and all(e["kind"] == "event" for e in w.entries)
 
 
 class Relations:
@@ -1051,6 +1068,7 @@ class _Pending:
     rooms: set[str]
     state_keys: set[str]
     future: asyncio.Future[Any]
+    append_only: bool = False  # only ever appends a non-state event (a plain send)
 
 
 @dataclass(frozen=True)
@@ -1099,9 +1117,10 @@ class Messaging:
 
     # -- the group-committing writer --------------------------------------------------------------
 
-    async def _submit(self, op: Op, rooms: Iterable[str] = (), state_keys: Iterable[str] = ()) -> Any:
+    async def _submit(self, op: Op, rooms: Iterable[str] = (), state_keys: Iterable[str] = (),
+                      append_only: bool = False) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(op, set(rooms), set(state_keys), future))
+        await self._queue.put(_Pending(op, set(rooms), set(state_keys), future, append_only))
         return await future
 
     async def _write_loop(self) -> None:
@@ -1118,9 +1137,75 @@ class Messaging:
                         pending.future.set_exception(exc)
 
     async def _run(self, pending: list[_Pending]) -> None:
+        if all(p.append_only for p in pending):
+            await self._run_appends(pending)
+        else:
+            await self._run_transaction(pending)
+
+    async def _validate(self, batch: Batch, pending: list[_Pending], outcomes: list[tuple[bool, Any]],
+                        appended: list[int]) -> None:
         rooms = set().union(*(p.rooms for p in pending))
         state_keys = set().union(*(p.state_keys for p in pending))
+        outcomes.clear()
+        appended.clear()
+        await batch.prefetch(rooms, state_keys)
+        for item in pending:
+            mark = batch.savepoint()
+            try:
+                outcomes.append((True, await item.op(batch)))
+            except MessagingError as exc:
+                batch.rollback(mark)
+                batch.refused = True
+                outcomes.append((False, exc))
+            appended.append(len(batch.writes.entries) - mark[0])
+
+    async def _run_appends(self, pending: list[_Pending]) -> None:
+        """Plain sends: one ordered, non-transactional insert (each entry stands alone: a send that
+        was not stored was not acknowledged, and its retry is recognised by its event id)."""
+        check_txns = False
+        for _attempt in range(10):
+            outcomes: list[tuple[bool, Any]] = []
+            appended: list[int] = []
+            batch = Batch(self, self.store.reader(), check_txns=check_txns, cache_mode=True)
+            await self._validate(batch, pending, outcomes, appended)
+            try:
+                await batch.check_refusals()
+                if batch.writes.entries:
+                    batch.claim_positions()
+                    await self.store.append_entries(batch.writes.entries)
+            except StaleCache:
+                await self.cache.catch_up()
+                continue
+            except PartialAppend as partial:
+                if partial.inserted:
+                    # The claim of base_head+1 held, so every check in this batch held: finish the
+                    # requests whose entries are stored (and the refusals), redo the rest.
+                    stored, rest, done = partial.inserted, [], []
+                    for item, outcome, count in zip(pending, outcomes, appended, strict=True):
+                        (rest if count and stored < count else done).append((item, outcome))
+                        stored -= count
+                    kept = batch.writes.entries[:partial.inserted]
+                    kept_ids = {e["_id"] for e in kept}
+                    batch.writes.entries[:] = kept
+                    batch.writes.txn_ids[:] = [t for t in batch.writes.txn_ids if t[1] in kept_ids]
+                    await self._after_commit(batch)
+                    self._resolve(done)
+                    pending = [item for item, _ in rest]
+                if partial.stale:
+                    await self.cache.catch_up()
+                else:
+                    check_txns = True
+                if not pending:
+                    return
+                continue
+            await self._after_commit(batch)
+            self._resolve(list(zip(pending, outcomes, strict=True)))
+            return
+        raise RuntimeError("could not append after repeated conflicts")
+
+    async def _run_transaction(self, pending: list[_Pending]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        appended: list[int] = []
         committed: Batch | None = None
         check_txns = False
         stale = 0
@@ -1128,16 +1213,7 @@ class Messaging:
 
             async def work(tx: Tx, check: bool = check_txns, cache_mode: bool = stale < 3) -> Batch:
                 batch = Batch(self, tx, check_txns=check, cache_mode=cache_mode)
-                outcomes.clear()
-                await batch.prefetch(rooms, state_keys)
-                for item in pending:
-                    mark = batch.savepoint()
-                    try:
-                        outcomes.append((True, await item.op(batch)))
-                    except MessagingError as exc:
-                        batch.rollback(mark)
-                        batch.refused = True
-                        outcomes.append((False, exc))
+                await self._validate(batch, pending, outcomes, appended)
                 await batch.flush()
                 return batch
 
@@ -1152,7 +1228,11 @@ class Messaging:
         if committed is None:
             raise RuntimeError("could not commit after repeated conflicts")
         await self._after_commit(committed)
-        for item, (ok, value) in zip(pending, outcomes, strict=True):
+        self._resolve(list(zip(pending, outcomes, strict=True)))
+
+    @staticmethod
+    def _resolve(results: list[tuple[_Pending, tuple[bool, Any]]]) -> None:
+        for item, (ok, value) in results:
             if item.future.done():
                 continue
             if ok:
@@ -1422,7 +1502,8 @@ class Messaging:
             return event_id
 
         return await self._submit(
-            op, {room_id}, {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, POWER_LEVELS, "")}
+            op, {room_id}, {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, POWER_LEVELS, "")},
+            append_only=True,
         )
 
     async def _check_can_send(self, batch: Batch, sender: str, room_id: str, event_type: str, *,

@@ -9,7 +9,7 @@ Collections:
   rooms      immutable facts of a room (creator, direct-chat pair)
   receipts   latest receipt per (room, user, type)
   relations  projection of the contacts service's friend graph, one document per pair
-  counters   `stream`: the last allocated position
+  counters   `relay`: the stream relay's lease and published-up-to cursor
 """
 
 from __future__ import annotations
@@ -17,29 +17,47 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from prometheus_client import Histogram
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from plumbing.mongo import IndexPlan, in_transaction
-from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, Writes
+from plumbing.mongo import IndexPlan
+from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, PartialAppend, StaleCache, Writes
 
 T = TypeVar("T")
-STREAM_COUNTER = "stream"
+WRITE_SECONDS = Histogram(
+    "messaging_write_transaction_seconds", "Duration of one group-committed write transaction (retries included).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+)
+ENTRIES_PER_WRITE = Histogram(
+    "messaging_entries_per_transaction", "Stream entries written by one transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 RELAY_STATE = "relay"
 
 
-def _is_duplicate(exc: Exception) -> bool:
-    if isinstance(exc, DuplicateKeyError):
-        return True
+def _conflict(exc: DuplicateKeyError | BulkWriteError) -> Exception:
+    """A taken position means a stale view (StaleCache); a taken event id, a retried txn (DuplicateWrite)."""
     if isinstance(exc, BulkWriteError):
-        return any(e.get("code") == 11000 for e in exc.details.get("writeErrors", []))
-    return False
+        errors = exc.details.get("writeErrors", [])
+        if not errors or errors[0].get("code") not in (11000, 112):
+            return exc
+        details = errors[0]
+    else:
+        details = exc.details or {}
+    if details.get("code") == 112:
+        return StaleCache("write conflict")
+    key = details.get("keyPattern") or {}
+    text = str(details.get("errmsg", ""))
+    if "pos" in key or "pos_" in text:
+        return StaleCache(text)
+    return DuplicateWrite(text)
 
 
 class MongoTx:
-    def __init__(self, store: MessagingStore, session: AsyncClientSession) -> None:
+    def __init__(self, store: MessagingStore, session: AsyncClientSession | None) -> None:
         self._s = store
         self._session = session
 
@@ -54,8 +72,7 @@ class MongoTx:
         return await self._by_ids("state", keys)
 
     async def head(self) -> int:
-        doc = await self._s.db.counters.find_one({"_id": STREAM_COUNTER}, session=self._session)
-        return int(doc["pos"]) if doc else 0
+        return await self._s.head(self._session)
 
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
         return await self._by_ids("relations", pair_ids)
@@ -66,20 +83,12 @@ class MongoTx:
     async def receipt(self, key: str) -> JSON | None:
         return await self._s.db.receipts.find_one({"_id": key}, session=self._session)
 
-    async def allocate(self, count: int) -> int:
-        # Every writer increments this one document inside its transaction: a concurrent writer
-        # conflicts and retries, so commits happen in position order and positions stay contiguous.
-        doc = await self._s.db.counters.find_one_and_update(
-            {"_id": STREAM_COUNTER}, {"$inc": {"pos": count}}, upsert=True,
-            return_document=ReturnDocument.AFTER, session=self._session,
-        )
-        return int(doc["pos"]) - count + 1
-
     async def write(self, writes: Writes) -> None:
         db, session = self._s.db, self._session
         if writes.rooms:
             await db.rooms.insert_many(writes.rooms, session=session)
         if writes.entries:
+            ENTRIES_PER_WRITE.observe(len(writes.entries))
             await db.entries.insert_many(writes.entries, session=session)
         if writes.state:
             await db.state.bulk_write(
@@ -112,17 +121,50 @@ class MessagingStore:
         }
 
     async def transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        try:
-            result = await in_transaction(self.client, lambda session: work(MongoTx(self, session)))
-        except (DuplicateKeyError, BulkWriteError) as exc:
-            if _is_duplicate(exc):
-                raise DuplicateWrite(str(exc)) from None
-            raise
+        with WRITE_SECONDS.time():
+            return await self._transaction(work)
+
+    async def _transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        # Not `with_transaction`: a conflict means our view of the stream was stale, and retrying
+        # the same work would conflict again; the caller catches up first, then retries.
+        async with self.client.start_session() as session:
+            try:
+                async with await session.start_transaction():
+                    result = await work(MongoTx(self, session))
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                raise _conflict(exc) from None
+            except OperationFailure as exc:
+                if exc.has_error_label("TransientTransactionError"):
+                    raise StaleCache(str(exc)) from None  # write conflict with another writer
+                raise
         self.on_commit()
         return result
 
-    async def head(self) -> int:
-        doc = await self.db.counters.find_one({"_id": STREAM_COUNTER})
+    def reader(self) -> MongoTx:
+        """Plain reads (no transaction) for the append-only path."""
+        return MongoTx(self, None)
+
+    async def append_entries(self, entries: list[JSON]) -> None:
+        """Insert in order, without a transaction; a refused entry stops the rest (PartialAppend)."""
+        try:
+            with WRITE_SECONDS.time():
+                await self.db.entries.insert_many(entries, ordered=True)
+        except BulkWriteError as exc:
+            inserted = int(exc.details.get("nInserted", 0))
+            error = _conflict(exc)
+            if isinstance(error, (StaleCache, DuplicateWrite)):
+                raise PartialAppend(inserted, stale=isinstance(error, StaleCache)) from None
+            raise
+        except OperationFailure as exc:
+            if exc.has_error_label("TransientTransactionError") or exc.code == 112:
+                raise PartialAppend(0, stale=True) from None
+            raise
+        ENTRIES_PER_WRITE.observe(len(entries))
+        self.on_commit()
+
+    async def head(self, session: AsyncClientSession | None = None) -> int:
+        """The highest stored position (positions are claimed under the unique `pos` index)."""
+        doc = await self.db.entries.find_one({}, sort=[("pos", DESCENDING)], projection={"pos": 1}, session=session)
         return int(doc["pos"]) if doc else 0
 
     async def entries_after(self, pos: int, limit: int) -> list[JSON]:

@@ -6,7 +6,7 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, Writes
+from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, PartialAppend, StaleCache, Writes
 
 T = TypeVar("T")
 
@@ -15,7 +15,6 @@ class FakeTx:
     def __init__(self, store: FakeStore) -> None:
         self._store = store
         self.pending: Writes | None = None
-        self.allocated = 0
 
     async def rooms(self, room_ids: list[str]) -> dict[str, JSON]:
         return {r: self._store.rooms[r] for r in room_ids if r in self._store.rooms}
@@ -24,7 +23,7 @@ class FakeTx:
         return {k: copy.deepcopy(self._store.state[k]) for k in keys if k in self._store.state}
 
     async def head(self) -> int:
-        return self._store.counter
+        return await self._store.head()
 
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
         return {p: self._store.relations[p] for p in pair_ids if p in self._store.relations}
@@ -35,17 +34,12 @@ class FakeTx:
     async def receipt(self, key: str) -> JSON | None:
         return self._store.receipts.get(key)
 
-    async def allocate(self, count: int) -> int:
-        self.allocated = count
-        return self._store.counter + 1
-
     async def write(self, writes: Writes) -> None:
         self.pending = writes
 
 
 class FakeStore:
     def __init__(self) -> None:
-        self.counter = 0
         self.entries: dict[str, JSON] = {}
         self.state: dict[str, JSON] = {}
         self.rooms: dict[str, JSON] = {}
@@ -62,9 +56,11 @@ class FakeStore:
             raise error
         writes = tx.pending
         if writes is not None:
+            taken = {e["pos"] for e in self.entries.values()}
+            if any(e["pos"] in taken for e in writes.entries):
+                raise StaleCache("position taken")
             if any(e["_id"] in self.entries for e in writes.entries):
                 raise DuplicateWrite("entry")
-            self.counter += tx.allocated
             for doc in writes.rooms:
                 self.rooms[doc["_id"]] = doc
             for entry in writes.entries:
@@ -76,8 +72,23 @@ class FakeStore:
         self.transactions += 1
         return result
 
+    @property
+    def counter(self) -> int:
+        return max((e["pos"] for e in self.entries.values()), default=0)
+
     async def head(self) -> int:
         return self.counter
+
+    def reader(self) -> FakeTx:
+        return FakeTx(self)
+
+    async def append_entries(self, entries: list[JSON]) -> None:
+        taken = {e["pos"] for e in self.entries.values()}
+        for index, entry in enumerate(entries):
+            if entry["pos"] in taken or entry["_id"] in self.entries:
+                raise PartialAppend(index, stale=entry["pos"] in taken)
+            self.entries[entry["_id"]] = entry
+        self.transactions += 1
 
     def _sorted(self) -> list[JSON]:
         return sorted(self.entries.values(), key=lambda e: e["pos"])

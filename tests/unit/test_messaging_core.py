@@ -363,3 +363,25 @@ async def test_cached_relations_are_forgotten_when_the_projection_changes() -> N
         await core.create_room(A, {"is_direct": True, "invite": [B]})
     finally:
         await core.stop()
+
+
+async def test_a_stale_replica_retries_its_writes_after_catching_up(world) -> None:
+    core, store, _ = world
+    befriend(store, A, B)
+    room = await core.create_room(A, {"name": "g", "invite": [B]})
+    replica = Messaging(store, settings=Settings(server_name="t", relations_cache_seconds=0))
+    await replica.start()  # sees the stream as it is now...
+    try:
+        await core.change_membership(B, room, "join")  # ...then the first replica writes more
+        await core.send_event(A, "d", room, "m.room.message", "1", text("one"))
+        stale_head = replica.cache.head
+        # B's send through the stale replica claims taken positions, catches up and succeeds;
+        # its membership check saw B's join only after catching up.
+        await replica.send_event(B, "d", room, "m.room.message", "2", text("two"))
+        assert replica.cache.head > stale_head
+        await replica.change_membership(A, room, "kick", B)
+        assert await errcode(core.send_event(B, "d", room, "m.room.message", "3", text("x"))) == "M_FORBIDDEN"
+        positions = sorted(e["pos"] for e in store.entries.values())
+        assert positions == list(range(1, len(positions) + 1))
+    finally:
+        await replica.stop()
