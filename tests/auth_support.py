@@ -16,6 +16,8 @@ from urllib.parse import urljoin
 
 import aiohttp
 
+from tests.support import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_SCRIPT = Path(__file__).resolve().parent / "e2e" / "oidc_provider.mjs"
 _CODE = re.compile(r"DEV-SMS \S+ to (\+\d+): Your Laiwang verification code is (\d{6})")
@@ -54,21 +56,17 @@ def oidc_provider(port: int, client_id: str, client_secret: str, redirect_uri: s
         raise RuntimeError("node is not installed; the OIDC tests need it (npm ci installs oidc-provider)")
     env = {**os.environ, "OIDC_PORT": str(port), "OIDC_CLIENT_ID": client_id, "OIDC_CLIENT_SECRET": client_secret,
            "OIDC_REDIRECT_URI": redirect_uri}
+    # stderr carries the provider's development-mode warnings; only the "listening" line matters.
     process = subprocess.Popen([node, str(PROVIDER_SCRIPT)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, cwd=ROOT)
+                               stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         assert process.stdout is not None
-        line = process.stdout.readline().decode()
+        line = process.stdout.readline().decode()  # empty when node exits
         if "listening" not in line:
-            raise RuntimeError(f"oidc-provider did not start: {line}{process.stdout.read(2000).decode()}")
+            raise RuntimeError(f"oidc-provider did not start (exit code {process.poll()}): {line}")
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=5)
 
 
 async def complete_provider_login(authorization_url: str, login_name: str, stop_at: str) -> str:
