@@ -698,9 +698,16 @@ class LogCache:
         if hi <= lo or limit <= 0:
             return []
         floor = view.floor
-        cached = [e for e in view.timeline if lo < e["pos"] <= hi]  # a snapshot: the deque may change below
+        newest_first: list[JSON] = []  # a snapshot, newest first: the deque may change while we await
+        for entry in reversed(view.timeline):
+            pos = entry["pos"]
+            if pos <= lo or (descending and len(newest_first) >= limit):
+                break
+            if pos <= hi:
+                newest_first.append(entry)
+        cached = newest_first[::-1]
         if descending:
-            result = cached[::-1][:limit]
+            result = newest_first[:limit]
             if len(result) < limit and floor > lo:
                 result += await self._store.room_entries(
                     view.room_id, lo, min(hi, floor), limit - len(result), True
