@@ -17,13 +17,26 @@ def _base32(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
-def sortable_id() -> str:
-    """A 26-character ULID-style id: 48 bits of milliseconds, then 80 random bits.
+_last_millis = 0
+_last_random = 0
 
-    Ids made later sort later (to the millisecond), which keeps outbox relays and logs in order.
+
+def sortable_id() -> str:
+    """A 26-character ULID: 48 bits of milliseconds, then 80 random bits.
+
+    Monotonic within a process (ULID's monotonic variant): an id made in the same millisecond as
+    the previous one increments its random part, so ids sort in the order they were made and the
+    outbox relays events in the order their changes committed. Only the event loop's thread makes
+    ids, so no lock is needed.
     """
+    global _last_millis, _last_random
     millis = time.time_ns() // 1_000_000
-    return _base32(millis, 10) + _base32(int.from_bytes(os.urandom(10), "big"), 16)
+    if millis <= _last_millis and _last_random < (1 << 80) - 1:
+        millis, random_part = _last_millis, _last_random + 1
+    else:
+        random_part = int.from_bytes(os.urandom(10), "big")
+    _last_millis, _last_random = millis, random_part
+    return _base32(millis, 10) + _base32(random_part, 16)
 
 
 def random_token(nbytes: int = 32) -> str:

@@ -22,6 +22,7 @@ def test_sortable_ids_are_unique_and_ordered_by_time() -> None:
     assert len(set(later)) == 1000
     assert all(len(i) == 26 for i in later)
     assert all(first < i for i in later)
+    assert later == sorted(later)  # in the order they were made, even within one millisecond
 
 
 def test_rate_limiter_allows_the_burst_then_asks_to_wait() -> None:
