@@ -20,7 +20,7 @@ import pytest
 from pymongo import MongoClient
 
 from plumbing.stack import RunningStack, running_stack
-from tests.support import free_port, stack_config
+from tests.support import free_port, stack_config, stop_process
 
 BIN = Path(sys.executable).parent
 
@@ -39,15 +39,6 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeo
     raise RuntimeError(f"{name} did not open port {port} within {timeout}s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
@@ -61,7 +52,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_for_port(port, process, "nats-server")
         yield f"nats://127.0.0.1:{port}"
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +70,7 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_for_port(port, process, "secantusd-py")
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
 

@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from plumbing.ports import free_port, free_port_block
 from plumbing.stack import StackConfig
 
-__all__ = ["free_port", "free_port_block", "stack_config"]
+__all__ = ["eventually", "free_port", "free_port_block", "stack_config", "stop_process"]
 
 
 def stack_config(data_dir: Path, mongo_uri: str) -> StackConfig:
     """A stack on fresh loopback ports with its own embedded NATS, on the already-running Mongo-wire server."""
     return StackConfig.on_free_ports(data_dir, mongo_uri)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, interval: float = 0.05) -> None:
+    """Wait until `check()` is true (for effects that travel through events), or fail the test."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within `timeout`."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -4,92 +4,29 @@ one friendship at a time, and the discussion as a Matrix room only participants 
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.auth_support import unique_cn_mobile, wait_for_code
-from tests.matrix_support import RegisteredUser, register_user
+from tests.social_support import V1, V3, Client, Person
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
-V1 = "/_laiwang/client/v1"
-V3 = "/_matrix/client/v3"
 Z = f"{V1}/zhadui"
 
 
-@dataclass
-class Person:
-    name: str
-    account: RegisteredUser
-    national: str
-
-    @property
-    def user_id(self) -> str:
-        return self.account.user_id
-
-
-class Api:
-    def __init__(self, base_url: str, http: aiohttp.ClientSession, sms_sink: Any) -> None:
-        self.base_url = base_url
-        self.http = http
-        self.sms_sink = sms_sink
-
-    async def call(self, method: str, path: str, who: Person, json: Any = None) -> tuple[int, Any]:
-        async with self.http.request(method, f"{self.base_url}{path}", json=json, headers=who.account.headers) as r:
-            return r.status, await r.json(content_type=None)
-
-    async def ok(self, method: str, path: str, who: Person, json: Any = None) -> Any:
-        status, body = await self.call(method, path, who, json)
-        assert status == 200, (method, path, status, body)
-        return body
-
-    async def person(self, name: str) -> Person:
-        account = await register_user(self.base_url, f"{name.lower()}{secrets.token_hex(4)}")
-        national, msisdn = unique_cn_mobile()
-        who = Person(name, account, national)
-        secret = secrets.token_hex(8)
-        token = await self.ok("POST", f"{V3}/account/3pid/msisdn/requestToken", who,
-                              {"client_secret": secret, "country": "CN", "phone_number": national, "send_attempt": 1})
-        code = await wait_for_code(self.sms_sink, msisdn)
-        await self.ok("POST", f"{V3}/account/3pid/msisdn/submit_token", who,
-                      {"sid": token["sid"], "client_secret": secret, "token": code})
-        await self.ok("POST", f"{V3}/account/3pid/add", who, {"sid": token["sid"], "client_secret": secret})
-        return who
-
-    async def befriend(self, x: Person, y: Person) -> None:
-        """Each has the other's number (the default discoverability needs both), then request + accept."""
-        for me, other in ((x, y), (y, x)):
-            await self.ok("POST", f"{V1}/contacts/sync", me, {"add": [other.national], "region": "CN"})
-
-        async def matched() -> bool:
-            status, body = await self.call("POST", f"{V1}/contacts/sync", x, {"add": [y.national], "region": "CN"})
-            return status == 200 and y.user_id in {m["user_id"] for m in body["matches"]}
-
-        await eventually(matched)
-        await self.ok("POST", f"{V1}/friends/requests", x, {"user_id": y.user_id})
-        await self.ok("POST", f"{V1}/friends/requests/{x.user_id}/accept", y)
-
+class Api(Client):
     async def sees(self, who: Person, zhadui_id: str) -> bool:
+        """In the feed and previewable (the two must agree)."""
         feed = await self.ok("GET", f"{Z}/feed?limit=100", who)
         in_feed = any(item["zhadui_id"] == zhadui_id for item in feed["items"])
         status, _ = await self.call("GET", f"{Z}/{zhadui_id}", who)
         assert status in (200, 404)
-        return in_feed and status == 200
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
+        assert in_feed == (status == 200)
+        return in_feed
 
 
 async def sees_eventually(api: Api, who: Person, zhadui_id: str, expected: bool) -> None:
@@ -103,8 +40,8 @@ async def sees_eventually(api: Api, who: Person, zhadui_id: str, expected: bool)
 async def people(stack: Any) -> AsyncIterator[tuple[Api, dict[str, Person]]]:
     """A - B - C - D are friends along a chain; E knows nobody."""
     async with aiohttp.ClientSession() as http:
-        api = Api(stack.base_url, http, stack.log_path)
-        folks = {name: await api.person(name) for name in "ABCDE"}
+        api = Api(stack, http)
+        folks = {name: await api.person(name.lower()) for name in "ABCDE"}
         for x, y in ("AB", "BC", "CD"):
             await api.befriend(folks[x], folks[y])
         yield api, folks
@@ -203,7 +140,7 @@ async def test_bad_input_gets_clear_errors(people) -> None:
         assert reply["error"]
     status, reply = await api.call("GET", f"{Z}/feed?cursor=garbage!", p["E"])
     assert status == 400 and reply["errcode"] == "M_INVALID_PARAM"
-    async with api.http.get(f"{api.base_url}{Z}/feed") as response:
+    async with api.http.get(f"{api.stack.base_url}{Z}/feed") as response:
         assert response.status == 401 and (await response.json())["errcode"] == "M_MISSING_TOKEN"
 
 

@@ -30,7 +30,7 @@ from plumbing import streams
 from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY
 from plumbing.jetstream import ensure_stream
 from services.contacts.core import lookup_hash
-from tests.support import free_port
+from tests.support import eventually, free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -116,12 +116,7 @@ async def contacts(nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempP
     finally:
         await subscription.unsubscribe()
         await nc.close()
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)
 
 
 _counter = iter(range(10_000_000))
@@ -139,14 +134,6 @@ async def new_user(c: Contacts, name: str, number: str | None = None) -> tuple[s
     await c.publish("phone_verified", auth_events_pb2.PhoneVerified(user_id=user_id, msisdn=number,
                                                                     verified_at_ms=int(time.time() * 1000)))
     return user_id, number
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def upload(c: Contacts, user: str, numbers: list[str], mode: int = pb.UPLOAD_MODE_REPLACE,
