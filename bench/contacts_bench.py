@@ -33,6 +33,7 @@ import grpc
 import nats
 from pymongo import AsyncMongoClient
 
+from bench.common import percentile, rss_mb
 from laiwang.contacts.v1 import contacts_pb2 as pb
 from laiwang.contacts.v1 import contacts_pb2_grpc
 from laiwang.events.v1 import auth_events_pb2
@@ -46,18 +47,6 @@ SERVER = "laiwang.bench"
 DB = "contacts_bench"
 DATA_DIR = Path("var/bench-contacts")
 BOOK_SIZE = 2_000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def registered_number(i: int) -> str:

@@ -25,24 +25,13 @@ import aiohttp
 import grpc
 from pymongo import AsyncMongoClient
 
+from bench.common import insert_in_batches, percentile, rss_mb
 from laiwang.zhadui.v1 import zhadui_pb2 as pb
 from laiwang.zhadui.v1 import zhadui_pb2_grpc
 from plumbing.stack import RunningStack, StackConfig, running_stack
 from tests.matrix_support import register_user
 
 SERVER = "laiwang.bench"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def pair_doc(x: str, y: str) -> dict:
@@ -73,7 +62,7 @@ async def seed(db, users: list[str], friends_each: int, zhaduis: int, hub: str, 
         for friend in friends:
             doc = pair_doc(user, friend)
             pairs[doc["_id"]] = doc
-    await _insert(db.pairs, list(pairs.values()))
+    await insert_in_batches(db.pairs, list(pairs.values()))
 
     now = time.time_ns() // 1_000_000
     zhadui_docs, participant_docs = [], []
@@ -88,14 +77,9 @@ async def seed(db, users: list[str], friends_each: int, zhaduis: int, hub: str, 
                             "room_id": ""})
         participant_docs += [{"_id": f"{zid}|{m}", "zid": zid, "user": m, "state": "joined", "changed_ms": created}
                              for m in members]
-    await _insert(db.zhaduis, zhadui_docs)
-    await _insert(db.participants, participant_docs)
+    await insert_in_batches(db.zhaduis, zhadui_docs)
+    await insert_in_batches(db.participants, participant_docs)
     return adjacency
-
-
-async def _insert(collection, documents: list[dict], batch: int = 10_000) -> None:
-    for start in range(0, len(documents), batch):
-        await collection.insert_many(documents[start:start + batch], ordered=False)
 
 
 async def timed(coro) -> tuple[float, object]:
