@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install proto check-proto lint format bench bench-contacts bench-chat clean-data help
+.PHONY: run test install proto check-proto lint format bench bench-contacts bench-chat bench-auth clean-data help
 
 help:
 	@echo "make run     - the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client"
@@ -51,8 +51,9 @@ format: install
 test: check-proto lint
 	$(PY) -m pytest
 
+# The dev SMS provider also appends verification codes to var/dev-sms.log (see docs/auth.md).
 run: proto
-	$(VENV)/bin/laiwang run
+	AUTH_DEV_SMS_LOG="$${AUTH_DEV_SMS_LOG:-$(CURDIR)/var/dev-sms.log}" $(VENV)/bin/laiwang run
 
 bench: install
 	$(PY) -m bench
@@ -65,6 +66,10 @@ bench-contacts: install
 # 5,000 idle /sync long-polls on one gateway.
 bench-chat: install
 	$(PY) -m bench.chat_bench
+
+# Login throughput (argon2id) and the authenticated-request overhead at the gateway (cached introspection).
+bench-auth: install
+	$(PY) -m bench.auth_bench
 
 clean-data:
 	rm -rf var
