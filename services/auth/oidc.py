@@ -15,7 +15,7 @@ import base64
 import hmac
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 import orjson
@@ -114,10 +114,12 @@ class OidcClient:
             "redirect_uri": redirect_uri,
             "code_verifier": code_verifier,
         }
-        auth = aiohttp.BasicAuth(self.client_id, self._client_secret)  # client_secret_basic
+        # client_secret_basic; RFC 6749 2.3.1 form-encodes both parts before base64.
+        credentials = f"{quote_plus(self.client_id)}:{quote_plus(self._client_secret)}".encode()
+        headers = {"Accept": "application/json", "Authorization": "Basic " + base64.b64encode(credentials).decode()}
         try:
             async with aiohttp.ClientSession(timeout=self._timeout) as http, http.post(
-                metadata["token_endpoint"], data=form, auth=auth, headers={"Accept": "application/json"}
+                metadata["token_endpoint"], data=form, headers=headers
             ) as response:
                 body = await response.json(content_type=None)
                 status = response.status
