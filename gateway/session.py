@@ -144,7 +144,7 @@ def handle_revocation(cache: TokenCache, subject: str, data: bytes) -> None:
 
 async def start_revocation_listener(deps: GatewayDeps) -> None:
     """Subscribe this replica to revocations (plain NATS: every replica gets every event)."""
-    ttl = Env().float("GATEWAY_TOKEN_CACHE_SECONDS", deps.tokens.ttl)
+    ttl = Env().float("GATEWAY_TOKEN_CACHE_SECONDS", deps.tokens.ttl, minimum=0.0)
     deps.tokens.ttl = ttl
     if deps.nats is None:
         return

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +32,7 @@ from gateway.session import (
 )
 from laiwang.auth.v1 import auth_pb2 as pb
 from plumbing.config import Env
+from plumbing.errors import ConfigError
 
 PREFIX = "/_matrix/client/v3"
 
@@ -42,13 +45,62 @@ async def rpc_errors() -> AsyncIterator[None]:
     except grpc.aio.AioRpcError as exc:
         raise matrix_error_from(exc) from None
 _LIMITER_KEY = "accounts_limiter"
+_SETTINGS_KEY = "accounts_settings"
 
 
 # --- small request helpers (shared with the other account route modules) ---------------------------
 
 
+@dataclass(frozen=True)
+class AccountSettings:
+    credential_rate_per_second: float
+    credential_burst: int
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> AccountSettings:
+        env = env or Env()
+        proxies = []
+        for item in env.str("GATEWAY_TRUSTED_PROXIES", "-").split(","):
+            if item.strip() and item.strip() != "-":
+                try:
+                    proxies.append(ip_network(item.strip(), strict=False))
+                except ValueError:
+                    raise ConfigError(f"GATEWAY_TRUSTED_PROXIES has {item.strip()!r}, not an IP address or CIDR") \
+                        from None
+        return cls(
+            credential_rate_per_second=env.float("GATEWAY_CREDENTIAL_RATE_PER_SECOND", 20.0, minimum=0.01),
+            credential_burst=env.int("GATEWAY_CREDENTIAL_BURST", 100, minimum=1),
+            trusted_proxies=tuple(proxies),
+        )
+
+
+def _settings(deps: GatewayDeps) -> AccountSettings:
+    settings: AccountSettings | None = deps.extras.get(_SETTINGS_KEY)
+    if settings is None:
+        settings = deps.extras[_SETTINGS_KEY] = AccountSettings.from_env()
+    return settings
+
+
+def _trusted(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
 def client_address(request: web.Request) -> str:
-    return request.remote or ""
+    """The client's IP: the peer, or behind trusted proxies the last untrusted X-Forwarded-For hop."""
+    remote = request.remote or ""
+    proxies = _settings(request.app[DEPS_KEY]).trusted_proxies
+    if not proxies or not _trusted(remote, proxies):
+        return remote
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop[:64]
+    return hops[0][:64] if hops else remote
 
 
 def limit_address(request: web.Request, cost: float = 1.0) -> None:
@@ -56,11 +108,9 @@ def limit_address(request: web.Request, cost: float = 1.0) -> None:
     deps = request.app[DEPS_KEY]
     limiter: RateLimiter | None = deps.extras.get(_LIMITER_KEY)
     if limiter is None:
-        env = Env()
-        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(
-            per_second=env.float("GATEWAY_CREDENTIAL_RATE_PER_SECOND", 20.0, minimum=0.01),
-            burst=env.int("GATEWAY_CREDENTIAL_BURST", 100, minimum=1),
-        )
+        settings = _settings(deps)
+        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(settings.credential_rate_per_second,
+                                                          settings.credential_burst)
     limiter.check(f"addr:{client_address(request)}", cost)
 
 
@@ -518,6 +568,7 @@ def routes(deps: GatewayDeps) -> list[web.RouteDef]:
 
 
 async def startup(deps: GatewayDeps) -> None:
+    _settings(deps)  # a bad setting stops the gateway at start, with one line
     await start_revocation_listener(deps)
 
 
