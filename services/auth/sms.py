@@ -13,6 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from prometheus_client import Counter
+
+# Labels name the provider only: never a number or a code.
+SMS_SENT = Counter("auth_sms_sent_total", "Verification SMS handed to the SMS provider.", ["provider"])
+
 
 class DevSmsSender:
     """Development provider: the message goes to a dev-only file and to stdout, marked DEV-SMS."""
@@ -28,6 +33,7 @@ class DevSmsSender:
             await asyncio.to_thread(self._append, line)
         sys.stdout.write(line)
         sys.stdout.flush()
+        SMS_SENT.labels("dev").inc()
 
     def _append(self, line: str) -> None:
         assert self._log_path is not None

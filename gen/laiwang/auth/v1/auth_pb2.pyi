@@ -729,7 +729,7 @@ class RequestPhoneCodeRequest(_message.Message):
     send_attempt: _builtins.int
     client_address: _builtins.str
     purpose: _builtins.str
-    """"bind" (add to an account) or "login" is implied by later use; kept for auditing."""
+    """Why the code is requested ("bind" today); recorded for auditing, does not change the rules."""
     def __init__(
         self,
         *,
