@@ -367,7 +367,7 @@ async def synapse_server() -> AsyncIterator[tuple[str, str]]:
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError("synapse did not start within 60 s")
-        yield url, synapse_version(python)
+        yield url, synapse_version(python).split()[0]
     finally:
         process.terminate()
         try:

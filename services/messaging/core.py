@@ -508,7 +508,8 @@ class LogCache:
         self.rooms: OrderedDict[str, RoomView] = OrderedDict()
         self.users: OrderedDict[str, UserView] = OrderedDict()
         self._lock = asyncio.Lock()
-        self.applied = asyncio.Event()
+        # Sees every entry once, in position order (the stream relay keeps recent ones from it).
+        self.on_applied: Callable[[JSON], None] | None = None
 
     async def start(self) -> None:
         self.head = await self._store.head()
@@ -549,8 +550,8 @@ class LogCache:
                 break
             self._apply(entry)
             self.head = pos
-        self.applied.set()
-        self.applied = asyncio.Event()
+            if self.on_applied is not None:
+                self.on_applied(entry)
 
     def _apply(self, entry: JSON) -> None:
         pos = entry["pos"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,9 +27,11 @@ from google.protobuf.message import Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from laiwang.events.v1 import contacts_events_pb2, messaging_events_pb2
-from plumbing.jetstream import ConsumerSpec, EventPublisher, Handler
+from plumbing.jetstream import MSG_ID_HEADER, ConsumerSpec, Handler
+from plumbing.metrics import EVENTS_PUBLISHED
 from plumbing.streams import CONTACTS, wake_subject
 from services.messaging.core import JSON, MEMBER, Messaging, canonical_bytes, now_ms, pair_id
 from services.messaging.store import MessagingStore
@@ -53,26 +57,42 @@ def encode_room_event(entry: JSON) -> messaging_events_pb2.RoomEventPersisted:
 
 
 class StreamRelay:
-    """Publishes committed room events to JetStream by tailing the `entries` collection.
+    """Publishes committed room events to JetStream by tailing the stream of entries.
 
     This is the transactional-outbox guarantee without a separate outbox write: `entries` is
-    already written in the same transaction as every change, in position order, so it *is* the
-    outbox. One replica at a time holds a lease and publishes entries past its persisted cursor
-    (message id = event id, so JetStream drops a re-publish after a crash or a lease hand-over),
-    then advances the cursor. It is kicked shortly after commits (coalescing a burst into one
-    pass) and polls as a fallback. Sync wake-ups never wait for it.
+    already written with every change, in position order, so it *is* the outbox. One replica at a
+    time holds a lease and publishes entries past its persisted cursor (message id = event id, so
+    JetStream drops a re-publish after a crash or a lease hand-over), then advances the cursor.
+    Entries come from this replica's cache as it applies them (no read in the steady state), or
+    from the database when the cache does not reach back to the cursor. It is kicked shortly after
+    commits (coalescing a burst into one pass) and polls as a fallback. Sync wake-ups never wait
+    for it.
     """
 
-    def __init__(self, store: MessagingStore, publisher: EventPublisher, owner: str, *, delay_seconds: float = 0.05,
-                 poll_seconds: float = 1.0, lease_seconds: float = 10.0) -> None:
+    def __init__(self, store: MessagingStore, js: JetStreamContext, owner: str, *, delay_seconds: float = 0.05,
+                 poll_seconds: float = 1.0, lease_seconds: float = 10.0, memory: int = 20_000) -> None:
         self._store = store
-        self._publisher = publisher
+        self._js = js
         self._owner = owner
         self._delay = delay_seconds
         self._poll = poll_seconds
         self._lease_ms = int(lease_seconds * 1000)
         self._wake = asyncio.Event()
         self._scheduled = False
+        self._recent: deque[JSON] = deque(maxlen=memory)
+        self._cursor: int | None = None  # known only while we hold the lease
+        self._covered_from: int | None = None  # `_recent` holds every event from this position on
+        self._lease_until = 0
+
+    def remember(self, entry: JSON) -> None:
+        """Called for every entry this replica applies, in position order, without gaps."""
+        if self._covered_from is None:
+            self._covered_from = entry["pos"]
+        if entry["kind"] != "event":
+            return
+        if len(self._recent) == self._recent.maxlen:
+            self._covered_from = self._recent[0]["pos"] + 1  # about to drop the oldest
+        self._recent.append(entry)
 
     def kick(self) -> None:
         if self._scheduled:
@@ -94,43 +114,97 @@ class StreamRelay:
                 while await self.relay_once() >= 500:
                     pass
             except Exception:
+                self._cursor = None
                 log.warning("stream relay failed; will retry", exc_info=True)
                 await asyncio.sleep(self._poll)
 
+    async def _hold_lease(self) -> int | None:
+        now = now_ms()
+        if self._cursor is not None and now < self._lease_until - self._lease_ms // 2:
+            return self._cursor
+        cursor = await self._store.hold_relay_lease(self._owner, self._lease_ms, now)
+        if cursor is None:
+            self._cursor = None
+            return None
+        self._lease_until = now + self._lease_ms
+        if self._cursor is None or cursor > self._cursor:
+            self._cursor = cursor  # (re)acquired: the stored cursor is the truth
+        return self._cursor
+
+    async def _pending(self, cursor: int, limit: int) -> list[JSON]:
+        if self._covered_from is not None and self._covered_from <= cursor + 1:
+            pending = []
+            for entry in reversed(self._recent):
+                if entry["pos"] <= cursor:
+                    break
+                pending.append(entry)
+            return pending[::-1][:limit]
+        return [e for e in await self._store.entries_after(cursor, limit) if e["kind"] == "event"]
+
     async def relay_once(self, limit: int = 500) -> int:
-        """Publish up to `limit` entries past the cursor if this replica holds the lease; how many were read."""
-        cursor = await self._store.hold_relay_lease(self._owner, self._lease_ms, now_ms())
+        """Publish up to `limit` events past the cursor if this replica holds the lease; how many were read."""
+        cursor = await self._hold_lease()
         if cursor is None:
             return 0
-        entries = await self._store.entries_after(cursor, limit)
+        entries = await self._pending(cursor, limit)
+        acks = []
+        for entry in entries:  # pipelined: all sent, then the acknowledgements awaited in order
+            payload = encode_room_event(entry).SerializeToString()
+            headers = {MSG_ID_HEADER: entry["_id"]}
+            acks.append(await self._js.publish_async(ROOM_EVENT_SUBJECT, payload, headers=headers))
         published = cursor
-        try:
-            for entry in entries:
-                if entry["pos"] != published + 1:
-                    break  # positions are contiguous once committed; a hole means "not yet visible"
-                if entry["kind"] == "event":
-                    await self._publisher.publish(ROOM_EVENT_SUBJECT, encode_room_event(entry).SerializeToString(),
-                                                  msg_id=entry["_id"])
-                published = entry["pos"]
-        finally:
-            if published > cursor:
-                await self._store.advance_relay_cursor(self._owner, published)
+        for entry, ack in zip(entries, acks, strict=True):
+            try:
+                await asyncio.wait_for(ack, 10.0)
+            except Exception:
+                log.warning("JetStream did not acknowledge %s; will publish again", entry["_id"], exc_info=True)
+                break
+            EVENTS_PUBLISHED.labels("laiwang.messaging").inc()
+            published = entry["pos"]
+        if published == cursor:
+            return 0
+        await self._store.advance_relay_cursor(self._owner, published)
+        self._cursor = published
         return len(entries)
 
 
+PEER_TIMEOUT_SECONDS = 5.0
+
+
 class NatsNotifier:
+    """Publishes wake-ups, and replication messages when other replicas are there to hear them.
+
+    Replicas announce themselves every second; with no peer heard from lately, replication is not
+    published at all (it only saves other replicas a catch-up read, so skipping it is always safe).
+    """
+
     def __init__(self, nc: NatsClient, replica_id: str) -> None:
         self._nc = nc
         self.replica_id = replica_id
+        self.peers: dict[str, float] = {}
+
+    def has_peers(self) -> bool:
+        cutoff = time.monotonic() - PEER_TIMEOUT_SECONDS
+        for peer, seen in list(self.peers.items()):
+            if seen < cutoff:
+                del self.peers[peer]
+        return bool(self.peers)
+
+    async def announce(self) -> None:
+        await self._nc.publish(f"{REPLICATION_PREFIX}.hello.{self.replica_id}", b"")
 
     async def wake(self, users: dict[str, int]) -> None:
         for user_id, pos in users.items():
             await self._nc.publish(wake_subject(user_id), str(pos).encode())
 
     async def broadcast_entries(self, entries: list[JSON]) -> None:
+        if not self.has_peers():
+            return
         await self._nc.publish(f"{REPLICATION_PREFIX}.log.{self.replica_id}", orjson.dumps(entries))
 
     async def broadcast_typing(self, room_id: str, user_id: str, expires_at_ms: int, serial: int) -> None:
+        if not self.has_peers():
+            return
         payload = orjson.dumps({"room_id": room_id, "user_id": user_id, "expires": expires_at_ms, "serial": serial})
         await self._nc.publish(f"{REPLICATION_PREFIX}.typing.{self.replica_id}", payload)
 
@@ -139,8 +213,9 @@ class NatsNotifier:
         await self._nc.publish(f"{REPLICATION_PREFIX}.relations.{self.replica_id}", pair.encode())
 
 
-async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) -> list[Subscription]:
+async def start_replication(nc: NatsClient, core: Messaging, notifier: NatsNotifier) -> list[Subscription]:
     """Apply other replicas' commits and typing changes to this replica's cache."""
+    replica_id = notifier.replica_id
 
     async def on_log(msg: Msg) -> None:
         if msg.subject.endswith("." + replica_id):
@@ -159,12 +234,21 @@ async def start_replication(nc: NatsClient, core: Messaging, replica_id: str) ->
     async def on_relation(msg: Msg) -> None:
         core.relations.forget(msg.data.decode())
 
+    async def on_hello(msg: Msg) -> None:
+        peer = msg.subject.rsplit(".", 1)[-1]
+        if peer != replica_id:
+            if peer not in notifier.peers:
+                await notifier.announce()  # so a newcomer hears of us at once, not within a second
+            notifier.peers[peer] = time.monotonic()
+
     subscriptions = [
         await nc.subscribe(f"{REPLICATION_PREFIX}.log.*", cb=on_log),
         await nc.subscribe(f"{REPLICATION_PREFIX}.typing.*", cb=on_typing),
         await nc.subscribe(f"{REPLICATION_PREFIX}.relations.*", cb=on_relation),
+        await nc.subscribe(f"{REPLICATION_PREFIX}.hello.*", cb=on_hello),
     ]
     await nc.flush()
+    await notifier.announce()
     return subscriptions
 
 

@@ -43,21 +43,23 @@ async def build(runtime: Runtime) -> ServiceParts:
     env = Env()
     store = MessagingStore(runtime.mongo, runtime.db)
     replica_id = uuid.uuid4().hex[:12]
-    relay = StreamRelay(store, runtime.publisher, replica_id,
+    relay = StreamRelay(store, runtime.js, replica_id,
                         delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000)
     store.on_commit = relay.kick
     notifier = NatsNotifier(runtime.nats, replica_id)
     core = Messaging(store, notifier, settings)
+    core.cache.on_applied = relay.remember
     await core.start()
-    subscriptions = await start_replication(runtime.nats, core, replica_id)
+    subscriptions = await start_replication(runtime.nats, core, notifier)
     api = MessagingApi(core)
     log.info("messaging ready", extra={"invite_policy": settings.invite_policy, "head": core.cache.head})
 
-    async def typing_expiry() -> None:
+    async def every_second() -> None:
         try:
             while True:
                 await asyncio.sleep(1.0)
                 await core.expire_typing()
+                await notifier.announce()
         finally:  # background jobs are cancelled at shutdown: leave NATS and the writer tidy
             for subscription in subscriptions:
                 with contextlib.suppress(Exception):
@@ -79,7 +81,7 @@ async def build(runtime: Runtime) -> ServiceParts:
         indexes=store.indexes(),
         produces=[streams.MESSAGING],
         consumers=[(CONTACTS_CONSUMER, contacts_handler(store, notifier.relation_changed))],
-        background=[typing_expiry, periodic_catch_up, relay.run],
+        background=[every_second, periodic_catch_up, relay.run],
     )
 
 
