@@ -169,3 +169,50 @@ async def test_errors_carry_the_matrix_errcode(replicas) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await one.SendEvent(_send(BOB, room, "y", "not a member"))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_stream_relay_is_leased_resumes_from_its_cursor_and_never_duplicates(own_nats: str, mongo_uri: str,
+                                                                                     fresh_db_name: str) -> None:
+    from pymongo import AsyncMongoClient
+
+    from plumbing.jetstream import ensure_stream
+    from plumbing.mongo import ensure_indexes
+    from plumbing.streams import MESSAGING
+    from services.messaging.core import Messaging, Settings
+    from services.messaging.events import StreamRelay
+    from services.messaging.store import MessagingStore
+
+    client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)
+    store = MessagingStore(client, client[fresh_db_name])
+    await ensure_indexes(store.db, store.indexes())
+    nc = await connect_nats(own_nats, "test")
+    js = nc.jetstream()
+    await ensure_stream(js, MESSAGING)
+    await js.purge_stream("MESSAGING")
+    core = Messaging(store, settings=Settings(server_name="t", invite_policy="anyone"))
+    await core.start()
+    try:
+        room = await core.create_room(ALICE, {"name": "relay"})
+        for i in range(5):
+            await core.send_event(ALICE, "D", room, "m.room.message", f"r{i}", b'{"msgtype":"m.text","body":"x"}')
+        first = StreamRelay(store, js, "replica-a", lease_seconds=0.5)  # nothing in memory: reads the database
+        second = StreamRelay(store, js, "replica-b", lease_seconds=0.5)
+        assert await first.relay_once() > 0
+        assert await second.relay_once() == 0  # the lease is taken
+        head = await store.head()
+        assert (await store.db.counters.find_one({"_id": "relay"}))["cursor"] == head
+
+        for i in range(3):
+            await core.send_event(ALICE, "D", room, "m.room.message", f"s{i}", b'{"msgtype":"m.text","body":"y"}')
+        # replica-a "crashes"; after its lease runs out, replica-b resumes from the stored cursor.
+        await store.db.counters.update_one({"_id": "relay"}, {"$inc": {"cursor": -2}})  # as if it died mid-pass
+        await asyncio.sleep(0.6)
+        assert await second.relay_once() > 0
+        info = await js.stream_info("MESSAGING")
+        events = await store.db.entries.count_documents({"kind": "event"})
+        assert info.state.messages == events  # re-published ones were dropped by message id
+    finally:
+        await core.stop()
+        await nc.close()
+        await client.drop_database(fresh_db_name)
+        await client.close()
