@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install proto check-proto lint format bench bench-contacts bench-chat bench-auth clean-data help
+.PHONY: run test install proto check-proto lint format bench bench-contacts bench-chat bench-auth bench-zhadui clean-data help
 
 help:
 	@echo "make run     - the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client"
@@ -51,9 +51,8 @@ format: install
 test: check-proto lint
 	$(PY) -m pytest
 
-# The dev SMS provider also appends verification codes to var/dev-sms.log (see docs/auth.md).
 run: proto
-	AUTH_DEV_SMS_LOG="$${AUTH_DEV_SMS_LOG:-$(CURDIR)/var/dev-sms.log}" $(VENV)/bin/laiwang run
+	$(VENV)/bin/laiwang run
 
 bench: install
 	$(PY) -m bench
@@ -66,6 +65,10 @@ bench-contacts: install
 # 5,000 idle /sync long-polls on one gateway.
 bench-chat: install
 	$(PY) -m bench.chat_bench
+
+# Feed latency with 10,000 users and 100,000 zhaduis; fan-out to a user's 500 friends.
+bench-zhadui: install
+	$(PY) -m bench.zhadui_bench
 
 # Login throughput (argon2id) and the authenticated-request overhead at the gateway (cached introspection).
 bench-auth: install

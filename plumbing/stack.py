@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -196,6 +197,8 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
         "LOG_LEVEL": config.log_level,
         **{f"{s.upper()}_ADDR": f"{HOST}:{ports.grpc(s)}" for s in SERVICES},
     }
+    # The dev SMS provider also appends the codes it "sends" here (docs/auth.md).
+    extra = {"auth": {"AUTH_DEV_SMS_LOG": os.environ.get("AUTH_DEV_SMS_LOG", str(config.data_dir / "dev-sms.log"))}}
     for service in SERVICES:
         specs.append(
             ChildSpec(
@@ -206,6 +209,7 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
                     "GRPC_HOST": HOST,
                     "GRPC_PORT": str(ports.grpc(service)),
                     "METRICS_PORT": str(ports.metrics(service)),
+                    **extra.get(service, {}),
                 },
                 probe=_grpc_serving(ports.grpc(service)),
                 address=f"grpc {HOST}:{ports.grpc(service)}  metrics :{ports.metrics(service)}",
