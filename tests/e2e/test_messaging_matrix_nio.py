@@ -276,3 +276,39 @@ async def test_receipts_unread_counts_and_typing_in_sync(chat_stack: RunningStac
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_every_device_is_woken_from_its_long_poll(chat_stack: RunningStack) -> None:
+    from tests.matrix_support import login_user
+
+    alice, _ = await _client(chat_stack, "alice")
+    bob, bob_user = await _client(chat_stack, "bob")
+    laptop_session = await login_user(chat_stack.base_url, bob_user.user_id)
+    laptop = AsyncClient(chat_stack.base_url, bob_user.user_id, device_id=laptop_session.device_id)
+    laptop.access_token = laptop_session.access_token
+    laptop.user_id = bob_user.user_id
+    try:
+        room_id = await _direct_room(alice, bob, bob_user.user_id)
+        tokens = {}
+        for device in (bob, laptop):
+            response = await device.sync(timeout=0, sync_filter=FILTER)
+            assert isinstance(response, SyncResponse)
+            tokens[device] = response.next_batch
+
+        async def wait_for_message(device: AsyncClient) -> tuple[list[str], float]:
+            started = asyncio.get_running_loop().time()
+            response = await device.sync(timeout=25_000, since=tokens[device], sync_filter=FILTER)
+            assert isinstance(response, SyncResponse), response
+            return _texts(response, room_id), asyncio.get_running_loop().time() - started
+
+        waiting = [asyncio.create_task(wait_for_message(d)) for d in (bob, laptop)]
+        await asyncio.sleep(0.5)  # both long-polls are parked in the gateway
+        assert not any(task.done() for task in waiting)
+        sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "to every device"})
+        assert isinstance(sent, RoomSendResponse)
+        for texts, waited in await asyncio.gather(*waiting):
+            assert texts == ["to every device"]
+            assert waited < 20  # woken by the message, not by the long-poll timeout
+    finally:
+        for client in (alice, bob, laptop):
+            await client.close()
