@@ -174,6 +174,11 @@ class Supervisor:
             child.restarts += 1
             try:
                 await child.start()
+            except OSError as exc:  # e.g. the executable vanished: keep trying with backoff
+                self.say(f"{child.spec.name} could not be started: {exc}")
+                await asyncio.sleep(backoff)
+                continue
+            try:
                 await child.wait_ready()
                 self.say(f"{child.spec.name} is back (pid {child.pid}, restart #{child.restarts})")
             except StartupError as exc:
