@@ -71,7 +71,7 @@ async def build(runtime: Runtime) -> ServiceParts:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await core.cache.catch_up(await store.head())
+                await core.cache.catch_up()
             except Exception:
                 log.warning("catch-up failed", exc_info=True)
 

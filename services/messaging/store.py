@@ -71,8 +71,9 @@ class MongoTx:
     async def state_docs(self, keys: list[str]) -> dict[str, JSON]:
         return await self._by_ids("state", keys)
 
-    async def head(self) -> int:
-        return await self._s.head(self._session)
+    async def newer_than(self, pos: int) -> bool:
+        return await self._s.db.entries.find_one({"pos": {"$gt": pos}}, projection={"pos": 1},
+                                                 session=self._session) is not None
 
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
         return await self._by_ids("relations", pair_ids)
@@ -162,10 +163,21 @@ class MessagingStore:
         ENTRIES_PER_WRITE.observe(len(entries))
         self.on_commit()
 
-    async def head(self, session: AsyncClientSession | None = None) -> int:
-        """The highest stored position (positions are claimed under the unique `pos` index)."""
-        doc = await self.db.entries.find_one({}, sort=[("pos", DESCENDING)], projection={"pos": 1}, session=session)
-        return int(doc["pos"]) if doc else 0
+    async def known_position(self) -> int:
+        """A stored position to read forward from: the relay's cursor (a sort for the maximum would
+        make the embedded server examine every entry)."""
+        doc = await self.db.counters.find_one({"_id": RELAY_STATE})
+        return int(doc.get("cursor", 0)) if doc else 0
+
+    async def head(self) -> int:
+        """The highest stored position, read forward from `known_position` (tests and tools)."""
+        head = await self.known_position()
+        while True:
+            batch = await self.db.entries.find({"pos": {"$gt": head}}, projection={"pos": 1},
+                                               sort=[("pos", ASCENDING)], limit=1000).to_list()
+            if not batch:
+                return head
+            head = int(batch[-1]["pos"])
 
     async def entries_after(self, pos: int, limit: int) -> list[JSON]:
         return await self.db.entries.find({"pos": {"$gt": pos}}, sort=[("pos", ASCENDING)], limit=limit).to_list()

@@ -22,8 +22,8 @@ class FakeTx:
     async def state_docs(self, keys: list[str]) -> dict[str, JSON]:
         return {k: copy.deepcopy(self._store.state[k]) for k in keys if k in self._store.state}
 
-    async def head(self) -> int:
-        return await self._store.head()
+    async def newer_than(self, pos: int) -> bool:
+        return await self._store.head() > pos
 
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
         return {p: self._store.relations[p] for p in pair_ids if p in self._store.relations}
@@ -78,6 +78,9 @@ class FakeStore:
 
     async def head(self) -> int:
         return self.counter
+
+    async def known_position(self) -> int:
+        return 0
 
     def reader(self) -> FakeTx:
         return FakeTx(self)
