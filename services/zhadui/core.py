@@ -17,6 +17,7 @@ import base64
 import binascii
 import heapq
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -228,7 +229,8 @@ class AudienceIndex:
     # --- keeping it current -------------------------------------------------------------
 
     def apply_pair(self, state: PairState, version: int) -> bool:
-        key = (state.user_a, state.user_b)
+        # Interned ids: a million pairs loaded from the store share one string per user.
+        key = (sys.intern(state.user_a), sys.intern(state.user_b))
         if self._pair_versions.get(key, -1) >= version:
             return False
         self._pair_versions[key] = version
@@ -247,6 +249,7 @@ class AudienceIndex:
         return True
 
     def apply_zhadui(self, zhadui_id: str, creator: str, activity_ms: int, status: Status) -> None:
+        zhadui_id, creator = sys.intern(zhadui_id), sys.intern(creator)
         meta = self._meta.get(zhadui_id)
         if meta is None:
             if creator:  # a status change for a zhadui we have not heard of yet waits for its load
@@ -265,6 +268,7 @@ class AudienceIndex:
             self._rank[zhadui_id] = _rank_key(meta.activity_ms, zhadui_id)
 
     def apply_membership(self, zhadui_id: str, user: str, joined: bool, at_ms: int) -> None:
+        zhadui_id, user = sys.intern(zhadui_id), sys.intern(user)
         key = (zhadui_id, user)
         if self._member_stamp.get(key, -1) > at_ms:
             return  # a newer change for this pair is already applied
