@@ -246,7 +246,6 @@ LAIWANG_ENV = {
     "AUTH_ARGON2_TIME_COST": "1",
     "AUTH_ARGON2_MEMORY_KIB": "8192",
     "LOG_LEVEL": "WARNING",
-    **({"XGC": os.environ["XGC"]} if os.environ.get("XGC") else {}),
 }
 
 
@@ -262,6 +261,7 @@ async def laiwang_stack() -> AsyncIterator[tuple[str, Supervisor]]:
         server_name="bench.local", log_level="WARNING", external_mongo_uri=None, external_nats_url=None,
     )
     specs = stack_specs(config)
+    os.environ["BENCH_METRICS_BASE"] = str(config.ports.metrics_base)
     for spec in specs:
         spec.env.update(LAIWANG_ENV)
     with open(data_dir / "stack.log", "w", buffering=1) as log:  # noqa: ASYNC230 - once per run
@@ -468,6 +468,17 @@ async def idle_long_polls(base_url: str, gateway_pid: int, count: int, probes: i
                           flush=True)
             await asyncio.sleep(0.02)
         measured_by = time.perf_counter() - parking
+        if os.environ.get("BENCH_DEBUG"):
+            metrics_base = int(os.environ["BENCH_METRICS_BASE"])
+            for port in (metrics_base, metrics_base + 2):
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    for line in (await response.text()).splitlines():
+                        if line.startswith("grpc_server_handling_seconds_") and ("_sum" in line or "_count" in line):
+                            print("   ", line)
+            async with http.get(f"{base_url}/metrics") as response:
+                for line in (await response.text()).splitlines():
+                    if line.startswith("http_requests_total") and 'status="200"' not in line:
+                        print("   ", line)
         stop.set()
         gc.unfreeze()
         for task in holders:

@@ -139,6 +139,11 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it
+                # Channels (plumbing.grpc_client) ping every 30 s, also when idle. The server default
+                # (at most one ping per 5 min without data, two strikes) answers that with GOAWAY
+                # "too_many_pings", which fails every call in flight on the connection at that moment.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ],
         )
         self._health = health.aio.HealthServicer()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import orjson
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
@@ -29,7 +30,7 @@ from prometheus_client import Gauge
 from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.matrix import MatrixError, json_response, read_json_object
 from gateway.routes.rooms import PREFIXES, messaging_stub
-from gateway.rpc import call
+from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
 from laiwang.messaging.v1 import messaging_pb2 as pb
 from plumbing.config import Env
@@ -272,7 +273,12 @@ async def _compute(stub: Any, sync_request: pb.SyncRequest, waiter: Waiter, entr
     wakes = entry.wakes
     # Include everything we were woken for so far, even if messaging's replica has not seen it yet.
     sync_request.min_position = max(sync_request.min_position, entry.max_pos)
-    reply: pb.SyncResponse = await call(stub.Sync, sync_request, timeout=10.0)
+    try:
+        reply: pb.SyncResponse = await stub.Sync(sync_request, timeout=10.0)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
+            log.warning("sync computation failed: %s %s", exc.code().name, exc.details())
+        raise matrix_error_from(exc) from None
     entry.remember(reply.next_batch, wakes)
     return reply
 
