@@ -386,6 +386,7 @@ class Writes:
     state: dict[str, JSON] = field(default_factory=dict)
     rooms: list[JSON] = field(default_factory=list)
     txn_ids: list[tuple[str, str]] = field(default_factory=list)  # remembered after commit, not stored
+    new_state: set[str] = field(default_factory=set)  # keys of `state` known not to be stored yet (insert)
     receipts: dict[str, JSON] = field(default_factory=dict)
     redactions: dict[str, JSON] = field(default_factory=dict)  # event_id -> pruned event
 
@@ -802,6 +803,7 @@ class Batch:
         self.state: dict[str, JSON | None] = {}
         self.room_docs: dict[str, JSON | None] = {}
         self.txn_map: dict[str, str] = {}
+        self._created_rooms: set[str] = set()
         self._journal: list[tuple[str, str, Any]] = []
         self.ts = now_ms()
 
@@ -963,6 +965,10 @@ class Batch:
                 ever = ever_joined or membership == "join"
                 entry["ever_joined"] = ever
                 doc.update(membership=membership, member_user=state_key, ever_joined=ever)
+            previous = self.state.get(key, _MISSING)
+            if previous is None or (previous is _MISSING and self.room_docs.get(room_id) is not None
+                                    and room_id in self._created_rooms):
+                self.writes.new_state.add(key)  # a plain insert is much cheaper than an upsert
             self._set("state", self.state, key, doc)
             self._set("writes.state", self.writes.state, key, doc)
         self.writes.entries.append(entry)
@@ -976,6 +982,7 @@ class Batch:
         return self.append_event(room_id, sender, MEMBER, content, state_key=target, ever_joined=ever_joined)
 
     def add_room(self, doc: JSON) -> None:
+        self._created_rooms.add(doc["_id"])
         self.writes.rooms.append(doc)
         self._set("room_docs", self.room_docs, doc["_id"], doc)
 

@@ -91,10 +91,13 @@ class MongoTx:
         if writes.entries:
             ENTRIES_PER_WRITE.observe(len(writes.entries))
             await db.entries.insert_many(writes.entries, session=session)
-        if writes.state:
-            await db.state.bulk_write(
-                [ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in writes.state.items()], session=session
-            )
+        inserts = [doc for key, doc in writes.state.items() if key in writes.new_state]
+        replaces = [ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in writes.state.items()
+                    if key not in writes.new_state]
+        if inserts:
+            await db.state.insert_many(inserts, session=session)
+        if replaces:
+            await db.state.bulk_write(replaces, session=session)
         if writes.receipts:
             await db.receipts.bulk_write(
                 [ReplaceOne({"_id": key}, {k: v for k, v in doc.items() if k != "entry"}, upsert=True)
