@@ -412,7 +412,7 @@ class Store(Protocol):
     async def room_entries(self, room_id: str, lo: int, hi: int, limit: int, descending: bool) -> list[JSON]: ...
     async def count_unread(self, room_id: str, lo: int, hi: int, user_id: str) -> int: ...
     async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]: ...
-    async def load_user(self, user_id: str) -> list[JSON]: ...
+    async def load_users(self, user_ids: list[str]) -> list[JSON]: ...
     async def entry(self, event_id: str) -> JSON | None: ...
 
 
@@ -509,6 +509,8 @@ class LogCache:
         self.rooms: OrderedDict[str, RoomView] = OrderedDict()
         self.users: OrderedDict[str, UserView] = OrderedDict()
         self._lock = asyncio.Lock()
+        self._user_waiters: dict[str, asyncio.Future[UserView]] = {}
+        self._user_loader: asyncio.Task[None] | None = None
         # Sees every entry once, in position order (the stream relay keeps recent ones from it).
         self.on_applied: Callable[[JSON], None] | None = None
 
@@ -666,22 +668,45 @@ class LogCache:
         if view is not None:
             self.users.move_to_end(user_id)
             return view
-        async with self._lock:
-            view = self.users.get(user_id)
-            if view is not None:
-                return view
-            view = UserView(user_id)
-            newest = 0
-            for state in await self._store.load_user(user_id):
-                pos = state["entry"]["pos"]
-                view.rooms[state["room_id"]] = MemberInfo(state["membership"], pos, bool(state.get("ever_joined")))
-                newest = max(newest, pos)
-            self.users[user_id] = view
-            if len(self.users) > self._max_users:
-                self.users.popitem(last=False)
-            if newest > self.head:
-                await self._catch_up_locked(newest)
-            return view
+        # Loads are batched: many users syncing at once (clients reconnecting after a restart)
+        # cost one query per batch instead of one each, all under the lock (see `room`).
+        waiter = self._user_waiters.get(user_id)
+        if waiter is None:
+            waiter = self._user_waiters[user_id] = asyncio.get_running_loop().create_future()
+            if self._user_loader is None or self._user_loader.done():
+                self._user_loader = asyncio.create_task(self._load_users(), name="load-users")
+        return await asyncio.shield(waiter)
+
+    async def _load_users(self) -> None:
+        while self._user_waiters:
+            batch = dict(list(self._user_waiters.items())[:500])
+            for user_id in batch:
+                del self._user_waiters[user_id]
+            try:
+                async with self._lock:
+                    wanted = [u for u in batch if u not in self.users]
+                    views = {u: UserView(u) for u in wanted}
+                    newest = 0
+                    for state in await self._store.load_users(wanted) if wanted else []:
+                        pos = state["entry"]["pos"]
+                        views[state["member_user"]].rooms[state["room_id"]] = MemberInfo(
+                            state["membership"], pos, bool(state.get("ever_joined")))
+                        newest = max(newest, pos)
+                    for user_id, view in views.items():
+                        self.users[user_id] = view
+                    found = {u: views.get(u) or self.users.get(u) for u in batch}  # before any eviction
+                    while len(self.users) > self._max_users:
+                        self.users.popitem(last=False)
+                    if newest > self.head:
+                        await self._catch_up_locked(newest)
+            except Exception as exc:
+                for waiter in batch.values():
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for user_id, waiter in batch.items():
+                if not waiter.done():
+                    waiter.set_result(found[user_id] or UserView(user_id))
 
     async def unread(self, view: RoomView, user_id: str) -> int:
         count = view.unread.get(user_id)

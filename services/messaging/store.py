@@ -206,8 +206,8 @@ class MessagingStore:
         receipts = await self.db.receipts.find({"room_id": room_id}).to_list()
         return doc, state, receipts
 
-    async def load_user(self, user_id: str) -> list[JSON]:
-        return await self.db.state.find({"member_user": user_id}).to_list()
+    async def load_users(self, user_ids: list[str]) -> list[JSON]:
+        return await self.db.state.find({"member_user": {"$in": user_ids}}).to_list()
 
     async def entry(self, event_id: str) -> JSON | None:
         return await self.db.entries.find_one({"_id": event_id})

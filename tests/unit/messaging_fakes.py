@@ -117,8 +117,8 @@ class FakeStore:
                     if d["room_id"] == room_id]
         return room, state, receipts
 
-    async def load_user(self, user_id: str) -> list[JSON]:
-        return [copy.deepcopy(d) for d in self.state.values() if d.get("member_user") == user_id]
+    async def load_users(self, user_ids: list[str]) -> list[JSON]:
+        return [copy.deepcopy(d) for d in self.state.values() if d.get("member_user") in user_ids]
 
     async def entry(self, event_id: str) -> JSON | None:
         return self.entries.get(event_id)
