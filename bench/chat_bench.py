@@ -436,7 +436,13 @@ async def idle_long_polls(base_url: str, gateway_pid: int, count: int, probes: i
 
         # Park them all; measure only while every long-poll is parked (well inside its 30 s timeout).
         parking = time.perf_counter()
-        holders = [asyncio.create_task(hold(i, u)) for i, u in enumerate(idle)]
+        holders = []
+        for i, user in enumerate(idle):
+            holders.append(asyncio.create_task(hold(i, user)))
+            if i % 200 == 199:
+                # Thousands of simultaneous connects overflow the gateway's listen backlog (128) and
+                # wait out TCP SYN retransmits (1 s, 3 s, ...): open them in waves instead.
+                await asyncio.sleep(0.05)
         deadline = time.monotonic() + 25
         waiting = 0.0
         while time.monotonic() < deadline:
@@ -475,9 +481,15 @@ async def idle_long_polls(base_url: str, gateway_pid: int, count: int, probes: i
                     for line in (await response.text()).splitlines():
                         if line.startswith("grpc_server_handling_seconds_") and ("_sum" in line or "_count" in line):
                             print("   ", line)
+                        slow_bucket = 'le="0.05"' in line or 'le="+Inf"' in line
+                        if line.startswith("grpc_server_handling_seconds_bucket") and slow_bucket and (
+                                "SendEvent" in line or "Introspect" in line):
+                            print("   ", line)
             async with http.get(f"{base_url}/metrics") as response:
                 for line in (await response.text()).splitlines():
                     if line.startswith("http_requests_total") and 'status="200"' not in line:
+                        print("   ", line)
+                    if line.startswith("http_request_duration_seconds_bucket") and "send" in line:
                         print("   ", line)
         stop.set()
         gc.unfreeze()
