@@ -126,7 +126,14 @@ class Matrix:
     async def register(self, localpart: str) -> User:
         body: dict[str, Any] = {"username": localpart, "password": PASSWORD, "auth": {"type": "m.login.dummy"},
                                 "inhibit_login": False}
-        status, reply = await self.request("POST", "/register", body=body, ok=(200, 401))
+        for attempt in range(5):  # set-up only: ride out a transient server error rather than abort the run
+            status, reply = await self.request("POST", "/register", body=body, ok=(200, 401, 500, 503))
+            if status < 500:
+                break
+            print(f"  register {localpart}: HTTP {status} {reply}; retrying", flush=True)
+            await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            raise RuntimeError(f"register {localpart} kept failing")
         if status == 401:  # servers that want the UIA session id first
             body["auth"]["session"] = reply["session"]
             _, reply = await self.request("POST", "/register", body=body)
