@@ -3,13 +3,14 @@
 Shape of the data:
 
 - Every change to a room (message, state, membership, redaction) and every read receipt is an
-  *entry* in one stream, numbered by `pos`. Positions come from one counter that every write
-  transaction increments, so (a) positions are contiguous and (b) transactions commit in
-  position order even with several replicas (a second writer conflicts on the counter and
-  retries). A reader that has seen every entry up to W therefore never misses one below W.
-- Writes are group-committed: concurrent requests queue up and one transaction carries all of
-  them (validation per request, one position range, one bulk insert; the stream entries double
-  as the outbox that the relay in events.py publishes from).
+  *entry* in one stream, numbered by `pos`. A writer claims the positions after the last one it
+  has seen, under a unique index: if another writer (replica) took them, it catches up and
+  retries. So a writer can only store k+1 after it has seen k stored: positions are contiguous
+  and become visible in order, and a reader that has every entry up to W never misses one below W.
+- Writes are group-committed: concurrent requests queue up and one write carries all of them
+  (validation per request against the cache, proved current by the position claim; plain sends
+  are one ordered insert, anything touching state one transaction). The stream entries double as
+  the outbox that the relay in events.py publishes to JetStream from.
 - Each replica keeps a `LogCache`: loaded rooms (state, members, receipts, recent timeline) and
   users (their memberships), advanced strictly in `pos` order from its own commits, from other
   replicas' broadcasts, or by catching up from the database. /sync and history are served from
