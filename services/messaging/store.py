@@ -237,6 +237,10 @@ class MessagingStore:
             )
         except DuplicateKeyError:
             return None  # another replica holds a live lease
+        if doc is None:
+            # The embedded Mongo-wire server may answer a contended upsert without the document;
+            # not knowing whether we hold the lease, we act as if we do not and ask again later.
+            return None
         return int(doc.get("cursor", 0))
 
     async def advance_relay_cursor(self, owner: str, cursor: int) -> None:

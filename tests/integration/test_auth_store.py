@@ -157,3 +157,13 @@ async def test_a_rejected_change_writes_no_event(wiring: Wiring) -> None:
     await wiring.outbox.relay_once()
     assert await wiring.store._db["outbox"].count_documents({}) == 0
     assert not await _events(wiring.js, "laiwang.auth.phone_unbound", user_id, 1, timeout=1.0)
+
+
+async def test_concurrent_hits_on_one_rate_counter_are_all_counted(wiring: Wiring) -> None:
+    # Many registrations from one address at once hit the same counter document; every hit must be
+    # counted and answered (the embedded server can return no document to a contended upsert).
+    for trial in range(5):
+        counts = await asyncio.gather(*(wiring.store.hit_counter(f"burst{trial}", 60, 1000.0) for _ in range(12)))
+        assert all(isinstance(c, int) and 1 <= c <= 12 for c in counts)
+        assert max(counts) == 12
+        assert await wiring.store.read_counter(f"burst{trial}", 60, 1000.0) == 12
