@@ -20,6 +20,7 @@ class GatewayConfig:
     log_level: str
     service_addresses: dict[str, str]
     max_body_bytes: int
+    listen_backlog: int
     shutdown_grace_seconds: float
 
     @classmethod
@@ -39,5 +40,7 @@ class GatewayConfig:
                 for name in SERVICES
             },
             max_body_bytes=env.int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            # Mobile clients reconnect in herds after a network blip; 128 (aiohttp's default) overflows.
+            listen_backlog=env.int("GATEWAY_LISTEN_BACKLOG", 2048, minimum=16),
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 10.0),
         )

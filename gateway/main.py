@@ -35,7 +35,7 @@ async def serve(config: GatewayConfig) -> None:
             await module.startup(deps)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_port=False)
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=False, backlog=config.listen_backlog)
     try:
         await site.start()
     except OSError as exc:
