@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,33 +27,10 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import percentile
-from plumbing.stack import SERVICES, StackConfig, StackPorts, stack_specs
-from plumbing.supervisor import Supervisor
+from plumbing.stack import StackConfig, running_stack
 
 V3 = "/_matrix/client/v3"
 PASSWORD = "benchmark password 1"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _free_block(count: int) -> int:
-    for _ in range(200):
-        base = _free_port()
-        ok = base + count < 65535
-        for port in range(base, base + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
 
 
 def _ms(seconds: list[float], q: float) -> str:
@@ -92,85 +68,76 @@ async def _timed_get(http: aiohttp.ClientSession, url: str, headers: dict[str, s
 
 async def run(args: argparse.Namespace) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="laiwang-auth-bench-"))
-    config = StackConfig(
-        data_dir=data_dir,
-        ports=StackPorts(gateway=_free_port(), nats=_free_port(), mongo=_free_port(),
-                         grpc_base=_free_block(len(SERVICES)), metrics_base=_free_block(len(SERVICES))),
-        server_name="laiwang.bench", log_level="WARNING", external_mongo_uri=None, external_nats_url=None,
-    )
-    specs = stack_specs(config)
-    for spec in specs:
-        # The benchmark logs in from one address far faster than a person would.
-        spec.env.update({"GATEWAY_CREDENTIAL_RATE_PER_SECOND": "100000", "GATEWAY_CREDENTIAL_BURST": "100000"})
-    log = open(data_dir / "stack.log", "w", buffering=1)  # noqa: SIM115, ASYNC230 - closed below
-    supervisor = Supervisor(specs, out=log)
-    await supervisor.start_all()
+    config = StackConfig.on_free_ports(data_dir, server_name="laiwang.bench", log_level="WARNING")
+    # The benchmark logs in from one address far faster than a person would.
+    env = {"GATEWAY_CREDENTIAL_RATE_PER_SECOND": "100000", "GATEWAY_CREDENTIAL_BURST": "100000"}
+    async with running_stack(config, env):
+        await measure(args, config)
+
+
+async def measure(args: argparse.Namespace, config: StackConfig) -> None:
     base = config.gateway_url
     print(f"stack up at {base} ({os.cpu_count()} CPUs; argon2id t=2 m=19 MiB p=1)", flush=True)
-    try:
-        connector = aiohttp.TCPConnector(limit=args.clients * 2)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            users = [await _register(http, base, f"bench{i}x{os.getpid()}") for i in range(args.clients)]
-            for user in users:  # warm-up: connections, code paths
-                await _login(http, base, user)
+    connector = aiohttp.TCPConnector(limit=args.clients * 2)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        users = [await _register(http, base, f"bench{i}x{os.getpid()}") for i in range(args.clients)]
+        for user in users:  # warm-up: connections, code paths
+            await _login(http, base, user)
 
-            # 1. Login throughput.
-            latencies: list[float] = []
-            tokens: list[str] = []
-            per_client = args.logins // args.clients
+        # 1. Login throughput.
+        latencies: list[float] = []
+        tokens: list[str] = []
+        per_client = args.logins // args.clients
 
-            async def client(user: str) -> None:
-                for _ in range(per_client):
-                    elapsed, token = await _login(http, base, user)
-                    latencies.append(elapsed)
-                    tokens.append(token)
+        async def client(user: str) -> None:
+            for _ in range(per_client):
+                elapsed, token = await _login(http, base, user)
+                latencies.append(elapsed)
+                tokens.append(token)
 
-            started = time.perf_counter()
-            await asyncio.gather(*(client(u) for u in users))
-            wall = time.perf_counter() - started
-            print(f"\nlogin (m.login.password, {args.clients} concurrent clients, {len(latencies)} logins)")
-            print(f"  throughput      {len(latencies) / wall:8.1f} logins/s")
-            print(f"  latency median  {_ms(latencies, 50)}   p99 {_ms(latencies, 99)}")
+        started = time.perf_counter()
+        await asyncio.gather(*(client(u) for u in users))
+        wall = time.perf_counter() - started
+        print(f"\nlogin (m.login.password, {args.clients} concurrent clients, {len(latencies)} logins)")
+        print(f"  throughput      {len(latencies) / wall:8.1f} logins/s")
+        print(f"  latency median  {_ms(latencies, 50)}   p99 {_ms(latencies, 99)}")
 
-            # 2a. Cold introspection: the first request with each fresh token.
-            whoami = f"{base}{V3}/account/whoami"
-            versions = f"{base}/_matrix/client/versions"
-            cold = [await _timed_get(http, whoami, {"Authorization": f"Bearer {t}"}) for t in tokens[:200]]
+        # 2a. Cold introspection: the first request with each fresh token.
+        whoami = f"{base}{V3}/account/whoami"
+        versions = f"{base}/_matrix/client/versions"
+        cold = [await _timed_get(http, whoami, {"Authorization": f"Bearer {t}"}) for t in tokens[:200]]
 
-            # 2b. Cached: alternate authenticated and unauthenticated requests, one at a time.
-            headers = {"Authorization": f"Bearer {tokens[0]}"}
-            for _ in range(200):
-                await _timed_get(http, whoami, headers)
-                await _timed_get(http, versions)
-            auth_times: list[float] = []
-            plain_times: list[float] = []
-            for _ in range(args.requests):
-                auth_times.append(await _timed_get(http, whoami, headers))
-                plain_times.append(await _timed_get(http, versions))
-            print(f"\nauthenticated-request overhead at the gateway ({args.requests} sequential requests each)")
-            print(f"  GET /versions (no auth)        median {_ms(plain_times, 50)}   p99 {_ms(plain_times, 99)}")
-            print(f"  GET /account/whoami (cached)   median {_ms(auth_times, 50)}   p99 {_ms(auth_times, 99)}")
-            overhead = statistics.median(auth_times) - statistics.median(plain_times)
-            print(f"  overhead of authentication     median {overhead * 1000:7.3f} ms")
-            print(f"  whoami, first use of a token   median {_ms(cold, 50)}   p99 {_ms(cold, 99)}"
-                  f"   (cache miss: one IntrospectToken RPC, {len(cold)} tokens)")
+        # 2b. Cached: alternate authenticated and unauthenticated requests, one at a time.
+        headers = {"Authorization": f"Bearer {tokens[0]}"}
+        for _ in range(200):
+            await _timed_get(http, whoami, headers)
+            await _timed_get(http, versions)
+        auth_times: list[float] = []
+        plain_times: list[float] = []
+        for _ in range(args.requests):
+            auth_times.append(await _timed_get(http, whoami, headers))
+            plain_times.append(await _timed_get(http, versions))
+        print(f"\nauthenticated-request overhead at the gateway ({args.requests} sequential requests each)")
+        print(f"  GET /versions (no auth)        median {_ms(plain_times, 50)}   p99 {_ms(plain_times, 99)}")
+        print(f"  GET /account/whoami (cached)   median {_ms(auth_times, 50)}   p99 {_ms(auth_times, 99)}")
+        overhead = statistics.median(auth_times) - statistics.median(plain_times)
+        print(f"  overhead of authentication     median {overhead * 1000:7.3f} ms")
+        print(f"  whoami, first use of a token   median {_ms(cold, 50)}   p99 {_ms(cold, 99)}"
+              f"   (cache miss: one IntrospectToken RPC, {len(cold)} tokens)")
 
-            # 2c. Concurrent throughput of both endpoints.
-            for label, url, hdrs in (("versions (no auth)", versions, None), ("whoami (cached)", whoami, headers)):
-                count = 0
-                stop_at = time.perf_counter() + args.seconds
+        # 2c. Concurrent throughput of both endpoints.
+        for label, url, hdrs in (("versions (no auth)", versions, None), ("whoami (cached)", whoami, headers)):
+            count = 0
+            stop_at = time.perf_counter() + args.seconds
 
-                async def hammer(u: str = url, h: dict[str, str] | None = hdrs, until: float = stop_at) -> None:
-                    nonlocal count
-                    while time.perf_counter() < until:
-                        await _timed_get(http, u, h)
-                        count += 1
+            async def hammer(u: str = url, h: dict[str, str] | None = hdrs, until: float = stop_at) -> None:
+                nonlocal count
+                while time.perf_counter() < until:
+                    await _timed_get(http, u, h)
+                    count += 1
 
-                await asyncio.gather(*(hammer() for _ in range(16)))
-                print(f"  {label:<28} {count / args.seconds:8.0f} req/s (16 concurrent, {args.seconds:.0f} s)")
-    finally:
-        await supervisor.stop_all()
-        log.close()
+            await asyncio.gather(*(hammer() for _ in range(16)))
+            print(f"  {label:<28} {count / args.seconds:8.0f} req/s (16 concurrent, {args.seconds:.0f} s)")
 
 
 def main() -> None:

@@ -30,7 +30,6 @@ import math
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -42,7 +41,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from plumbing.stack import StackConfig, StackPorts, stack_specs
+from plumbing.ports import free_port
+from plumbing.stack import StackConfig, running_stack
 from plumbing.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,28 +52,6 @@ SYNAPSE_REQUIREMENT = "matrix-synapse==1.163.*"
 PREFIX = "/_matrix/client/v3"
 SYNC_FILTER = orjson.dumps({"room": {"timeline": {"limit": 100}}}).decode()
 PASSWORD = "bench-password-1234"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def free_block(count: int) -> int:
-    for _ in range(200):
-        base = free_port()
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok and base + count < 65535:
-            return base
-    raise RuntimeError("no block of free ports")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -261,23 +239,10 @@ async def laiwang_stack() -> AsyncIterator[tuple[str, Supervisor]]:
     data_dir = BENCH_DIR / "laiwang-run"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    config = StackConfig(
-        data_dir=data_dir,
-        ports=StackPorts(gateway=free_port(), nats=free_port(), mongo=free_port(), grpc_base=free_block(5),
-                         metrics_base=free_block(5)),
-        server_name="bench.local", log_level="WARNING", external_mongo_uri=None, external_nats_url=None,
-    )
-    specs = stack_specs(config)
+    config = StackConfig.on_free_ports(data_dir, server_name="bench.local", log_level="WARNING")
     os.environ["BENCH_METRICS_BASE"] = str(config.ports.metrics_base)
-    for spec in specs:
-        spec.env.update(LAIWANG_ENV)
-    with open(data_dir / "stack.log", "w", buffering=1) as log:  # noqa: ASYNC230 - once per run
-        supervisor = Supervisor(specs, out=log)
-        await supervisor.start_all()
-        try:
-            yield config.gateway_url, supervisor
-        finally:
-            await supervisor.stop_all()
+    async with running_stack(config, LAIWANG_ENV) as stack:
+        yield config.gateway_url, stack.supervisor
 
 
 # -- Synapse -----------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ class StackConfig:
 
     @classmethod
     def on_free_ports(
-        cls, data_dir: Path, mongo_uri: str | None = None, server_name: str = "laiwang.test"
+        cls, data_dir: Path, mongo_uri: str | None = None, server_name: str = "laiwang.test", log_level: str = "INFO"
     ) -> StackConfig:
         """A stack on fresh loopback ports with its own embedded NATS (tests and benchmarks), on an
         existing Mongo-wire server if `mongo_uri` is given, else on its own embedded one."""
@@ -89,7 +89,7 @@ class StackConfig:
                 metrics_base=free_port_block(len(SERVICES)),
             ),
             server_name=server_name,
-            log_level="INFO",
+            log_level=log_level,
             external_mongo_uri=mongo_uri,
             external_nats_url=None,
         )
