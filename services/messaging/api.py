@@ -2,50 +2,22 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import orjson
 
 from laiwang.messaging.v1 import messaging_pb2 as pb
 from laiwang.messaging.v1 import messaging_pb2_grpc
+from plumbing.grpc_errors import maps_domain_errors
 from services.messaging.core import Messaging, MessagingError, parse_content
 
-ERRCODE_METADATA_KEY = "laiwang-errcode"
-_STATUS = {
-    "M_FORBIDDEN": grpc.StatusCode.PERMISSION_DENIED,
-    "M_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "M_BAD_JSON": grpc.StatusCode.INVALID_ARGUMENT,
-    "M_NOT_JSON": grpc.StatusCode.INVALID_ARGUMENT,
-    "M_TOO_LARGE": grpc.StatusCode.INVALID_ARGUMENT,
-    "M_INVALID_PARAM": grpc.StatusCode.INVALID_ARGUMENT,
-    "M_LIMIT_EXCEEDED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 _ACTIONS = {
     pb.MEMBERSHIP_ACTION_INVITE: "invite", pb.MEMBERSHIP_ACTION_JOIN: "join", pb.MEMBERSHIP_ACTION_LEAVE: "leave",
     pb.MEMBERSHIP_ACTION_KICK: "kick", pb.MEMBERSHIP_ACTION_BAN: "ban", pb.MEMBERSHIP_ACTION_UNBAN: "unban",
 }
 _MEMBERSHIPS = {pb.MEMBERSHIP_INVITE: "invite", pb.MEMBERSHIP_JOIN: "join", pb.MEMBERSHIP_LEAVE: "leave",
                 pb.MEMBERSHIP_BAN: "ban"}
-
-R = TypeVar("R")
-Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
-
-
-def _errors(method: Method[R]) -> Method[R]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
-            return await method(self, request, context)
-        except MessagingError as exc:
-            await context.abort(_STATUS.get(exc.errcode, grpc.StatusCode.UNKNOWN), exc.message,
-                                trailing_metadata=((ERRCODE_METADATA_KEY, exc.errcode),))
-            raise  # abort raises; this only satisfies the type checker
-
-    return wrapper
-
 
 def _requester(request: Any) -> tuple[str, str]:
     user_id = request.requester.user_id
@@ -61,13 +33,13 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
     def register(self, server: grpc.aio.Server) -> None:
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, server)
 
-    @_errors
+    @maps_domain_errors
     async def CreateRoom(self, request: pb.CreateRoomRequest, context: Any) -> pb.CreateRoomResponse:
         user_id, _ = _requester(request)
         room_id = await self._core.create_room(user_id, parse_content(request.body_json))
         return pb.CreateRoomResponse(room_id=room_id)
 
-    @_errors
+    @maps_domain_errors
     async def ChangeMembership(self, request: pb.ChangeMembershipRequest, context: Any) -> pb.ChangeMembershipResponse:
         user_id, _ = _requester(request)
         action = _ACTIONS.get(request.action)
@@ -77,45 +49,45 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
                                                       request.reason)
         return pb.ChangeMembershipResponse(event_id=event_id)
 
-    @_errors
+    @maps_domain_errors
     async def SendEvent(self, request: pb.SendEventRequest, context: Any) -> pb.SendEventResponse:
         user_id, device_id = _requester(request)
         event_id = await self._core.send_event(user_id, device_id, request.room_id, request.event_type,
                                                request.txn_id, request.content_json)
         return pb.SendEventResponse(event_id=event_id)
 
-    @_errors
+    @maps_domain_errors
     async def SetState(self, request: pb.SetStateRequest, context: Any) -> pb.SetStateResponse:
         user_id, _ = _requester(request)
         event_id = await self._core.set_state(user_id, request.room_id, request.event_type, request.state_key,
                                               request.content_json)
         return pb.SetStateResponse(event_id=event_id)
 
-    @_errors
+    @maps_domain_errors
     async def Redact(self, request: pb.RedactRequest, context: Any) -> pb.RedactResponse:
         user_id, device_id = _requester(request)
         event_id = await self._core.redact(user_id, device_id, request.room_id, request.event_id, request.txn_id,
                                            request.reason)
         return pb.RedactResponse(event_id=event_id)
 
-    @_errors
+    @maps_domain_errors
     async def GetState(self, request: pb.GetStateRequest, context: Any) -> pb.GetStateResponse:
         user_id, _ = _requester(request)
         body = await self._core.get_state(user_id, request.room_id, request.event_type, request.state_key,
                                           request.single)
         return pb.GetStateResponse(body_json=orjson.dumps(body))
 
-    @_errors
+    @maps_domain_errors
     async def GetMembers(self, request: pb.GetMembersRequest, context: Any) -> pb.GetMembersResponse:
         user_id, _ = _requester(request)
         return pb.GetMembersResponse(body_json=orjson.dumps(await self._core.get_members(user_id, request.room_id)))
 
-    @_errors
+    @maps_domain_errors
     async def JoinedRooms(self, request: pb.JoinedRoomsRequest, context: Any) -> pb.JoinedRoomsResponse:
         user_id, _ = _requester(request)
         return pb.JoinedRoomsResponse(room_ids=await self._core.joined_rooms(user_id))
 
-    @_errors
+    @maps_domain_errors
     async def Sync(self, request: pb.SyncRequest, context: Any) -> pb.SyncResponse:
         user_id, device_id = _requester(request)
         result = await self._core.sync(user_id, device_id, request.since, request.timeline_limit,
@@ -123,26 +95,26 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         return pb.SyncResponse(body_json=orjson.dumps(result.body), next_batch=result.next_batch,
                                has_changes=result.has_changes)
 
-    @_errors
+    @maps_domain_errors
     async def Messages(self, request: pb.MessagesRequest, context: Any) -> pb.MessagesResponse:
         user_id, device_id = _requester(request)
         body = await self._core.messages(user_id, device_id, request.room_id, getattr(request, "from"),
                                          request.to, request.dir, request.limit)
         return pb.MessagesResponse(body_json=orjson.dumps(body))
 
-    @_errors
+    @maps_domain_errors
     async def SendReceipt(self, request: pb.SendReceiptRequest, context: Any) -> pb.SendReceiptResponse:
         user_id, _ = _requester(request)
         await self._core.send_receipt(user_id, request.room_id, request.receipt_type, request.event_id)
         return pb.SendReceiptResponse()
 
-    @_errors
+    @maps_domain_errors
     async def SetTyping(self, request: pb.SetTypingRequest, context: Any) -> pb.SetTypingResponse:
         user_id, _ = _requester(request)
         await self._core.set_typing(user_id, request.room_id, request.typing, request.timeout_ms)
         return pb.SetTypingResponse()
 
-    @_errors
+    @maps_domain_errors
     async def ServiceCreateRoom(self, request: pb.ServiceCreateRoomRequest,
                                 context: Any) -> pb.ServiceCreateRoomResponse:
         if not request.service:
@@ -155,7 +127,7 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
                                                service=request.service)
         return pb.ServiceCreateRoomResponse(room_id=room_id)
 
-    @_errors
+    @maps_domain_errors
     async def ServiceSetMembership(self, request: pb.ServiceSetMembershipRequest,
                                    context: Any) -> pb.ServiceSetMembershipResponse:
         membership = _MEMBERSHIPS.get(request.membership)

@@ -34,6 +34,8 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from plumbing.domain_errors import DomainError, ErrorKind
+
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
@@ -67,13 +69,19 @@ PRESETS = ("private_chat", "trusted_private_chat", "public_chat")
 INVITE_POLICIES = ("friends", "anyone")
 
 
-class MessagingError(Exception):
-    """A refusal with its Matrix error code; the API layer maps it to a status code."""
+_KIND_OF_ERRCODE = {
+    "M_FORBIDDEN": ErrorKind.FORBIDDEN,
+    "M_NOT_FOUND": ErrorKind.NOT_FOUND,
+    "M_LIMIT_EXCEEDED": ErrorKind.RATE_LIMITED,
+}
+
+
+class MessagingError(DomainError):
+    """A refusal with its Matrix error code. Everything but the codes above is a 400, M_TOO_LARGE
+    included (oversized events are bad requests in the Matrix C-S API)."""
 
     def __init__(self, errcode: str, message: str) -> None:
-        super().__init__(message)
-        self.errcode = errcode
-        self.message = message
+        super().__init__(_KIND_OF_ERRCODE.get(errcode, ErrorKind.INVALID), errcode, message)
 
 
 def forbidden(message: str) -> MessagingError:
