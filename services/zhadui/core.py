@@ -225,6 +225,7 @@ class AudienceIndex:
         # One string per unarchived zhadui that sorts by (activity, id): feeds rank candidates with
         # C-level comparisons instead of building a tuple per candidate.
         self._rank: dict[str, str] = {}
+        self._zhadui_of_room: dict[str, str] = {}
 
     # --- keeping it current -------------------------------------------------------------
 
@@ -248,8 +249,12 @@ class AudienceIndex:
                     del self._blocks[user]
         return True
 
-    def apply_zhadui(self, zhadui_id: str, creator: str, activity_ms: int, status: Status) -> None:
+    def apply_zhadui(
+        self, zhadui_id: str, creator: str, activity_ms: int, status: Status, room_id: str = ""
+    ) -> None:
         zhadui_id, creator = sys.intern(zhadui_id), sys.intern(creator)
+        if room_id:
+            self._zhadui_of_room[room_id] = zhadui_id
         meta = self._meta.get(zhadui_id)
         if meta is None:
             if creator:  # a status change for a zhadui we have not heard of yet waits for its load
@@ -296,6 +301,13 @@ class AudienceIndex:
 
     def joined_by(self, user: str) -> set[str]:
         return self._joined.get(user, set())
+
+    def zhadui_of_room(self, room_id: str) -> str | None:
+        return self._zhadui_of_room.get(room_id)
+
+    def activity_of(self, zhadui_id: str) -> int | None:
+        meta = self._meta.get(zhadui_id)
+        return meta.activity_ms if meta else None
 
     def creator_of(self, zhadui_id: str) -> str | None:
         meta = self._meta.get(zhadui_id)
@@ -362,6 +374,7 @@ class ZhaduiStore(Protocol):
     async def join(self, zhadui_id: str, user: str, now_ms: int) -> bool: ...
     async def leave(self, zhadui_id: str, user: str, removed_by: str, now_ms: int) -> bool: ...
     async def set_status(self, zhadui_id: str, status: Status, now_ms: int) -> bool: ...
+    async def record_activity(self, zhadui_id: str, at_ms: int) -> None: ...
     async def views(self, user: str, zhadui_ids: Sequence[str]) -> dict[str, View]: ...
     async def mark_seen(self, user: str, zhadui_id: str, now_ms: int) -> None: ...
     async def set_muted(self, user: str, zhadui_id: str, muted: bool) -> None: ...
@@ -389,6 +402,8 @@ class ZhaduiCore:
     index: AudienceIndex
     new_id: Ids
     creations_per_hour: int = 20
+    # Activity in a discussion is recorded at most this often per zhadui (one write, not one per message).
+    activity_resolution_ms: int = 5_000
 
     # --- who may see and do what -------------------------------------------------------
 
@@ -429,7 +444,7 @@ class ZhaduiCore:
             created_ms=now_ms, last_activity_ms=now_ms, participant_count=1, room_id=room_id,
         )
         await self.store.create(zhadui)
-        self.index.apply_zhadui(zhadui.zhadui_id, creator, now_ms, Status.OPEN)
+        self.index.apply_zhadui(zhadui.zhadui_id, creator, now_ms, Status.OPEN, room_id)
         self.index.apply_membership(zhadui.zhadui_id, creator, True, now_ms)
         await self.store.mark_seen(creator, zhadui.zhadui_id, now_ms)
         return self._preview(creator, zhadui, View(), seen_now=True)
@@ -534,6 +549,15 @@ class ZhaduiCore:
         if zhadui is None or await self.store.participant_state(zhadui_id, user) == "joined":
             return  # joined again since
         await self.rooms.leave(zhadui.room_id, user, ban=removed)
+
+    async def on_discussion_message(self, room_id: str, sent_ms: int) -> None:
+        """A message in some room: if it is a zhadui's discussion, that zhadui is active."""
+        zhadui_id = self.index.zhadui_of_room(room_id)
+        last = self.index.activity_of(zhadui_id) if zhadui_id else None
+        if zhadui_id is None or last is None or sent_ms < last + self.activity_resolution_ms:
+            return
+        await self.store.record_activity(zhadui_id, sent_ms)
+        self.index.apply_zhadui(zhadui_id, "", sent_ms, Status.OPEN)  # status never moves back
 
     async def on_pair_changed(self, state: PairState, version: int, now_ms: int) -> None:
         """Record contacts' pair state durably; a new block takes the other user out of the creator's zhaduis."""

@@ -2,7 +2,8 @@
 
 Durable consumers (each event handled once across replicas, retried until it succeeds):
   - its own joined/left events: notices to friends, discussion-room membership kept in step;
-  - contacts' friend-graph events: the `pairs` projection, and blocks taking users out.
+  - contacts' friend-graph events: the `pairs` projection, and blocks taking users out;
+  - messaging's room events: a message in a discussion makes its zhadui active.
 
 Index followers (every replica, plain NATS subscriptions on the same subjects): keep this
 replica's in-memory AudienceIndex current. Applying is idempotent and newest-wins, so a replay
@@ -20,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from laiwang.events.v1 import contacts_events_pb2 as contacts_events
+from laiwang.events.v1 import messaging_events_pb2 as messaging_events
 from laiwang.events.v1 import zhadui_events_pb2 as zhadui_events
 from plumbing import streams
 from plumbing.jetstream import ConsumerSpec, Handler
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 
 OWN_EVENTS = ConsumerSpec(stream=streams.ZHADUI, durable="zhadui-own-events", filter_subject="laiwang.zhadui.>")
 FRIEND_GRAPH = ConsumerSpec(stream=streams.CONTACTS, durable="zhadui-friend-graph", filter_subject="laiwang.contacts.>")
+DISCUSSIONS = ConsumerSpec(stream=streams.MESSAGING, durable="zhadui-discussions",
+                           filter_subject="laiwang.messaging.room_event", batch=256)
+# Posts count as activity; membership, state and redactions do not.
+_ACTIVITY_TYPES = frozenset({"m.room.message", "m.room.encrypted", "m.sticker"})
 
 _PAIR_EVENTS = {
     "laiwang.contacts.friendship_created": contacts_events.FriendshipCreated,
@@ -69,6 +75,15 @@ def friend_graph_handler(core: ZhaduiCore) -> Handler:
     return handle
 
 
+def discussion_handler(core: ZhaduiCore) -> Handler:
+    async def handle(msg: Msg) -> None:
+        event = messaging_events.RoomEventPersisted.FromString(msg.data)
+        if event.type in _ACTIVITY_TYPES and not event.HasField("state_key"):
+            await core.on_discussion_message(event.room_id, event.origin_server_ts)
+
+    return handle
+
+
 def apply_to_index(index: AudienceIndex, msg: Msg) -> None:
     """Apply one zhadui or contacts event to an index (idempotent)."""
     if msg.subject.startswith("laiwang.contacts."):
@@ -78,13 +93,17 @@ def apply_to_index(index: AudienceIndex, msg: Msg) -> None:
     kind = msg.subject.rsplit(".", 1)[-1]
     if kind == "created":
         created = zhadui_events.ZhaduiCreated.FromString(msg.data)
-        index.apply_zhadui(created.zhadui_id, created.creator_user_id, created.created_at_ms, Status.OPEN)
+        index.apply_zhadui(created.zhadui_id, created.creator_user_id, created.created_at_ms, Status.OPEN,
+                           created.room_id)
     elif kind == "joined":
         joined = zhadui_events.ZhaduiJoined.FromString(msg.data)
         index.apply_membership(joined.zhadui_id, joined.user_id, True, joined.joined_at_ms)
     elif kind == "left":
         left = zhadui_events.ZhaduiLeft.FromString(msg.data)
         index.apply_membership(left.zhadui_id, left.user_id, False, left.left_at_ms)
+    elif kind == "active":
+        active = zhadui_events.ZhaduiActive.FromString(msg.data)
+        index.apply_zhadui(active.zhadui_id, "", active.at_ms, Status.OPEN)  # status never moves back
     elif kind == "closed":
         index.apply_zhadui(zhadui_events.ZhaduiClosed.FromString(msg.data).zhadui_id, "", 0, Status.CLOSED)
     elif kind == "archived":

@@ -16,9 +16,11 @@ from services.zhadui.api import ZhaduiApi
 from services.zhadui.clients import MessagingRooms
 from services.zhadui.core import AudienceIndex, ZhaduiCore
 from services.zhadui.events import (
+    DISCUSSIONS,
     FRIEND_GRAPH,
     OWN_EVENTS,
     IndexFollower,
+    discussion_handler,
     friend_graph_handler,
     own_event_handler,
 )
@@ -32,11 +34,13 @@ async def build(runtime: Runtime) -> ServiceParts:
     archive_after = env.float("ZHADUI_ARCHIVE_AFTER_SECONDS", 7 * 24 * 3600.0, minimum=1.0)
     archive_every = env.float("ZHADUI_ARCHIVE_SWEEP_SECONDS", 60.0, minimum=0.1)
     per_hour = env.int("ZHADUI_CREATIONS_PER_HOUR", 20, minimum=1)
+    activity_resolution = env.float("ZHADUI_ACTIVITY_RESOLUTION_SECONDS", 5.0, minimum=0.0)
     messaging = env.address("MESSAGING_ADDR", "127.0.0.1:50053")
 
     store = MongoZhaduiStore(runtime.db, runtime.outbox)
     core = ZhaduiCore(store=store, rooms=MessagingRooms(open_channel(messaging)), index=AudienceIndex(),
-                      new_id=sortable_id, creations_per_hour=per_hour)
+                      new_id=sortable_id, creations_per_hour=per_hour,
+                      activity_resolution_ms=int(activity_resolution * 1000))
     await IndexFollower(core, store, runtime.nats).start()
 
     async def archive_forever() -> None:
@@ -55,7 +59,11 @@ async def build(runtime: Runtime) -> ServiceParts:
         registrations=[ZhaduiApi(core).register],
         indexes=store.indexes(),
         produces=[streams.ZHADUI],
-        consumers=[(OWN_EVENTS, own_event_handler(core)), (FRIEND_GRAPH, friend_graph_handler(core))],
+        consumers=[
+            (OWN_EVENTS, own_event_handler(core)),
+            (FRIEND_GRAPH, friend_graph_handler(core)),
+            (DISCUSSIONS, discussion_handler(core)),
+        ],
         background=[archive_forever],
     )
 

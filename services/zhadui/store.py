@@ -31,6 +31,7 @@ SUBJECT_JOINED = "laiwang.zhadui.joined"
 SUBJECT_LEFT = "laiwang.zhadui.left"
 SUBJECT_CLOSED = "laiwang.zhadui.closed"
 SUBJECT_ARCHIVED = "laiwang.zhadui.archived"
+SUBJECT_ACTIVE = "laiwang.zhadui.active"
 MAX_NOTICES_KEPT = 200
 
 
@@ -114,7 +115,7 @@ class MongoZhaduiStore:
             )
             await self._emit(session, SUBJECT_CREATED, events.ZhaduiCreated(
                 zhadui_id=zhadui.zhadui_id, creator_user_id=zhadui.creator, title=zhadui.title,
-                created_at_ms=zhadui.created_ms))
+                created_at_ms=zhadui.created_ms, room_id=zhadui.room_id))
             await self._emit(session, SUBJECT_JOINED, events.ZhaduiJoined(
                 zhadui_id=zhadui.zhadui_id, user_id=zhadui.creator, joined_at_ms=zhadui.created_ms))
 
@@ -203,6 +204,18 @@ class MongoZhaduiStore:
         self._outbox.kick()
         return changed
 
+    async def record_activity(self, zhadui_id: str, at_ms: int) -> None:
+        async def write(session: AsyncClientSession) -> None:
+            result = await self._zhaduis.update_one(
+                {"_id": zhadui_id, "last_activity_ms": {"$lt": at_ms}}, {"$set": {"last_activity_ms": at_ms}},
+                session=session,
+            )
+            if result.modified_count == 1:
+                await self._emit(session, SUBJECT_ACTIVE, events.ZhaduiActive(zhadui_id=zhadui_id, at_ms=at_ms))
+
+        await in_transaction(self._client, write)
+        self._outbox.kick()
+
     async def views(self, user: str, zhadui_ids: Sequence[str]) -> dict[str, View]:
         if not zhadui_ids:
             return {}
@@ -257,8 +270,9 @@ class MongoZhaduiStore:
         async for doc in self._pairs.find({}):
             index.apply_pair(PairState(doc["a"], doc["b"], doc["friends"], doc["a_blocks_b"], doc["b_blocks_a"]),
                              doc["version"])
-        projection = {"creator": 1, "last_activity_ms": 1, "status": 1}
+        projection = {"creator": 1, "last_activity_ms": 1, "status": 1, "room_id": 1}
         async for doc in self._zhaduis.find({}, projection):
-            index.apply_zhadui(doc["_id"], doc["creator"], doc["last_activity_ms"], Status(doc["status"]))
+            index.apply_zhadui(doc["_id"], doc["creator"], doc["last_activity_ms"], Status(doc["status"]),
+                               doc.get("room_id", ""))
         async for doc in self._participants.find({}, {"zid": 1, "user": 1, "state": 1, "changed_ms": 1}):
             index.apply_membership(doc["zid"], doc["user"], doc["state"] == "joined", doc.get("changed_ms", 0))

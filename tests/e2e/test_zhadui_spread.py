@@ -4,6 +4,7 @@ one friendship at a time, and the discussion as a Matrix room only participants 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -154,3 +155,24 @@ async def test_creation_floods_are_limited(people) -> None:
             assert body["errcode"] == "M_LIMIT_EXCEEDED" and body["retry_after_ms"] > 0
             break
     assert statuses.count(200) == 20 and statuses[-1] == 429
+
+
+async def test_talk_in_the_discussion_counts_as_activity(people) -> None:
+    api, p = people
+    talk = (await api.ok("POST", Z, p["A"], {"title": "Where to hike?"}))["zhadui_id"]
+    await asyncio.sleep(5.5)  # past the activity resolution (5 s) since it was created
+    quiet = (await api.ok("POST", Z, p["A"], {"title": "Nobody talks here"}))["zhadui_id"]
+    for zhadui_id in (talk, quiet):
+        await sees_eventually(api, p["B"], zhadui_id, True)
+        await api.ok("GET", f"{Z}/{zhadui_id}?mark_seen=true", p["B"])
+    room = (await api.ok("GET", f"{Z}/{talk}/discussion", p["A"]))["room_id"]
+    await api.ok("PUT", f"{V3}/rooms/{room}/send/m.room.message/hike1", p["A"],
+                 {"msgtype": "m.text", "body": "Xiangshan on Saturday?"})
+
+    async def talk_on_top_and_unread() -> bool:
+        feed = await api.ok("GET", f"{Z}/feed?limit=100", p["B"])
+        order = [item["zhadui_id"] for item in feed["items"] if item["zhadui_id"] in (talk, quiet)]
+        unread = {item["zhadui_id"]: item["unread"] for item in feed["items"]}
+        return order == [talk, quiet] and unread[talk] and not unread[quiet]
+
+    await eventually(talk_on_top_and_unread)

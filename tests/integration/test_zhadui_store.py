@@ -39,7 +39,7 @@ def zhadui(zid: str = "z1", creator: str = "@a:t", at: int = 1000) -> Zhadui:
 
 async def outbox_events(db) -> list[tuple[str, Message]]:
     kinds = {"created": events.ZhaduiCreated, "joined": events.ZhaduiJoined, "left": events.ZhaduiLeft,
-             "closed": events.ZhaduiClosed, "archived": events.ZhaduiArchived}
+             "closed": events.ZhaduiClosed, "archived": events.ZhaduiArchived, "active": events.ZhaduiActive}
     found = []
     async for doc in db.outbox.find({}, sort=[("_id", 1)]):
         kind = doc["subject"].rsplit(".", 1)[-1]
@@ -124,3 +124,19 @@ async def test_views_and_notices(store) -> None:
     notices = await store.notices("@b:t", 10)
     assert [(n.zhadui_id, n.actor) for n in notices] == [("z1", "@a:t")]
     assert await store.notices("@a:t", 10) == []  # nobody is told about their own join
+
+
+async def test_discussion_activity_only_moves_forward_and_is_announced_once(store) -> None:
+    store, db = store
+    await store.create(zhadui("z1", "@a:t", 1000))
+    await store.record_activity("z1", 5000)
+    await store.record_activity("z1", 4000)  # an older message arriving late changes nothing
+    assert (await store.get("z1")).last_activity_ms == 5000
+    active = [event for kind, event in await outbox_events(db) if kind == "active"]
+    assert [(e.zhadui_id, e.at_ms) for e in active] == [("z1", 5000)]
+    assert (await outbox_events(db))[0][1].room_id == "!room:t"
+
+    index = AudienceIndex()
+    await store.load_index(index)
+    assert index.zhadui_of_room("!room:t") == "z1"
+    assert index.activity_of("z1") == 5000

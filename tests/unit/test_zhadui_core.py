@@ -36,6 +36,7 @@ class FakeStore:
         self.notice_list: list[tuple[str, Notice]] = []
         self.pair_versions: dict[tuple[str, str], int] = {}
         self.events: list[tuple[str, str, str]] = []
+        self.activity_writes = 0
 
     async def recent_creations_ms(self, creator: str, since_ms: int) -> list[int]:
         return [z.created_ms for z in self.zhaduis.values() if z.creator == creator and z.created_ms > since_ms]
@@ -80,6 +81,11 @@ class FakeStore:
             return False
         zhadui.status = status
         return True
+
+    async def record_activity(self, zhadui_id: str, at_ms: int) -> None:
+        zhadui = self.zhaduis[zhadui_id]
+        zhadui.last_activity_ms = max(zhadui.last_activity_ms, at_ms)
+        self.activity_writes += 1
 
     async def views(self, user: str, zhadui_ids: Sequence[str]) -> dict[str, View]:
         return {z: self.view[(user, z)] for z in zhadui_ids if (user, z) in self.view}
@@ -397,3 +403,20 @@ def test_index_feed_excludes_archived_and_blocked() -> None:
     index.apply_pair(PairState("B", "C", friends=True, a_blocks_b=True), 2)
     assert index.feed("B", None, 10) == [(10, "z1")]
     assert index.feed("B", (10, "z1"), 10) == []
+
+
+async def test_talk_in_the_discussion_brings_a_zhadui_back_up_and_marks_it_unread(chain: World) -> None:
+    older = await chain.create("A", "older topic")
+    newer = await chain.create("A", "newer topic")
+    await chain.core.preview("B", older, True, chain.tick())  # B has seen both
+    await chain.core.preview("B", newer, True, chain.tick())
+    room = chain.store.zhaduis[older].room_id
+
+    await chain.core.on_discussion_message(room, chain.tick() + 10_000)
+    items, _ = await chain.core.feed("B", "", 10)
+    assert [(i.zhadui.zhadui_id, i.unread) for i in items] == [(older, True), (newer, False)]
+
+    writes = chain.store.activity_writes
+    await chain.core.on_discussion_message(room, chain.clock + 10_001)  # within the resolution
+    await chain.core.on_discussion_message("!not-a-discussion:test", chain.clock + 60_000)
+    assert chain.store.activity_writes == writes == 1

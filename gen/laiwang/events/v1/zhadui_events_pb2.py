@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%laiwang/events/v1/zhadui_events.proto\x12\x11laiwang.events.v1\"a\n\rZhaduiCreated\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63reator_user_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x04 \x01(\x03\"H\n\x0cZhaduiJoined\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0cjoined_at_ms\x18\x03 \x01(\x03\"X\n\nZhaduiLeft\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nremoved_by\x18\x03 \x01(\t\x12\x12\n\nleft_at_ms\x18\x04 \x01(\x03\"7\n\x0cZhaduiClosed\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63losed_at_ms\x18\x02 \x01(\x03\";\n\x0eZhaduiArchived\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rchived_at_ms\x18\x02 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%laiwang/events/v1/zhadui_events.proto\x12\x11laiwang.events.v1\"r\n\rZhaduiCreated\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63reator_user_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07room_id\x18\x05 \x01(\t\"H\n\x0cZhaduiJoined\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0cjoined_at_ms\x18\x03 \x01(\x03\"X\n\nZhaduiLeft\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nremoved_by\x18\x03 \x01(\t\x12\x12\n\nleft_at_ms\x18\x04 \x01(\x03\"7\n\x0cZhaduiClosed\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63losed_at_ms\x18\x02 \x01(\x03\";\n\x0eZhaduiArchived\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rchived_at_ms\x18\x02 \x01(\x03\"0\n\x0cZhaduiActive\x12\x11\n\tzhadui_id\x18\x01 \x01(\t\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'laiwang.events.v1.zhadui_ev
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ZHADUICREATED']._serialized_start=60
-  _globals['_ZHADUICREATED']._serialized_end=157
-  _globals['_ZHADUIJOINED']._serialized_start=159
-  _globals['_ZHADUIJOINED']._serialized_end=231
-  _globals['_ZHADUILEFT']._serialized_start=233
-  _globals['_ZHADUILEFT']._serialized_end=321
-  _globals['_ZHADUICLOSED']._serialized_start=323
-  _globals['_ZHADUICLOSED']._serialized_end=378
-  _globals['_ZHADUIARCHIVED']._serialized_start=380
-  _globals['_ZHADUIARCHIVED']._serialized_end=439
+  _globals['_ZHADUICREATED']._serialized_end=174
+  _globals['_ZHADUIJOINED']._serialized_start=176
+  _globals['_ZHADUIJOINED']._serialized_end=248
+  _globals['_ZHADUILEFT']._serialized_start=250
+  _globals['_ZHADUILEFT']._serialized_end=338
+  _globals['_ZHADUICLOSED']._serialized_start=340
+  _globals['_ZHADUICLOSED']._serialized_end=395
+  _globals['_ZHADUIARCHIVED']._serialized_start=397
+  _globals['_ZHADUIARCHIVED']._serialized_end=456
+  _globals['_ZHADUIACTIVE']._serialized_start=458
+  _globals['_ZHADUIACTIVE']._serialized_end=506
 # @@protoc_insertion_point(module_scope)

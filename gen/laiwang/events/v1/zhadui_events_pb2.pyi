@@ -29,10 +29,13 @@ class ZhaduiCreated(_message.Message):
     CREATOR_USER_ID_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
     zhadui_id: _builtins.str
     creator_user_id: _builtins.str
     title: _builtins.str
     created_at_ms: _builtins.int
+    room_id: _builtins.str
+    """The discussion's Matrix room."""
     def __init__(
         self,
         *,
@@ -40,10 +43,11 @@ class ZhaduiCreated(_message.Message):
         creator_user_id: _builtins.str = ...,
         title: _builtins.str = ...,
         created_at_ms: _builtins.int = ...,
+        room_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "creator_user_id", b"creator_user_id", "title", b"title", "zhadui_id", b"zhadui_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "creator_user_id", b"creator_user_id", "room_id", b"room_id", "title", b"title", "zhadui_id", b"zhadui_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,3 +157,29 @@ class ZhaduiArchived(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ZhaduiArchived: _TypeAlias = ZhaduiArchived  # noqa: Y015
+
+@_typing.final
+class ZhaduiActive(_message.Message):
+    """Subject: laiwang.zhadui.active. Someone posted in the discussion; recorded at most once per
+    few seconds per zhadui, so feeds can rank by activity without a write per message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ZHADUI_ID_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    zhadui_id: _builtins.str
+    at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        zhadui_id: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "zhadui_id", b"zhadui_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ZhaduiActive: _TypeAlias = ZhaduiActive  # noqa: Y015
