@@ -43,7 +43,7 @@ import orjson
 
 from plumbing.ports import free_port
 from plumbing.stack import StackConfig, running_stack
-from plumbing.supervisor import Supervisor
+from plumbing.supervisor import Supervisor, stop_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
@@ -343,12 +343,7 @@ async def synapse_server() -> AsyncIterator[tuple[str, str]]:
                 raise RuntimeError("synapse did not start within 60 s")
         yield url, synapse_version(python).split()[0]
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_subprocess(process, timeout=15)
         log.close()
 
 

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -40,6 +41,16 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: its own process group, and SIGTERM if the supervisor dies."""
     os.setsid()
     terminate_with_parent()
+
+
+def stop_subprocess(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a synchronously started process, then SIGKILL if it has not stopped within `timeout`."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from plumbing.ports import free_port, free_port_block
 from plumbing.stack import StackConfig
+from plumbing.supervisor import stop_subprocess as stop_process
 
 __all__ = ["eventually", "free_port", "free_port_block", "stack_config", "stop_process"]
 
@@ -26,13 +26,3 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not stopped within `timeout`."""
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
