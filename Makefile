@@ -7,13 +7,12 @@ PY      := $(VENV)/bin/python
 BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install proto check-proto lint format bench bench-contacts bench-chat bench-auth bench-zhadui clean-data help
+.PHONY: help run demo test install proto check-proto lint format bench bench-contacts bench-chat bench-auth \
+	bench-zhadui clean-data
 
-help:
-	@echo "make run     - the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client"
-	@echo "make test    - lint, contract checks and every test (unit, integration, e2e)"
-	@echo "make proto   - regenerate Python code from protos/"
-	@echo "make bench   - benchmarks (see bench/README.md)"
+# `make help` prints every target that has a `## ` description (a test checks that all of them do).
+help: ## this list
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,51 +27,55 @@ $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed $(BUF)
+install: $(VENV)/.installed $(BUF) ## .venv (pinned packages) and node_modules (buf); the other targets do it when needed
 
-proto: install
+proto: install ## regenerate gen/ from protos/
 	$(PY) scripts/gen_protos.py
 
 # Generated code must match protos/, lint must pass, and nothing may break main's contract.
-check-proto: install
+check-proto: install ## generated code current, buf lint, buf breaking against main
 	$(PY) scripts/gen_protos.py --check
 	cd protos && ../$(BUF) lint
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:protos/buf.yaml 2>/dev/null; then \
 		$(BUF) breaking protos --against '.git#branch=main,subdir=protos' && echo "buf breaking: no breaking changes against main"; \
 	else echo "buf breaking: main has no protos yet; nothing to compare"; fi
 
-lint: install
+lint: install ## ruff
 	$(VENV)/bin/ruff check .
 
-format: install
+format: install ## ruff --fix and ruff format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: check-proto lint
+test: check-proto lint ## lint, contract checks and every test (unit, integration, e2e)
 	$(PY) -m pytest
 
-run: proto
+run: proto ## the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client
 	$(VENV)/bin/laiwang run
 
-bench: install
+# Against the stack `make run` started (same GATEWAY_PORT and LAIWANG_DATA_DIR); safe to repeat.
+demo: install ## demo users (friends, a chat, a zhadui) on the running stack; prints their passwords
+	$(VENV)/bin/laiwang demo
+
+bench: install ## list the benchmarks (bench/README.md)
 	$(PY) -m bench
 
 # 2,000-number address book against 1,000,000 registered numbers (seeded data cached in var/bench-contacts).
-bench-contacts: install
+bench-contacts: install ## address-book matching against 1,000,000 numbers
 	$(PY) -m bench.contacts_bench
 
 # Same chat workload against Laiwang and Synapse (pip-installed into var/bench/synapse-venv), then
 # 5,000 idle /sync long-polls on one gateway.
-bench-chat: install
+bench-chat: install ## chat throughput and latency, Laiwang vs Synapse; 5,000 idle long-polls
 	$(PY) -m bench.chat_bench
 
 # Feed latency with 10,000 users and 100,000 zhaduis; fan-out to a user's 500 friends.
-bench-zhadui: install
+bench-zhadui: install ## zhadui feeds with 10,000 users and 100,000 zhaduis
 	$(PY) -m bench.zhadui_bench
 
 # Login throughput (argon2id) and the authenticated-request overhead at the gateway (cached introspection).
-bench-auth: install
+bench-auth: install ## login throughput and the authenticated-request overhead
 	$(PY) -m bench.auth_bench
 
-clean-data:
+clean-data: ## delete var/ (the data of make run and the benchmarks' caches)
 	rm -rf var

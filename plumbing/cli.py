@@ -2,6 +2,7 @@
 
   laiwang run              the whole stack (what `make run` calls)
   laiwang serve SERVICE    one process: auth, contacts, messaging, zhadui, open_platform or gateway
+  laiwang demo             demo people, a friendship, a chat and a zhadui on a running stack (plumbing/demo.py)
 """
 
 from __future__ import annotations
@@ -60,7 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("run", help="run the whole stack (embedded NATS and Mongo unless NATS_URL / MONGO_URI are set)")
     serve = sub.add_parser("serve", help="run one process")
     serve.add_argument("process", choices=[*SERVICES, "gateway"])
-    args = parser.parse_args(argv)
+    sub.add_parser("demo", help="demo users, friends, a chat and a zhadui on a running stack", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from plumbing.demo import main as demo
+
+        demo(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         module = "gateway.main" if args.process == "gateway" else f"services.{args.process}.main"
         importlib.import_module(module).main()
