@@ -19,6 +19,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.sync",
     "gateway.routes.zhadui",
     "gateway.routes.contacts",
+    "gateway.routes.root",
 )
 
 
