@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from nats.aio.client import Client as NatsClient
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -59,6 +61,40 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# Set on a request whose body was refused unread: the connection closes after the answer.
+CLOSE_AFTER_RESPONSE = "laiwang.close_after_response"
+
+
+async def read_body(request: web.Request, config: GatewayConfig) -> None:
+    """Read the whole body before the handler runs, within the size limit and the body deadline.
+
+    A declared Content-Length over the limit is refused at once, before a byte is read (otherwise
+    the read would wait for bytes that never come). The body is cached on the request, so handlers'
+    own `request.read()` calls return at once. Either refusal closes the connection: the rest of
+    the body is never read.
+    """
+    declared = request.content_length
+    if declared is not None and declared > config.max_body_bytes:
+        request[CLOSE_AFTER_RESPONSE] = True
+        raise MatrixError(413, "M_TOO_LARGE", f"request body is larger than {config.max_body_bytes} bytes")
+    if not request.body_exists:
+        return
+    try:
+        async with asyncio.timeout(config.body_timeout_seconds):
+            await request.read()
+    except TimeoutError:
+        request[CLOSE_AFTER_RESPONSE] = True
+        raise MatrixError(408, "M_UNKNOWN", f"request body not received within {config.body_timeout_seconds:g} s") \
+            from None
+    except HttpProcessingError as exc:  # bad chunked encoding, body shorter than declared, ...
+        request[CLOSE_AFTER_RESPONSE] = True
+        raise MatrixError(400, "M_NOT_JSON", f"malformed request body: {exc.message}"[:300]) from None
+
+
+def _allow_header(exc: web.HTTPMethodNotAllowed) -> dict[str, str]:
+    return {"Allow": ", ".join(sorted(exc.allowed_methods))}
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, CORS, Matrix-shaped errors and metrics, for every request."""
@@ -70,6 +106,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "OPTIONS":
             response: web.StreamResponse = web.Response(status=204)
         else:
+            await read_body(request, request.app[DEPS_KEY].config)
             response = await handler(request)
     except MatrixError as exc:
         response = exc.to_response()
@@ -77,14 +114,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = MatrixError(413, "M_TOO_LARGE", "request body is too large").to_response()
     except web.HTTPNotFound:
         response = MatrixError(404, "M_UNRECOGNIZED", "unrecognized request").to_response()
-    except web.HTTPMethodNotAllowed:
-        response = MatrixError(405, "M_UNRECOGNIZED", "method not allowed on this endpoint").to_response()
+    except web.HTTPMethodNotAllowed as exc:
+        response = MatrixError(405, "M_UNRECOGNIZED", f"{request.method} is not allowed on this endpoint").to_response()
+        response.headers.update(_allow_header(exc))
+    except ConnectionError:
+        raise  # the client went away: nobody to answer, and not our error (aiohttp drops the connection)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, route)
         response = MatrixError(500, "M_UNKNOWN", "internal server error").to_response()
     finally:
         request_id_var.reset(token)
     if not response.prepared:
+        if request.get(CLOSE_AFTER_RESPONSE):
+            response.force_close()
         response.headers.update(CORS_HEADERS)
         response.headers["X-Request-Id"] = request_id
     HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()

@@ -22,6 +22,11 @@ class GatewayConfig:
     max_body_bytes: int
     listen_backlog: int
     shutdown_grace_seconds: float
+    # Slow clients (slowloris): a request's headers must arrive within header_timeout of its first
+    # byte (or of the connection opening), and its body within body_timeout of the headers.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keepalive_seconds: float = 75.0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewayConfig:
@@ -43,4 +48,7 @@ class GatewayConfig:
             # Mobile clients reconnect in herds after a network blip; 128 (aiohttp's default) overflows.
             listen_backlog=env.int("GATEWAY_LISTEN_BACKLOG", 2048, minimum=16),
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 10.0),
+            header_timeout_seconds=env.float("GATEWAY_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            body_timeout_seconds=env.float("GATEWAY_BODY_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            keepalive_seconds=env.float("GATEWAY_KEEPALIVE_SECONDS", 75.0, minimum=1.0),
         )

@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.app import GatewayDeps, create_app
 from gateway.config import GatewayConfig
 from gateway.downstream import Downstream
+from gateway.protocol import GatewayRunner
 from gateway.routes import route_modules
 from plumbing.errors import StartupError
 from plumbing.jetstream import connect_nats
@@ -33,7 +34,8 @@ async def serve(config: GatewayConfig) -> None:
     for module in modules:
         if hasattr(module, "startup"):
             await module.startup(deps)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = GatewayRunner(app, header_timeout=config.header_timeout_seconds, access_log=None,
+                           handle_signals=False, keepalive_timeout=config.keepalive_seconds)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=False, backlog=config.listen_backlog)
     try:

@@ -56,7 +56,11 @@ def token_key(access_token: str) -> str:
 
 
 def access_token_of(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:
+        # Proxies and servers disagree on which of two wins; picking one would let a request be read two ways.
+        raise MatrixError(400, "M_INVALID_PARAM", "send one Authorization header, not several")
+    header = headers[0] if headers else None
     if header is not None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():

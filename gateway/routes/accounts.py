@@ -19,7 +19,8 @@ import grpc
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.matrix import MatrixError, json_response, read_json_object
+from gateway.fields import body_bool, body_object, body_str, path_user_id, query_str, read_json_object
+from gateway.matrix import MatrixError, json_response
 from gateway.ratelimit import RateLimiter
 from gateway.rpc import matrix_error_from
 from gateway.session import (
@@ -114,33 +115,6 @@ def limit_address(request: web.Request, cost: float = 1.0) -> None:
     limiter.check(f"addr:{client_address(request)}", cost)
 
 
-def opt_str(body: dict[str, Any], name: str, *, max_len: int = 4096) -> str:
-    value = body.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise MatrixError(400, "M_BAD_JSON", f"'{name}' must be a string")
-    if len(value) > max_len:
-        raise MatrixError(400, "M_BAD_JSON", f"'{name}' is too long")
-    return value
-
-
-def opt_bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise MatrixError(400, "M_BAD_JSON", f"'{name}' must be a boolean")
-    return value
-
-
-def opt_dict(body: dict[str, Any], name: str) -> dict[str, Any] | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise MatrixError(400, "M_BAD_JSON", f"'{name}' must be an object")
-    return value
-
-
 def session_body(deps: GatewayDeps, session: pb.Session) -> dict[str, Any]:
     body: dict[str, Any] = {
         "user_id": session.user_id,
@@ -165,7 +139,7 @@ def uia_challenge(stage: str, errcode: str | None = None, error: str | None = No
 
 def uia_password(body: dict[str, Any]) -> str | None:
     """The password of an m.login.password UIA `auth` dict, or None when the client must be challenged."""
-    auth = opt_dict(body, "auth")
+    auth = body_object(body, "auth")
     if auth is None or auth.get("type") != "m.login.password":
         return None
     password = auth.get("password")
@@ -195,9 +169,9 @@ async def register(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     if request.query.get("kind", "user") != "user":
         raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "guest accounts are not available")
-    username = opt_str(body, "username", max_len=255)
-    password = opt_str(body, "password")
-    auth = opt_dict(body, "auth")
+    username = body_str(body, "username", max_len=255)
+    password = body_str(body, "password")
+    auth = body_object(body, "auth")
     if auth is None:
         return uia_challenge("m.login.dummy")
     if auth.get("type") != "m.login.dummy":
@@ -209,10 +183,10 @@ async def register(request: web.Request) -> web.Response:
             pb.RegisterRequest(
                 username=username,
                 password=password,
-                device_id=opt_str(body, "device_id", max_len=255),
-                initial_device_display_name=opt_str(body, "initial_device_display_name", max_len=200),
-                inhibit_login=opt_bool(body, "inhibit_login"),
-                refresh_token=opt_bool(body, "refresh_token"),
+                device_id=body_str(body, "device_id", max_len=255),
+                initial_device_display_name=body_str(body, "initial_device_display_name", max_len=200),
+                inhibit_login=body_bool(body, "inhibit_login", False),
+                refresh_token=body_bool(body, "refresh_token", False),
                 client_address=client_address(request),
             )
         )
@@ -224,7 +198,7 @@ async def register(request: web.Request) -> web.Response:
 async def register_available(request: web.Request) -> web.Response:
     deps = request.app[DEPS_KEY]
     limit_address(request, cost=0.2)
-    username = request.query.get("username", "")
+    username = query_str(request, "username", max_len=255)
     if not username:
         raise MatrixError(400, "M_MISSING_PARAM", "username is required")
     async with rpc_errors():
@@ -248,7 +222,7 @@ async def login_flows(request: web.Request) -> web.Response:
 
 
 def _identifier(body: dict[str, Any]) -> dict[str, Any]:
-    identifier = opt_dict(body, "identifier")
+    identifier = body_object(body, "identifier")
     if identifier is not None:
         return identifier
     # Deprecated top-level forms some older clients still send.
@@ -265,13 +239,13 @@ async def login(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     login_type = body.get("type")
     common = {
-        "device_id": opt_str(body, "device_id", max_len=255),
-        "initial_device_display_name": opt_str(body, "initial_device_display_name", max_len=200),
-        "refresh_token": opt_bool(body, "refresh_token"),
+        "device_id": body_str(body, "device_id", max_len=255),
+        "initial_device_display_name": body_str(body, "initial_device_display_name", max_len=200),
+        "refresh_token": body_bool(body, "refresh_token", False),
         "client_address": client_address(request),
     }
     if login_type == "m.login.password":
-        password = opt_str(body, "password")
+        password = body_str(body, "password")
         if not password:
             raise MatrixError(400, "M_MISSING_PARAM", "password is required")
         identifier = _identifier(body)
@@ -297,7 +271,7 @@ async def login(request: web.Request) -> web.Response:
             raise MatrixError(400, "M_UNRECOGNIZED", "identifier.type must be m.id.user, m.id.phone or "
                                                      "m.id.thirdparty")
     elif login_type == "m.login.token":
-        token = opt_str(body, "token", max_len=512)
+        token = body_str(body, "token", max_len=512)
         if not token:
             raise MatrixError(400, "M_MISSING_PARAM", "token is required")
         rpc = pb.LoginRequest(login_token=token, **common)
@@ -312,7 +286,7 @@ async def refresh(request: web.Request) -> web.Response:
     deps = request.app[DEPS_KEY]
     limit_address(request)
     body = await read_json_object(request)
-    token = opt_str(body, "refresh_token", max_len=512)
+    token = body_str(body, "refresh_token", max_len=512)
     if not token:
         raise MatrixError(400, "M_MISSING_PARAM", "refresh_token is required")
     async with rpc_errors():
@@ -365,10 +339,10 @@ async def change_password(request: web.Request) -> web.Response:
     requester = await authenticate(request)
     limit_address(request)
     body = await read_json_object(request)
-    new_password = opt_str(body, "new_password")
+    new_password = body_str(body, "new_password")
     if not new_password:
         raise MatrixError(400, "M_MISSING_PARAM", "new_password is required")
-    logout_devices = opt_bool(body, "logout_devices", default=True)
+    logout_devices = body_bool(body, "logout_devices", True)
     password = uia_password(body)
     if password is None:
         return uia_challenge("m.login.password")
@@ -442,7 +416,7 @@ async def update_device(request: web.Request) -> web.Response:
     deps = request.app[DEPS_KEY]
     requester = await authenticate(request)
     body = await read_json_object(request)
-    display_name = opt_str(body, "display_name", max_len=200)
+    display_name = body_str(body, "display_name", max_len=200)
     async with rpc_errors():
         await auth_stub(deps).UpdateDevice(
             pb.UpdateDeviceRequest(user_id=requester.user_id, device_id=request.match_info["device_id"],
@@ -494,7 +468,7 @@ async def _profile(request: web.Request) -> pb.GetProfileResponse:
     deps = request.app[DEPS_KEY]
     await authenticate(request)  # profiles are visible to signed-in users only (acquaintance network)
     async with rpc_errors():
-        return await auth_stub(deps).GetProfile(pb.GetProfileRequest(user_id=request.match_info["user_id"]))
+        return await auth_stub(deps).GetProfile(pb.GetProfileRequest(user_id=path_user_id(request)))
 
 
 async def get_profile(request: web.Request) -> web.Response:
@@ -520,10 +494,10 @@ async def get_avatar_url(request: web.Request) -> web.Response:
 async def _set_profile(request: web.Request, field: str, key: str) -> web.Response:
     deps = request.app[DEPS_KEY]
     requester = await authenticate(request)
-    if request.match_info["user_id"] != requester.user_id:
+    if path_user_id(request) != requester.user_id:
         raise MatrixError(403, "M_FORBIDDEN", "you can only change your own profile")
     body = await read_json_object(request)
-    value = opt_str(body, key, max_len=2048)
+    value = body_str(body, key, max_len=2048)
     async with rpc_errors():
         await auth_stub(deps).SetProfile(pb.SetProfileRequest(user_id=requester.user_id, **{field: value}))
     return json_response({})

@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.matrix import MatrixError, json_response, read_json_object
-from gateway.routes.accounts import PREFIX, client_address, limit_address, opt_str, rpc_errors
+from gateway.fields import body_int, body_str, read_json_object
+from gateway.matrix import MatrixError, json_response
+from gateway.routes.accounts import PREFIX, client_address, limit_address, rpc_errors
 from gateway.session import auth_stub, authenticate
 from laiwang.auth.v1 import auth_pb2 as pb
 
@@ -24,23 +25,18 @@ SUBMIT_PATH = f"{PREFIX}/account/3pid/msisdn/submit_token"
 
 
 def _required(body: dict[str, Any], name: str, max_len: int = 255) -> str:
-    value = opt_str(body, name, max_len=max_len)
-    if not value:
-        raise MatrixError(400, "M_MISSING_PARAM", f"'{name}' is required")
-    return value
+    return body_str(body, name, required=True, max_len=max_len)
 
 
 async def request_token(request: web.Request) -> web.Response:
     deps = request.app[DEPS_KEY]
     limit_address(request)
     body = await read_json_object(request)
-    send_attempt = body.get("send_attempt", 1)
-    if not isinstance(send_attempt, int) or isinstance(send_attempt, bool) or not 0 <= send_attempt < 2**31:
-        raise MatrixError(400, "M_BAD_JSON", "'send_attempt' must be a non-negative integer")
+    send_attempt = body_int(body, "send_attempt", 1)
     async with rpc_errors():
         reply = await auth_stub(deps).RequestPhoneCode(
             pb.RequestPhoneCodeRequest(
-                country=opt_str(body, "country", max_len=8),
+                country=body_str(body, "country", max_len=8),
                 phone_number=_required(body, "phone_number", 64),
                 client_secret=_required(body, "client_secret"),
                 send_attempt=send_attempt,

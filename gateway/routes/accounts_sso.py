@@ -22,8 +22,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.matrix import MatrixError, json_response, read_json_object
-from gateway.routes.accounts import PREFIX, limit_address, opt_str, rpc_errors
+from gateway.fields import body_str, read_json_object
+from gateway.matrix import MatrixError, json_response
+from gateway.routes.accounts import PREFIX, limit_address, rpc_errors
 from gateway.session import auth_stub, authenticate
 from laiwang.auth.v1 import auth_pb2 as pb
 from plumbing.config import Env
@@ -109,7 +110,7 @@ async def link(request: web.Request) -> web.Response:
     requester = await authenticate(request)
     body = await read_json_object(request, allow_empty=True)
     url = await _start(deps, request.match_info["provider_id"], "link", requester.user_id,
-                       opt_str(body, "redirect_url", max_len=2048))
+                       body_str(body, "redirect_url", max_len=2048))
     return json_response({"authorization_url": url})
 
 

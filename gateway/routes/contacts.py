@@ -32,7 +32,8 @@ import orjson
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.matrix import MatrixError, json_response, read_json_object
+from gateway.fields import body_bool, body_int, body_str, body_strings, body_user_id, path_user_id, read_json_object
+from gateway.matrix import MatrixError, json_response
 from gateway.ratelimit import RateLimiter
 from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
@@ -71,29 +72,8 @@ async def _viewer(request: web.Request, upload: bool = False) -> str:
     return requester.user_id
 
 
-def _strings(body: dict[str, Any], key: str, required: bool = False) -> list[str]:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise MatrixError(400, "M_MISSING_PARAM", f"'{key}' is required")
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise MatrixError(400, "M_BAD_JSON", f"'{key}' must be a list of strings")
-    return value
-
-
-def _string(body: dict[str, Any], key: str, default: str = "") -> str:
-    value = body.get(key, default)
-    if not isinstance(value, str):
-        raise MatrixError(400, "M_BAD_JSON", f"'{key}' must be a string")
-    return value
-
-
 def _other(request: web.Request) -> str:
-    other = request.match_info["user_id"]
-    if not other.startswith("@") or ":" not in other:
-        raise MatrixError(400, "M_INVALID_PARAM", "expected a full user id such as @alice:example.org")
-    return other
+    return path_user_id(request)
 
 
 def _book_body(reply: pb.UploadContactsResponse | pb.LookupHashesResponse) -> dict[str, Any]:
@@ -112,8 +92,8 @@ async def upload(request: web.Request) -> web.Response:
     user = await _viewer(request, upload=True)
     body = await read_json_object(request)
     reply = await call(_stub(request).UploadContacts, pb.UploadContactsRequest(
-        user_id=user, mode=pb.UPLOAD_MODE_REPLACE, add=_strings(body, "numbers", required=True),
-        default_region=_string(body, "region"),
+        user_id=user, mode=pb.UPLOAD_MODE_REPLACE, add=body_strings(body, "numbers", required=True),
+        default_region=body_str(body, "region", max_len=8),
     ))
     return json_response(_book_body(reply))
 
@@ -121,11 +101,12 @@ async def upload(request: web.Request) -> web.Response:
 async def sync(request: web.Request) -> web.Response:
     user = await _viewer(request, upload=True)
     body = await read_json_object(request)
-    add, remove = _strings(body, "add"), _strings(body, "remove")
+    add, remove = body_strings(body, "add"), body_strings(body, "remove")
     if not add and not remove:
         raise MatrixError(400, "M_MISSING_PARAM", "send 'add' and/or 'remove'")
     reply = await call(_stub(request).UploadContacts, pb.UploadContactsRequest(
-        user_id=user, mode=pb.UPLOAD_MODE_MERGE, add=add, remove=remove, default_region=_string(body, "region"),
+        user_id=user, mode=pb.UPLOAD_MODE_MERGE, add=add, remove=remove,
+        default_region=body_str(body, "region", max_len=8),
     ))
     return json_response(_book_body(reply))
 
@@ -139,18 +120,16 @@ async def hash_details(request: web.Request) -> web.Response:
 async def lookup(request: web.Request) -> web.Response:
     user = await _viewer(request, upload=True)
     body = await read_json_object(request)
-    algorithm = _string(body, "algorithm")
-    pepper = _string(body, "pepper")
+    algorithm = body_str(body, "algorithm", max_len=64)
+    pepper = body_str(body, "pepper", max_len=256)
     if not algorithm or not pepper:
         raise MatrixError(400, "M_MISSING_PARAM", "'algorithm' and 'pepper' are required")
-    replace_all = body.get("replace", False)
-    if not isinstance(replace_all, bool):
-        raise MatrixError(400, "M_BAD_JSON", "'replace' must be a boolean")
+    replace_all = body_bool(body, "replace", False)
     stub = _stub(request)
     try:
         reply = await stub.LookupHashes(pb.LookupHashesRequest(
-            user_id=user, algorithm=algorithm, pepper=pepper, addresses=_strings(body, "addresses", required=True),
-            remove=_strings(body, "remove"), mode=pb.UPLOAD_MODE_REPLACE if replace_all else pb.UPLOAD_MODE_MERGE,
+            user_id=user, algorithm=algorithm, pepper=pepper, addresses=body_strings(body, "addresses", required=True),
+            remove=body_strings(body, "remove"), mode=pb.UPLOAD_MODE_REPLACE if replace_all else pb.UPLOAD_MODE_MERGE,
         ))
     except grpc.aio.AioRpcError as error:
         failure = matrix_error_from(error)
@@ -177,7 +156,7 @@ async def get_discoverability(request: web.Request) -> web.Response:
 async def put_discoverability(request: web.Request) -> web.Response:
     user = await _viewer(request)
     body = await read_json_object(request)
-    setting = _SETTINGS.get(_string(body, "discoverability"))
+    setting = _SETTINGS.get(body_str(body, "discoverability", max_len=16))
     if setting is None:
         raise MatrixError(400, "M_INVALID_PARAM", "'discoverability' must be one of everyone, mutual, nobody")
     reply = await call(_stub(request).SetDiscoverability,
@@ -240,11 +219,9 @@ async def list_requests(request: web.Request) -> web.Response:
 async def send_request(request: web.Request) -> web.Response:
     user = await _viewer(request)
     body = await read_json_object(request)
-    other = _string(body, "user_id")
-    if not other:
-        raise MatrixError(400, "M_MISSING_PARAM", "'user_id' is required")
+    other = body_user_id(body, "user_id")
     reply = await call(_stub(request).SendFriendRequest, pb.SendFriendRequestRequest(
-        user_id=user, other_user_id=other, message=_string(body, "message")))
+        user_id=user, other_user_id=other, message=body_str(body, "message", max_len=65536)))
     return json_response({"state": reply.state})
 
 
@@ -296,9 +273,10 @@ async def user_directory_search(request: web.Request) -> web.Response:
     term = body.get("search_term")
     if not isinstance(term, str):
         raise MatrixError(400, "M_MISSING_PARAM", "'search_term' is required")
-    limit = body.get("limit", 10)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise MatrixError(400, "M_BAD_JSON", "'limit' must be a positive integer")
+    if len(term) > 1024:
+        raise MatrixError(400, "M_BAD_JSON", "'search_term' is longer than 1024 characters")
+    # Matrix lets the server cap the limit; ours is 100.
+    limit = body_int(body, "limit", 10, minimum=1, maximum=2**53)
     reply = await call(_stub(request).SearchDirectory,
                        pb.SearchDirectoryRequest(user_id=user, search_term=term, limit=min(limit, 100)))
     return json_response({"results": [{"user_id": u.user_id, "display_name": u.display_name} for u in reply.results],

@@ -6,13 +6,22 @@ levels, canonical JSON, the 64 KiB limit, the invite policy) live in services/me
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.matrix import MatrixError, json_response, read_json_object
+from gateway.fields import (
+    body_bool,
+    body_int,
+    body_str,
+    body_user_id,
+    parse_json_object,
+    path_user_id,
+    query_int,
+    query_str,
+    read_json_object,
+)
+from gateway.matrix import MatrixError, json_response
 from gateway.ratelimit import RateLimiter
 from gateway.rpc import call
 from gateway.session import authenticate
@@ -53,22 +62,11 @@ def _limit_sends(request: web.Request, deps: GatewayDeps, user_id: str) -> None:
     limiter.check(user_id)
 
 
-def _str_field(body: dict[str, Any], name: str, *, required: bool = False) -> str:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise MatrixError(400, "M_MISSING_PARAM", f"'{name}' is required")
-        return ""
-    if not isinstance(value, str):
-        raise MatrixError(400, "M_BAD_JSON", f"'{name}' must be a string")
-    return value
-
-
 async def create_room(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     raw = await request.read()
-    body = await read_json_object(request, allow_empty=True)
-    del body  # validated as a JSON object here; the service interprets it
+    # Checked here (canonical: it holds initial state content); the service interprets it.
+    parse_json_object(raw, allow_empty=True, canonical=True)
     reply = await call(messaging_stub(deps).CreateRoom,
                        pb.CreateRoomRequest(requester=who, body_json=raw if raw.strip() else _EMPTY))
     return json_response({"room_id": reply.room_id})
@@ -78,13 +76,13 @@ def _membership_handler(action: int, needs_target: bool):  # noqa: ANN202 - an a
     async def handler(request: web.Request) -> web.Response:
         deps, who = await _requester(request)
         body = await read_json_object(request, allow_empty=True)
-        target = _str_field(body, "user_id", required=needs_target)
+        target = body_user_id(body, "user_id", required=needs_target)
         room_id = request.match_info.get("room_id") or request.match_info["room_id_or_alias"]
         if not room_id.startswith("!"):
             raise MatrixError(404, "M_NOT_FOUND", "room aliases are not supported; join by room id")
         await call(messaging_stub(deps).ChangeMembership, pb.ChangeMembershipRequest(
             requester=who, room_id=room_id, action=action, target_user_id=target,
-            reason=_str_field(body, "reason")))
+            reason=body_str(body, "reason", max_len=65536)))
         if action == pb.MEMBERSHIP_ACTION_JOIN:
             return json_response({"room_id": room_id})
         return _raw(_EMPTY)
@@ -92,10 +90,18 @@ def _membership_handler(action: int, needs_target: bool):  # noqa: ANN202 - an a
     return handler
 
 
+async def _event_content(request: web.Request) -> bytes:
+    """The raw body, once checked as canonical JSON (the service parses it again and applies its rules)."""
+    raw = await request.read()
+    if raw.strip():
+        parse_json_object(raw, canonical=True)
+    return raw
+
+
 async def send_event(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     _limit_sends(request, deps, who.user_id)
-    raw = await request.read()
+    raw = await _event_content(request)
     reply = await call(messaging_stub(deps).SendEvent, pb.SendEventRequest(
         requester=who, room_id=request.match_info["room_id"], event_type=request.match_info["event_type"],
         txn_id=request.match_info["txn_id"], content_json=raw))
@@ -105,7 +111,7 @@ async def send_event(request: web.Request) -> web.Response:
 async def put_state(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     _limit_sends(request, deps, who.user_id)
-    raw = await request.read()
+    raw = await _event_content(request)
     reply = await call(messaging_stub(deps).SetState, pb.SetStateRequest(
         requester=who, room_id=request.match_info["room_id"], event_type=request.match_info["event_type"],
         state_key=request.match_info.get("state_key", ""), content_json=raw))
@@ -127,7 +133,7 @@ async def redact(request: web.Request) -> web.Response:
     body = await read_json_object(request, allow_empty=True)
     reply = await call(messaging_stub(deps).Redact, pb.RedactRequest(
         requester=who, room_id=request.match_info["room_id"], event_id=request.match_info["event_id"],
-        txn_id=request.match_info["txn_id"], reason=_str_field(body, "reason")))
+        txn_id=request.match_info["txn_id"], reason=body_str(body, "reason", max_len=65536)))
     return json_response({"event_id": reply.event_id})
 
 
@@ -156,22 +162,12 @@ async def joined_rooms(request: web.Request) -> web.Response:
     return json_response({"joined_rooms": list(reply.room_ids)})
 
 
-def _int_param(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise MatrixError(400, "M_INVALID_PARAM", f"'{name}' must be an integer") from None
-
-
 async def messages(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     reply = await call(messaging_stub(deps).Messages, pb.MessagesRequest(
-        requester=who, room_id=request.match_info["room_id"], to=request.query.get("to", ""),
-        dir=request.query.get("dir", "b"), limit=max(0, min(_int_param(request, "limit", 10), 1000)),
-        **{"from": request.query.get("from", "")}))
+        requester=who, room_id=request.match_info["room_id"], to=query_str(request, "to"),
+        dir=query_str(request, "dir", "b", max_len=1), limit=query_int(request, "limit", 10, maximum=1000),
+        **{"from": query_str(request, "from")}))
     return _raw(reply.body_json)
 
 
@@ -189,7 +185,7 @@ async def read_markers(request: web.Request) -> web.Response:
     body = await read_json_object(request, allow_empty=True)
     # m.fully_read is per-user account data, which we do not keep; the read receipts are stored.
     for receipt_type in ("m.read", "m.read.private"):
-        event_id = _str_field(body, receipt_type)
+        event_id = body_str(body, receipt_type, max_len=255)
         if event_id:
             await call(messaging_stub(deps).SendReceipt, pb.SendReceiptRequest(
                 requester=who, room_id=request.match_info["room_id"], receipt_type=receipt_type, event_id=event_id))
@@ -198,18 +194,12 @@ async def read_markers(request: web.Request) -> web.Response:
 
 async def typing(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
-    if request.match_info["user_id"] != who.user_id:
+    if path_user_id(request) != who.user_id:
         raise MatrixError(403, "M_FORBIDDEN", "you can only set your own typing state")
     body = await read_json_object(request)
-    is_typing = body.get("typing")
-    if not isinstance(is_typing, bool):
-        raise MatrixError(400, "M_BAD_JSON", "'typing' must be a boolean")
-    timeout = body.get("timeout", 30_000)
-    if isinstance(timeout, bool) or not isinstance(timeout, int):
-        raise MatrixError(400, "M_BAD_JSON", "'timeout' must be an integer")
     await call(messaging_stub(deps).SetTyping, pb.SetTypingRequest(
-        requester=who, room_id=request.match_info["room_id"], typing=is_typing,
-        timeout_ms=max(0, min(timeout, 120_000))))
+        requester=who, room_id=request.match_info["room_id"], typing=body_bool(body, "typing"),
+        timeout_ms=body_int(body, "timeout", 30_000, maximum=120_000, clamp=True)))
     return _raw(_EMPTY)
 
 

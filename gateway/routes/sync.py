@@ -28,7 +28,17 @@ from nats.aio.subscription import Subscription
 from prometheus_client import Gauge
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.matrix import MatrixError, json_response, read_json_object
+from gateway.fields import (
+    INT32_MAX,
+    check_json,
+    parse_json,
+    path_user_id,
+    query_bool,
+    query_int,
+    query_str,
+    read_json_object,
+)
+from gateway.matrix import MatrixError, json_response
 from gateway.routes.rooms import PREFIXES, messaging_stub
 from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
@@ -189,6 +199,11 @@ def _decode_filter(filter_id: str) -> dict[str, Any]:
         raise MatrixError(404, "M_NOT_FOUND", "unknown filter") from None
     if not isinstance(value, dict):
         raise MatrixError(404, "M_NOT_FOUND", "unknown filter")
+    # Not one we issued if it fails the checks every filter passed when it was created (it is echoed back).
+    try:
+        check_json(value)
+    except MatrixError:
+        raise MatrixError(404, "M_NOT_FOUND", "unknown filter") from None
     return value
 
 
@@ -197,21 +212,25 @@ def timeline_limit(filter_param: str | None) -> int:
     if not filter_param:
         return 0
     if filter_param.lstrip().startswith("{"):
+        if len(filter_param) > _MAX_FILTER_BYTES:
+            raise MatrixError(400, "M_INVALID_PARAM", "filter is too large")
         try:
-            definition = orjson.loads(filter_param)
-        except orjson.JSONDecodeError:
-            raise MatrixError(400, "M_INVALID_PARAM", "filter is not valid JSON") from None
+            definition = parse_json(filter_param, where="filter")
+        except MatrixError as exc:
+            raise MatrixError(400, "M_INVALID_PARAM", exc.error) from None
     else:
         definition = _decode_filter(filter_param)
     room = definition.get("room") if isinstance(definition, dict) else None
     timeline = room.get("timeline") if isinstance(room, dict) else None
     limit = timeline.get("limit") if isinstance(timeline, dict) else None
-    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return 0
+    return min(limit, INT32_MAX)  # an int32 field; messaging clamps it to its own maximum
 
 
 async def post_filter(request: web.Request) -> web.Response:
     who = await authenticate(request)
-    if request.match_info["user_id"] != who.user_id:
+    if path_user_id(request) != who.user_id:
         raise MatrixError(403, "M_FORBIDDEN", "you can only create filters for yourself")
     body = await read_json_object(request)
     if len(orjson.dumps(body)) > _MAX_FILTER_BYTES:
@@ -221,7 +240,7 @@ async def post_filter(request: web.Request) -> web.Response:
 
 async def get_filter(request: web.Request) -> web.Response:
     who = await authenticate(request)
-    if request.match_info["user_id"] != who.user_id:
+    if path_user_id(request) != who.user_id:
         raise MatrixError(403, "M_FORBIDDEN", "you can only read your own filters")
     return json_response(_decode_filter(request.match_info["filter_id"]))
 
@@ -232,15 +251,12 @@ async def get_filter(request: web.Request) -> web.Response:
 async def sync(request: web.Request) -> web.Response:
     who = await authenticate(request)
     deps = request.app[DEPS_KEY]
-    try:
-        timeout_ms = max(0, min(int(request.query.get("timeout") or 0), MAX_TIMEOUT_MS))
-    except ValueError:
-        raise MatrixError(400, "M_INVALID_PARAM", "'timeout' must be an integer") from None
+    timeout_ms = query_int(request, "timeout", 0, maximum=MAX_TIMEOUT_MS)
     sync_request = pb.SyncRequest(
         requester=pb.Requester(user_id=who.user_id, device_id=who.device_id),
-        since=request.query.get("since", ""),
-        timeline_limit=timeline_limit(request.query.get("filter")),
-        full_state=request.query.get("full_state", "false").lower() == "true",
+        since=query_str(request, "since", max_len=64),
+        timeline_limit=timeline_limit(query_str(request, "filter", max_len=_MAX_FILTER_BYTES)),
+        full_state=query_bool(request, "full_state"),
     )
     stub = messaging_stub(deps)
     hub: WakeHub = deps.extras[_HUB_KEY]

@@ -18,7 +18,19 @@ import orjson
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.matrix import MatrixError, json_response, read_json_object
+from gateway.fields import (
+    body_bool,
+    body_object,
+    body_str,
+    body_strings,
+    body_user_id,
+    check_json,
+    query_bool,
+    query_int,
+    query_str,
+    read_json_object,
+)
+from gateway.matrix import json_response
 from gateway.ratelimit import RateLimiter
 from gateway.rpc import call
 from gateway.session import authenticate
@@ -27,6 +39,7 @@ from laiwang.zhadui.v1 import zhadui_pb2_grpc
 from plumbing.config import Env
 
 PREFIX = "/_laiwang/client/v1/zhadui"
+MAX_PAGE_LIMIT = 1000
 _STUB_KEY = "zhadui_stub"
 _LIMITER_KEY = "zhadui_limiter"
 _STATUS_NAMES = {
@@ -74,45 +87,31 @@ def _preview(z: pb.ZhaduiPreview) -> dict[str, Any]:
     return body
 
 
-def _string(body: dict[str, Any], key: str, required: bool = False) -> str:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise MatrixError(400, "M_BAD_JSON", f"'{key}' is required")
-        return ""
-    if not isinstance(value, str):
-        raise MatrixError(400, "M_BAD_JSON", f"'{key}' must be a string")
-    return value
-
-
 def _zhadui_id(request: web.Request) -> str:
     return request.match_info["zhadui_id"]
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "0")
-    if not raw.isdigit():
-        raise MatrixError(400, "M_INVALID_PARAM", "limit must be a non-negative integer")
-    return int(raw)
+    # 0 is the service's default page; larger pages are clamped by the service to its maximum.
+    return query_int(request, "limit", 0, maximum=MAX_PAGE_LIMIT)
 
 
 async def create(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
     body = await read_json_object(request)
-    tags = body.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise MatrixError(400, "M_BAD_JSON", "'tags' must be a list of strings")
-    card = body.get("card")
-    if card is not None and not isinstance(card, dict):
-        raise MatrixError(400, "M_BAD_JSON", "'card' must be a JSON object")
+    tags = body_strings(body, "tags", max_items=1000)
+    card = body_object(body, "card")
+    if card is not None:
+        check_json(card, canonical=True, where="card")  # it is re-encoded here and stored as canonical JSON
     reply = await call(
         _stub(request).CreateZhadui,
         pb.CreateZhaduiRequest(
             viewer_user_id=viewer,
-            title=_string(body, "title", required=True),
-            body=_string(body, "body"),
+            title=body_str(body, "title", max_len=65536),
+            body=body_str(body, "body", max_len=65536),
             attachment=pb.Attachment(
-                link_url=_string(body, "link_url"), card_json=orjson.dumps(card).decode() if card else ""
+                link_url=body_str(body, "link_url", max_len=65536),
+                card_json=orjson.dumps(card).decode() if card else "",
             ),
             tags=tags,
         ),
@@ -124,7 +123,7 @@ async def feed(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
     reply = await call(
         _stub(request).ListFeed,
-        pb.ListFeedRequest(viewer_user_id=viewer, cursor=request.query.get("cursor", ""), limit=_limit(request)),
+        pb.ListFeedRequest(viewer_user_id=viewer, cursor=query_str(request, "cursor"), limit=_limit(request)),
     )
     body: dict[str, Any] = {"items": [_preview(item) for item in reply.items]}
     if reply.next_cursor:
@@ -146,7 +145,7 @@ async def get_zhadui(request: web.Request) -> web.Response:
     reply = await call(
         _stub(request).GetZhadui,
         pb.GetZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request),
-                            mark_seen=request.query.get("mark_seen") == "true"),
+                            mark_seen=query_bool(request, "mark_seen")),
     )
     return json_response(_preview(reply.zhadui))
 
@@ -176,9 +175,7 @@ async def close(request: web.Request) -> web.Response:
 async def mute(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
     body = await read_json_object(request)
-    muted = body.get("muted")
-    if not isinstance(muted, bool):
-        raise MatrixError(400, "M_BAD_JSON", "'muted' must be true or false")
+    muted = body_bool(body, "muted")
     await call(_stub(request).MuteZhadui,
                pb.MuteZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request), muted=muted))
     return json_response({})
@@ -190,7 +187,7 @@ async def remove(request: web.Request) -> web.Response:
     await call(
         _stub(request).RemoveParticipant,
         pb.RemoveParticipantRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request),
-                                    user_id=_string(body, "user_id", required=True)),
+                                    user_id=body_user_id(body, "user_id")),
     )
     return json_response({})
 
