@@ -20,19 +20,28 @@ Z = f"{V1}/zhadui"
 
 
 class Api(Client):
-    async def sees(self, who: Person, zhadui_id: str) -> bool:
-        """In the feed and previewable (the two must agree)."""
+    async def view(self, who: Person, zhadui_id: str) -> bool | None:
+        """True/False when the feed and the preview agree that `who` sees it; None while they differ.
+
+        The two reads are separate requests, so an event landing between them can make them
+        disagree for a moment: polls wait for agreement instead of asserting on one snapshot.
+        """
         feed = await self.ok("GET", f"{Z}/feed?limit=100", who)
         in_feed = any(item["zhadui_id"] == zhadui_id for item in feed["items"])
         status, _ = await self.call("GET", f"{Z}/{zhadui_id}", who)
         assert status in (200, 404)
-        assert in_feed == (status == 200)
-        return in_feed
+        return in_feed if in_feed == (status == 200) else None
+
+    async def sees(self, who: Person, zhadui_id: str) -> bool:
+        """In the feed and previewable, in a settled state (the two must agree)."""
+        seen = await self.view(who, zhadui_id)
+        assert seen is not None, "feed and preview disagree although nothing is changing"
+        return seen
 
 
 async def sees_eventually(api: Api, who: Person, zhadui_id: str, expected: bool) -> None:
     async def check() -> bool:
-        return await api.sees(who, zhadui_id) is expected
+        return await api.view(who, zhadui_id) is expected
 
     await eventually(check)
 
