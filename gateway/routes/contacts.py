@@ -35,6 +35,7 @@ from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.fields import body_bool, body_int, body_str, body_strings, body_user_id, path_user_id, read_json_object
 from gateway.matrix import MatrixError, json_response
 from gateway.ratelimit import RateLimiter
+from gateway.routes.accounts import client_address
 from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
 from laiwang.contacts.v1 import contacts_pb2 as pb
@@ -93,7 +94,7 @@ async def upload(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     reply = await call(_stub(request).UploadContacts, pb.UploadContactsRequest(
         user_id=user, mode=pb.UPLOAD_MODE_REPLACE, add=body_strings(body, "numbers", required=True),
-        default_region=body_str(body, "region", max_len=8),
+        default_region=body_str(body, "region", max_len=8), client_address=client_address(request),
     ))
     return json_response(_book_body(reply))
 
@@ -106,7 +107,7 @@ async def sync(request: web.Request) -> web.Response:
         raise MatrixError(400, "M_MISSING_PARAM", "send 'add' and/or 'remove'")
     reply = await call(_stub(request).UploadContacts, pb.UploadContactsRequest(
         user_id=user, mode=pb.UPLOAD_MODE_MERGE, add=add, remove=remove,
-        default_region=body_str(body, "region", max_len=8),
+        default_region=body_str(body, "region", max_len=8), client_address=client_address(request),
     ))
     return json_response(_book_body(reply))
 
@@ -130,6 +131,7 @@ async def lookup(request: web.Request) -> web.Response:
         reply = await stub.LookupHashes(pb.LookupHashesRequest(
             user_id=user, algorithm=algorithm, pepper=pepper, addresses=body_strings(body, "addresses", required=True),
             remove=body_strings(body, "remove"), mode=pb.UPLOAD_MODE_REPLACE if replace_all else pb.UPLOAD_MODE_MERGE,
+            client_address=client_address(request),
         ))
     except grpc.aio.AioRpcError as error:
         failure = matrix_error_from(error)

@@ -68,7 +68,8 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     @maps_domain_errors
     async def UploadContacts(self, request: pb.UploadContactsRequest, context: Context) -> pb.UploadContactsResponse:
         result = await self._logic.upload(
-            request.user_id, _replace_all(request.mode), request.add, request.remove, request.default_region
+            request.user_id, _replace_all(request.mode), request.add, request.remove, request.default_region,
+            request.client_address,
         )
         return pb.UploadContactsResponse(**_book_reply(result))  # type: ignore[arg-type]
 
@@ -76,7 +77,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     async def LookupHashes(self, request: pb.LookupHashesRequest, context: Context) -> pb.LookupHashesResponse:
         result = await self._logic.lookup_hashes(
             request.user_id, request.algorithm, request.pepper, request.addresses, request.remove,
-            _replace_all(request.mode or pb.UPLOAD_MODE_MERGE),
+            _replace_all(request.mode or pb.UPLOAD_MODE_MERGE), request.client_address,
         )
         return pb.LookupHashesResponse(**_book_reply(result))  # type: ignore[arg-type]
 

@@ -17,7 +17,8 @@ import hashlib
 import hmac
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -186,6 +187,34 @@ class Keyring:
 # The in-memory phone index
 
 
+class RecentVersions:
+    """The newest version applied per key, remembered for `horizon_s` to two horizons.
+
+    A poll reads documents and applies them a moment later; a write applied in between (this
+    replica's own, or an event) is newer and must win. Only that short window matters, so only
+    recent versions are kept (two generations of dicts, swapped every horizon), not one per user
+    forever: the index holds a million users.
+    """
+
+    def __init__(self, horizon_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._horizon = horizon_s
+        self._clock = clock
+        self._current: dict[str, int] = {}
+        self._previous: dict[str, int] = {}
+        self._swapped_at = clock()
+
+    def admit(self, key: str, version: int) -> bool:
+        """True (and remembered) unless a newer version of `key` was applied recently."""
+        now = self._clock()
+        if now - self._swapped_at >= self._horizon:
+            self._previous, self._current, self._swapped_at = self._current, {}, now
+        known = max(self._current.get(key, -1), self._previous.get(key, -1))
+        if version < known:
+            return False
+        self._current[key] = version
+        return True
+
+
 class PhoneIndex:
     """Verified numbers -> users, and lookup-hash -> number for the active pepper.
 
@@ -201,6 +230,8 @@ class PhoneIndex:
         self._deactivated: set[str] = set()
         self.pepper = ""
         self._by_hash: dict[int, int] = {}
+        self.profile_versions = RecentVersions()
+        self.phone_versions = RecentVersions()
 
     # numbers
     def bind(self, e164: str, user_id: str) -> None:

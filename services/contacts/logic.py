@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from services.contacts import core
 from services.contacts.core import (
@@ -22,9 +23,11 @@ from services.contacts.core import (
     BudgetPolicy,
     Conflict,
     Discoverability,
+    Forbidden,
     InvalidArgument,
     InvalidPepper,
     Keyring,
+    LimitExceeded,
     Normaliser,
     NotFound,
     Pair,
@@ -48,10 +51,19 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    budget: BudgetPolicy
+    budget: BudgetPolicy  # per verified phone number, whichever of its accounts uploads
     pepper_rotate_seconds: float
     pepper_keep: int  # generations whose hash-only entries are kept, so late registrations still match
     poll_seconds: float = 0.25
+    address_budget: BudgetPolicy | None = None  # per client address, over all its numbers and accounts
+
+
+# The verified numbers auth holds for a user, with when each was verified: asked when contacts has
+# not yet seen the PhoneVerified event (it is on its way), so an upload right after verifying works.
+VerifiedPhones = Callable[[str], Awaitable[list[tuple[str, int]]]]
+
+NO_PHONE = ("contact matching needs a verified phone number on your account: verify one "
+            "(POST /_matrix/client/v3/account/3pid/msisdn/requestToken, then submit_token and 3pid/add)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,18 @@ def _check_user_id(user_id: str, what: str = "user_id") -> None:
         raise InvalidArgument(f"{what} must be a full Matrix user id such as @alice:example.org")
 
 
+@dataclass(frozen=True)
+class Charge:
+    """Who pays for an upload's new numbers: the uploader's verified number and client address."""
+
+    number: str
+    client_address: str
+    aliases: dict[bytes, bytes]  # plain key -> its hash-only key (either one uploaded before is free)
+
+
+BOOK_ATTEMPTS = 200  # with 50 ms waits while another write of the same book applies: about 10 s
+
+
 class ContactsLogic:
     def __init__(
         self,
@@ -101,6 +125,7 @@ class ContactsLogic:
         stage: StageEvent,
         after_commit: Callable[[], None],
         clock: Clock = now_ms,
+        verified_phones: VerifiedPhones | None = None,
     ) -> None:
         self.store = store
         self.index = index
@@ -110,6 +135,7 @@ class ContactsLogic:
         self._stage = stage
         self._after_commit = after_commit
         self._clock = clock
+        self._verified_phones = verified_phones
         self._pepper_gen = 0
         self._pepper_created_ms = 0
         self._generations: list[tuple[int, str]] = []
@@ -138,7 +164,10 @@ class ContactsLogic:
         await self._switch_pepper(*current)
         log.info("phone index loaded", extra={"numbers": count, "seconds": round(time.monotonic() - started, 2)})
 
-    def _apply_profile_doc(self, doc: dict[str, object]) -> None:
+    def _apply_profile_doc(self, doc: dict[str, Any]) -> None:
+        """Apply a whole profile document, unless this replica already applied a newer version."""
+        if not self.index.profile_versions.admit(str(doc["_id"]), int(doc.get("v") or 0)):
+            return
         setting = doc.get("discoverability")
         self.index.set_profile(
             str(doc["_id"]),
@@ -159,7 +188,9 @@ class ContactsLogic:
     async def refresh_once(self) -> None:
         """Apply what other replicas (or our own consumer) wrote; start a new pepper when due."""
         phones_since, self._phones_seen = self._phones_seen, datetime.now(UTC)
-        for e164, user_id, _ in await self.store.phones_changed_since(overlap(phones_since, 2.0)):
+        for e164, user_id, event_ms in await self.store.phones_changed_since(overlap(phones_since, 2.0)):
+            if not self.index.phone_versions.admit(e164, event_ms):
+                continue  # read before a newer change this replica applied meanwhile
             if user_id is None:
                 self.index.unbind(e164)
             elif self.index.owner(e164) != user_id:
@@ -195,12 +226,10 @@ class ContactsLogic:
 
     # ================================================================== auth events
     async def user_registered(self, user_id: str, display_name: str) -> None:
-        await self.store.upsert_profile(user_id, display_name=display_name)
-        self.index.set_profile(user_id, display_name=display_name)
+        self._apply_profile_doc(await self.store.upsert_profile(user_id, display_name=display_name))
 
     async def profile_changed(self, user_id: str, display_name: str) -> None:
-        await self.store.upsert_profile(user_id, display_name=display_name)
-        self.index.set_profile(user_id, display_name=display_name)
+        self._apply_profile_doc(await self.store.upsert_profile(user_id, display_name=display_name))
 
     async def phone_verified(self, user_id: str, e164: str, at_ms: int) -> None:
         if not core.is_e164(e164):
@@ -208,7 +237,8 @@ class ContactsLogic:
             return
         if not await self.store.bind_phone(e164, user_id, at_ms):
             return  # a newer event about this number was applied already
-        self.index.bind(e164, user_id)
+        if self.index.phone_versions.admit(e164, at_ms):
+            self.index.bind(e164, user_id)
         plain = self.keyring.number_key(e164)
         hashed = [self.keyring.hashed_key(p, core.lookup_digest(e164, p)) for _, p in self._generations]
         found = await self.store.holders([plain, *hashed])
@@ -216,7 +246,7 @@ class ContactsLogic:
         # People who uploaded only the hash now get the number-keyed entry, so matching,
         # mutual discoverability and free re-sync all see it.
         for owner in {owner for owner, key, _ in found if key != plain} - with_plain:
-            await self.store.add_book_keys(owner, [BookEntry(plain, None, user_id)])
+            await self.store.add_book_keys(owner, [BookEntry(plain, None, user_id)], self._clock())
         await self.store.set_match([plain], user_id)
         holders = {owner for owner, _, _ in found} - {user_id}
         await self._suggest(user_id, holders, only_new_keys=None)
@@ -224,27 +254,31 @@ class ContactsLogic:
     async def phone_unbound(self, user_id: str, e164: str, at_ms: int) -> None:
         if not core.is_e164(e164) or not await self.store.unbind_phone(e164, user_id, at_ms):
             return
-        self.index.unbind(e164, user_id)
+        if self.index.phone_versions.admit(e164, at_ms):
+            self.index.unbind(e164, user_id)
         await self.store.set_match([self.keyring.number_key(e164)], None, previous=user_id)
 
     async def account_deactivated(self, user_id: str, at_ms: int) -> None:
         for e164 in (await self.store.numbers_of([user_id])).get(user_id, []):
             await self.phone_unbound(user_id, e164, at_ms)
-        await self.store.upsert_profile(user_id, deactivated=True)
-        self.index.set_profile(user_id, deactivated=True)
+        self._apply_profile_doc(await self.store.upsert_profile(user_id, deactivated=True))
 
     # ================================================================== address books
     async def upload(
-        self, user_id: str, replace_all: bool, add: Sequence[str], remove: Sequence[str], region: str
+        self, user_id: str, replace_all: bool, add: Sequence[str], remove: Sequence[str], region: str,
+        client_address: str = "",
     ) -> BookResult:
         _check_user_id(user_id)
         self._check_size(add, remove, replace_all)
         region = self.normaliser.region(region)
+        number = await self._verified_number(user_id)
         result = BookResult()
         add_keys: dict[bytes, int | None] = {}
         match_of: dict[bytes, str] = {}
         candidates: list[tuple[int, str, str]] = []
+        aliases: dict[bytes, bytes] = {}
         known = self.index.numbers
+        pepper = self.index.pepper
         for i, raw in enumerate(add):
             n = self.normaliser.normalise(raw, region, known)
             if n.e164 is None:
@@ -256,6 +290,10 @@ class ContactsLogic:
             if owner is not None:
                 match_of[key] = owner
                 candidates.append((i, n.e164, owner))
+            elif pepper:
+                # Its hash-only key under the current pepper: a later hashed lookup of the same number
+                # (which cannot be turned back into the number) is then recognised as uploaded before.
+                aliases[key] = self.keyring.hashed_key(pepper, core.lookup_digest(n.e164, pepper))
         remove_keys: list[bytes] = []
         for i, raw in enumerate(remove):
             n = self.normaliser.normalise(raw, region, known)
@@ -263,12 +301,13 @@ class ContactsLogic:
                 result.invalid.append(InvalidResult("remove", i, raw, n.reason or "invalid_number"))
             else:
                 remove_keys.append(self.keyring.number_key(n.e164))
-        await self._finish(user_id, result, add_keys, match_of, remove_keys, replace_all, candidates)
+        charge = Charge(number, client_address, aliases)
+        await self._finish(user_id, result, add_keys, match_of, remove_keys, replace_all, candidates, charge)
         return result
 
     async def lookup_hashes(
         self, user_id: str, algorithm: str, pepper: str, addresses: Sequence[str], remove: Sequence[str],
-        replace_all: bool,
+        replace_all: bool, client_address: str = "",
     ) -> BookResult:
         _check_user_id(user_id)
         if algorithm not in HASH_ALGORITHMS:
@@ -277,6 +316,7 @@ class ContactsLogic:
         current = self.index.pepper
         if pepper != current:
             raise InvalidPepper(current)
+        number = await self._verified_number(user_id)
         result = BookResult()
         add_keys: dict[bytes, int | None] = {}
         match_of: dict[bytes, str] = {}
@@ -305,8 +345,24 @@ class ContactsLogic:
             if e164 is not None:
                 remove_keys.append(self.keyring.number_key(e164))
             remove_keys.append(self.keyring.hashed_key(current, digest))
-        await self._finish(user_id, result, add_keys, match_of, remove_keys, replace_all, candidates)
+        charge = Charge(number, client_address, {})
+        await self._finish(user_id, result, add_keys, match_of, remove_keys, replace_all, candidates, charge)
         return result
+
+    async def _verified_number(self, user_id: str) -> str:
+        """The verified number whose budget this user's uploads are charged to; Forbidden without one.
+
+        Accounts are cheap and numbers are not: matching is tied to a verified phone, and the budget
+        to the number, so it holds across the number's accounts and re-registrations.
+        """
+        numbers = (await self.store.numbers_of([user_id])).get(user_id, [])
+        if not numbers and self._verified_phones is not None:
+            for e164, verified_ms in await self._verified_phones(user_id):
+                await self.phone_verified(user_id, e164, verified_ms)
+            numbers = (await self.store.numbers_of([user_id])).get(user_id, [])
+        if not numbers:
+            raise Forbidden(NO_PHONE)
+        return min(numbers)
 
     @staticmethod
     def _check_size(add: Sequence[str], remove: Sequence[str], replace_all: bool) -> None:
@@ -324,8 +380,9 @@ class ContactsLogic:
         remove_keys: list[bytes],
         replace_all: bool,
         candidates: list[tuple[int, str, str]],
+        charge: Charge,
     ) -> None:
-        change, remaining = await self._apply_book(user_id, add_keys, match_of, remove_keys, replace_all)
+        change, remaining = await self._apply_book(user_id, add_keys, match_of, remove_keys, replace_all, charge)
         result.added, result.removed, result.budget_remaining = len(change.added), len(change.removed), remaining
         visible = await self._visible(user_id, {owner for _, _, owner in candidates})
         result.matches = [
@@ -345,25 +402,81 @@ class ContactsLogic:
         match_of: dict[bytes, str],
         remove_keys: list[bytes],
         replace_all: bool,
+        charge: Charge,
     ) -> tuple[BookChange, int]:
-        for _ in range(5):
+        for _ in range(BOOK_ATTEMPTS):
             book = await self.store.load_book(user_id)
-            change = plan_book_change(book.keys, add_keys, remove_keys, replace_all)
-            now = self._clock()
-            budget = self.settings.budget
-            available = budget.available(book.tokens, book.tokens_at_ms, now)
-            if not change.added and not change.removed:
-                return change, int(available)  # a re-sync of known numbers costs nothing
-            # Only numbers never uploaded before cost anything (a removed and re-added one is free).
-            left = budget.charge(available, sum(1 for key in change.added if key not in book.seen))
-            entries = [BookEntry(key, gen, match_of.get(key)) for key, gen in change.added.items()]
-            try:
-                await self.store.save_book(user_id, book.rev, change.keys_after, book.seen | change.added.keys(),
-                                           left, now, entries, change.removed)
-            except Conflict:
+            if book.pending_at_ms is not None:  # another write of this book is applying its entries
+                await self.store.wait_or_take_over(user_id, book, self._clock())
                 continue
-            return change, int(left)
+            change = plan_book_change(book.keys, add_keys, remove_keys, replace_all)
+            # Only numbers never uploaded before cost anything (a removed and re-added one is free, and
+            # so is the hashed form of a number uploaded in plain).
+            fresh = [k for k in change.added if k not in book.seen and charge.aliases.get(k) not in book.seen]
+            if not change.added and not change.removed:
+                return change, await self._budget_left(charge)  # a re-sync of known numbers costs nothing
+            charged = await self._charge(charge, len(fresh))
+            entries = [BookEntry(key, gen, match_of.get(key)) for key, gen in change.added.items()]
+            aliases = {charge.aliases[k] for k in change.added if k in charge.aliases}
+            seen_after = book.seen | change.added.keys() | aliases
+            try:
+                await self.store.save_book(user_id, book.rev, change.keys_after, seen_after, entries, change.removed,
+                                           self._clock())
+            except Conflict:
+                await self._refund(charge, len(fresh))
+                continue
+            return change, int(charged)
         raise Conflict("address book kept changing; try again")
+
+    def _budgets(self, charge: Charge) -> list[tuple[str, BudgetPolicy]]:
+        budgets = [(f"phone:{charge.number}", self.settings.budget)]
+        if charge.client_address and self.settings.address_budget is not None:
+            budgets.append((f"addr:{charge.client_address}", self.settings.address_budget))
+        return budgets
+
+    async def _budget_left(self, charge: Charge) -> int:
+        key, policy = self._budgets(charge)[0]
+        budget = await self.store.load_budget(key)
+        return int(policy.available(budget.tokens, budget.tokens_at_ms, self._clock()))
+
+    async def _charge(self, charge: Charge, cost: int) -> float:
+        """Take `cost` from the number's budget and the address's ceiling (all or nothing);
+        the tokens left on the number's budget. LimitExceeded if either cannot pay."""
+        left: list[float] = []
+        paid: list[tuple[str, BudgetPolicy]] = []
+        try:
+            for key, policy in self._budgets(charge):
+                left.append(await self._take(key, policy, cost))
+                paid.append((key, policy))
+        except LimitExceeded:
+            for key, policy in paid:
+                await self._give_back(key, policy, cost)
+            raise
+        return left[0]
+
+    async def _take(self, key: str, policy: BudgetPolicy, cost: int) -> float:
+        for _ in range(BOOK_ATTEMPTS):
+            budget = await self.store.load_budget(key)
+            now = self._clock()
+            available = policy.available(budget.tokens, budget.tokens_at_ms, now)
+            left = policy.charge(available, cost)
+            if cost == 0 or await self.store.save_budget(budget, left, now):
+                return left
+        raise Conflict("the budget kept changing; try again")
+
+    async def _give_back(self, key: str, policy: BudgetPolicy, cost: int) -> None:
+        if cost == 0:
+            return
+        for _ in range(BOOK_ATTEMPTS):
+            budget = await self.store.load_budget(key)
+            now = self._clock()
+            available = policy.available(budget.tokens, budget.tokens_at_ms, now)
+            if await self.store.save_budget(budget, min(float(policy.initial), available + cost), now):
+                return
+
+    async def _refund(self, charge: Charge, cost: int) -> None:
+        for key, policy in self._budgets(charge):
+            await self._give_back(key, policy, cost)
 
     async def _holders_of_user(self, user_id: str) -> set[str]:
         """Everyone whose address book holds one of `user_id`'s numbers."""
@@ -423,13 +536,18 @@ class ContactsLogic:
     # ================================================================== discoverability, suggestions, directory
     async def get_discoverability(self, user_id: str) -> Discoverability:
         _check_user_id(user_id)
+        # From the store: the user's own read sees their write whichever replica took it.
+        doc = await self.store.get_profile(user_id)
+        if doc is not None:
+            self._apply_profile_doc(doc)
         return self.index.discoverability(user_id)
 
     async def set_discoverability(self, user_id: str, value: Discoverability) -> Discoverability:
         _check_user_id(user_id)
         before = self.index.discoverability(user_id)
-        await self.store.upsert_profile(user_id, discoverability=value)
-        self.index.set_profile(user_id, discoverability=value)
+        # Applied here before answering (versioned, so a poll that read the old document cannot undo
+        # it): matching on this replica reflects the change as soon as the client hears 200.
+        self._apply_profile_doc(await self.store.upsert_profile(user_id, discoverability=value))
         opened = (before, value) in {
             (Discoverability.NOBODY, Discoverability.MUTUAL),
             (Discoverability.NOBODY, Discoverability.EVERYONE),

@@ -5,8 +5,12 @@ Settings (besides the common ones in plumbing.config):
   CONTACTS_HASH_KEY                  secret for the keyed hashes address books are stored under;
                                      required when CONTACTS_REQUIRE_HASH_KEY=true (production)
   CONTACTS_REQUIRE_HASH_KEY          refuse to start on the development key (default false)
-  CONTACTS_BUDGET_INITIAL            numbers a user may upload for the first time (default 10000)
+  CONTACTS_BUDGET_INITIAL            new numbers one verified phone number's accounts may upload (10000)
   CONTACTS_BUDGET_REFILL_PER_HOUR    how fast that budget refills (default 20)
+  CONTACTS_ADDRESS_BUDGET_INITIAL    ceiling of new numbers from one client address (default 50000)
+  CONTACTS_ADDRESS_BUDGET_REFILL_PER_HOUR  its refill (default 5000)
+  AUTH_ADDR                          auth, asked for a user's verified phones before its event arrives
+  CONTACTS_ASK_AUTH_FOR_PHONES       ask auth at all (default true; false: only auth's events count)
   CONTACTS_PEPPER_ROTATE_SECONDS     lookup pepper lifetime (default 7 days)
   CONTACTS_PEPPER_KEEP               pepper generations whose hash-only entries are kept (default 4)
   CONTACTS_INDEX_POLL_SECONDS        how often replicas pick up each other's index writes (0.25)
@@ -21,9 +25,11 @@ from laiwang.contacts.v1 import contacts_pb2
 from plumbing import streams
 from plumbing.config import Env
 from plumbing.errors import ConfigError
+from plumbing.grpc_client import open_channel
 from plumbing.mongo import ensure_indexes
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.contacts.api import ContactsApi
+from services.contacts.clients import AuthPhones
 from services.contacts.core import BudgetPolicy, InvalidArgument, Keyring, Normaliser, PhoneIndex
 from services.contacts.events import AUTH_CONSUMER, PairEventProducer, auth_handler
 from services.contacts.logic import ContactsLogic, Settings
@@ -61,11 +67,17 @@ def build_logic(runtime: Runtime, env: Env | None = None) -> tuple[ContactsLogic
         pepper_rotate_seconds=env.float("CONTACTS_PEPPER_ROTATE_SECONDS", 7 * 24 * 3600.0, minimum=1.0),
         pepper_keep=env.int("CONTACTS_PEPPER_KEEP", 4, minimum=1, maximum=100),
         poll_seconds=env.float("CONTACTS_INDEX_POLL_SECONDS", 0.25, minimum=0.01),
+        address_budget=BudgetPolicy(
+            initial=env.int("CONTACTS_ADDRESS_BUDGET_INITIAL", 50_000, minimum=1),
+            refill_per_hour=env.float("CONTACTS_ADDRESS_BUDGET_REFILL_PER_HOUR", 5_000.0),
+        ),
     )
     store = ContactsStore(runtime.mongo, runtime.db)
     producer = PairEventProducer(runtime.outbox)
+    ask_auth = env.bool("CONTACTS_ASK_AUTH_FOR_PHONES", True)
+    phones = AuthPhones(open_channel(env.address("AUTH_ADDR", "127.0.0.1:50051"))) if ask_auth else None
     logic = ContactsLogic(store, PhoneIndex(), Keyring(hash_key(env)), normaliser, settings, producer.stage,
-                          producer.kick)
+                          producer.kick, verified_phones=phones)
     return logic, store
 
 

@@ -3,10 +3,12 @@
 Collections:
   phones        _id = E.164 number of a verified phone; user_id (None once unbound), event_ms
                 (the auth event time, so a late redelivery cannot undo a newer change), updated_at
-  profiles      _id = user id; display_name, discoverability, deactivated, updated_at
+  profiles      _id = user id; display_name, discoverability, deactivated, updated_at, v (grows with
+                every write: replicas apply a profile only over an older one)
   books         _id = owner; `keys` = the owner's keyed hashes concatenated (16 bytes each), `seen` =
                 every key ever uploaded (the "uploaded before?" set the budget charges against),
-                the enumeration budget (tokens, tokens_at_ms), rev
+                rev, and while a write applies its entry changes `pending` (the journal of them)
+  budgets       _id = "phone:<E.164>" or "addr:<client address>"; tokens, tokens_at_ms
   book_entries  one per (owner, keyed hash): for "who has this number" (suggestions, mutual
                 discoverability); `gen` = pepper generation of hash-only entries; `match` = the
                 registered user the entry resolved to
@@ -17,6 +19,7 @@ Collections:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -25,13 +28,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import Binary
-from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient, DeleteOne, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from plumbing.mongo import IndexPlan, in_transaction
 from services.contacts.core import KEY_BYTES, Conflict, Discoverability, Pair, PairEvent, pair_key
+
+# Rows per bulk write: `$in` and big batches cost superlinearly on the embedded store (2,000 ids in one
+# `$in` took seconds, 20 chunks of 100 a tenth of that), and small steps let other users' writes through.
+ENTRY_CHUNK = 250
+IN_CHUNK = 100  # values per `$in` query, for the same reason
+PENDING_TAKEOVER_MS = 30_000
 
 StageEvent = Callable[[AsyncClientSession, PairEvent], Awaitable[None]]
 
@@ -40,9 +49,17 @@ StageEvent = Callable[[AsyncClientSession, PairEvent], Awaitable[None]]
 class Book:
     keys: set[bytes]
     seen: set[bytes]  # every key ever uploaded: re-adding a removed number is not charged again
+    rev: int
+    pending_at_ms: int | None = None  # a writer is still applying its entry changes (see save_book)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One enumeration budget document (a verified number's or a client address's)."""
+
+    key: str
     tokens: float | None
     tokens_at_ms: int | None
-    rev: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,7 @@ class ContactsStore:
         self.pairs = db["pairs"]
         self.suggestions = db["suggestions"]
         self.peppers = db["peppers"]
+        self.budgets = db["budgets"]
 
     def indexes(self) -> IndexPlan:
         return {
@@ -130,9 +148,11 @@ class ContactsStore:
         found: dict[str, list[str]] = {}
         if not ids:
             return found
-        query = {"user_id": ids[0]} if len(ids) == 1 else {"user_id": {"$in": ids}}
-        async for doc in self.phones.find(query, {"user_id": 1}):
-            found.setdefault(doc["user_id"], []).append(doc["_id"])
+        for start in range(0, len(ids), IN_CHUNK):
+            chunk = ids[start : start + IN_CHUNK]
+            query = {"user_id": chunk[0]} if len(chunk) == 1 else {"user_id": {"$in": chunk}}
+            async for doc in self.phones.find(query, {"user_id": 1}):
+                found.setdefault(doc["user_id"], []).append(doc["_id"])
         return found
 
     async def all_phones(self, batch: int = 20_000) -> Any:
@@ -140,15 +160,17 @@ class ContactsStore:
         async for doc in self.phones.find({"user_id": {"$ne": None}}, {"user_id": 1}, batch_size=batch):
             yield doc["_id"], doc["user_id"]
 
-    async def phones_changed_since(self, since: datetime) -> list[tuple[str, str | None, datetime]]:
-        docs = await self.phones.find({"updated_at": {"$gte": since}}, {"user_id": 1, "updated_at": 1}).to_list()
-        return [(d["_id"], d.get("user_id"), d["updated_at"]) for d in docs]
+    async def phones_changed_since(self, since: datetime) -> list[tuple[str, str | None, int]]:
+        """(number, user or None, event_ms) of every binding changed since `since`."""
+        docs = await self.phones.find({"updated_at": {"$gte": since}}, {"user_id": 1, "event_ms": 1}).to_list()
+        return [(d["_id"], d.get("user_id"), int(d.get("event_ms", 0))) for d in docs]
 
     # ------------------------------------------------------------------ profiles
     async def upsert_profile(
         self, user_id: str, display_name: str | None = None, discoverability: Discoverability | None = None,
         deactivated: bool | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Write the changes and return the whole document as written, with its new version `v`."""
         changes: dict[str, Any] = {"updated_at": _now()}
         if display_name is not None:
             changes["display_name"] = display_name
@@ -156,7 +178,11 @@ class ContactsStore:
             changes["discoverability"] = discoverability.value
         if deactivated is not None:
             changes["deactivated"] = deactivated
-        await self.profiles.update_one({"_id": user_id}, {"$set": changes}, upsert=True)
+        doc = await self.profiles.find_one_and_update(
+            {"_id": user_id}, {"$set": changes, "$inc": {"v": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        assert doc is not None
+        return doc
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
         return await self.profiles.find_one({"_id": user_id})
@@ -170,12 +196,12 @@ class ContactsStore:
 
     # ------------------------------------------------------------------ address books
     async def load_book(self, owner: str) -> Book:
-        doc = await self.books.find_one({"_id": owner})
+        doc = await self.books.find_one({"_id": owner}, {"pending": 0})
         if doc is None:
-            return Book(set(), set(), None, None, 0)
+            return Book(set(), set(), 0)
         keys = _split_keys(bytes(doc.get("keys", b"")))
         seen = _split_keys(bytes(doc.get("seen", b""))) | keys
-        return Book(keys, seen, doc.get("tokens"), doc.get("tokens_at_ms"), doc["rev"])
+        return Book(keys, seen, doc["rev"], doc.get("pending_at_ms"))
 
     async def save_book(
         self,
@@ -183,53 +209,107 @@ class ContactsStore:
         expected_rev: int,
         keys_after: set[bytes],
         seen_after: set[bytes],
-        tokens: float | None,
-        tokens_at_ms: int | None,
         added: Sequence[BookEntry],
         removed: Iterable[bytes],
+        now_ms: int,
     ) -> None:
-        """Write the book, its new entries and removals in one transaction; Conflict if `rev` moved."""
-        removed_ids = [f"{owner}|{key.hex()}" for key in removed]
-        new_docs = [
-            {"_id": f"{owner}|{e.key.hex()}", "owner": owner, "k": Binary(e.key), "gen": e.gen, "match": e.match}
-            for e in added
-        ]
+        """Write the book; Conflict if `rev` moved or another write is still applying its entries.
 
-        async def work(session: AsyncClientSession) -> None:
-            fields = {"keys": Binary(b"".join(sorted(keys_after))), "seen": Binary(b"".join(sorted(seen_after))),
-                      "tokens": tokens, "tokens_at_ms": tokens_at_ms, "rev": expected_rev + 1, "updated_at": _now()}
-            if expected_rev == 0:
-                try:
-                    await self.books.insert_one({"_id": owner, **fields}, session=session)
-                except DuplicateKeyError:
-                    raise Conflict("address book changed concurrently") from None
-            else:
-                result = await self.books.update_one({"_id": owner, "rev": expected_rev}, {"$set": fields},
-                                                     session=session)
-                if result.matched_count == 0:
-                    raise Conflict("address book changed concurrently")
-            if removed_ids:
-                await self.entries.delete_many({"_id": {"$in": removed_ids}}, session=session)
-            if new_docs:
-                await self.entries.insert_many(new_docs, ordered=False, session=session)
+        The commit point is one conditional update of the small `books` document, which also
+        records the entry changes as a journal (`pending`). The entry rows are then deleted and
+        inserted in chunks outside any transaction, and the journal is cleared. A long
+        transaction (thousands of deletes by `_id $in`, quadratic on the embedded store) held the
+        store's write path for seconds and stalled every other user; this way no step is big.
+        A writer that finds a journal older than PENDING_TAKEOVER_MS (its writer died) applies it.
+        """
+        journal = {
+            "rev": expected_rev + 1,
+            "remove": [f"{owner}|{key.hex()}" for key in removed],
+            "add": [{"_id": f"{owner}|{e.key.hex()}", "owner": owner, "k": Binary(e.key), "gen": e.gen,
+                     "match": e.match} for e in added],
+        }
+        fields = {"keys": Binary(b"".join(sorted(keys_after))), "seen": Binary(b"".join(sorted(seen_after))),
+                  "rev": expected_rev + 1, "updated_at": _now(), "pending": journal, "pending_at_ms": now_ms}
+        if expected_rev == 0:
+            try:
+                await self.books.insert_one({"_id": owner, **fields})
+            except DuplicateKeyError:
+                raise Conflict("address book changed concurrently") from None
+        else:
+            result = await self.books.update_one(
+                {"_id": owner, "rev": expected_rev, "pending_at_ms": None}, {"$set": fields})
+            if result.matched_count == 0:
+                raise Conflict("address book changed concurrently")
+        await self._apply_journal(owner, journal)
 
-        await in_transaction(self._client, work)
+    async def finish_pending(self, owner: str) -> None:
+        """Apply the journal a writer left behind (it crashed, or took too long), then clear it."""
+        doc = await self.books.find_one({"_id": owner}, {"pending": 1})
+        if doc is not None and doc.get("pending"):
+            await self._apply_journal(owner, doc["pending"])
 
-    async def add_book_keys(self, owner: str, entries: Sequence[BookEntry]) -> None:
+    async def _apply_journal(self, owner: str, journal: dict[str, Any]) -> None:
+        # Removals first: a number the owner dropped stops counting as "theirs" before anything else.
+        removals = list(journal["remove"])
+        for start in range(0, len(removals), ENTRY_CHUNK):
+            await self.entries.bulk_write([DeleteOne({"_id": i}) for i in removals[start : start + ENTRY_CHUNK]],
+                                          ordered=False)
+        docs = list(journal["add"])
+        for start in range(0, len(docs), ENTRY_CHUNK):
+            try:
+                await self.entries.insert_many(docs[start : start + ENTRY_CHUNK], ordered=False)
+            except BulkWriteError as error:
+                # Re-applying a journal (takeover, retry) meets rows written the first time: fine.
+                if any(e.get("code") != 11000 for e in error.details.get("writeErrors", [])):
+                    raise
+        await self.books.update_one({"_id": owner, "rev": journal["rev"]},
+                                    {"$set": {"pending_at_ms": None}, "$unset": {"pending": ""}})
+
+    async def add_book_keys(self, owner: str, entries: Sequence[BookEntry], now_ms: int) -> None:
         """Add entries outside an upload (a hash-only entry resolved by a later registration)."""
-        for _ in range(5):
+        for _ in range(50):
             book = await self.load_book(owner)
             fresh = [e for e in entries if e.key not in book.keys]
             if not fresh:
                 return
+            if book.pending_at_ms is not None:
+                await self.wait_or_take_over(owner, book, now_ms)
+                continue
             try:
                 keys = {e.key for e in fresh}
-                await self.save_book(owner, book.rev, book.keys | keys, book.seen | keys, book.tokens,
-                                     book.tokens_at_ms, fresh, ())
+                await self.save_book(owner, book.rev, book.keys | keys, book.seen | keys, fresh, (), now_ms)
                 return
             except Conflict:
                 continue
         raise Conflict("address book kept changing")
+
+    async def wait_or_take_over(self, owner: str, book: Book, now_ms: int) -> None:
+        """Another write of this book is applying its entries: wait a moment, or finish it if it died."""
+        if book.pending_at_ms is not None and now_ms - book.pending_at_ms > PENDING_TAKEOVER_MS:
+            await self.finish_pending(owner)
+        else:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ enumeration budgets
+    async def load_budget(self, key: str) -> Budget:
+        doc = await self.budgets.find_one({"_id": key})
+        if doc is None:
+            return Budget(key, None, None)
+        return Budget(key, doc.get("tokens"), doc.get("tokens_at_ms"))
+
+    async def save_budget(self, before: Budget, tokens: float, at_ms: int) -> bool:
+        """Compare-and-set: False if someone else charged this budget since `before` was read."""
+        if before.tokens is None:
+            try:
+                await self.budgets.insert_one({"_id": before.key, "tokens": tokens, "tokens_at_ms": at_ms})
+            except DuplicateKeyError:
+                return False
+            return True
+        result = await self.budgets.update_one(
+            {"_id": before.key, "tokens": before.tokens, "tokens_at_ms": before.tokens_at_ms},
+            {"$set": {"tokens": tokens, "tokens_at_ms": at_ms}},
+        )
+        return result.matched_count > 0
 
     async def holders(self, keys: Sequence[bytes]) -> list[tuple[str, bytes, int | None]]:
         """(owner, key, gen) of every stored entry with one of `keys`: who has these numbers."""

@@ -38,7 +38,8 @@ async def test_matching_discoverability_suggestions_friends_chat_and_blocks(clie
     status, body = await client.call("GET", f"{V1}/contacts/discoverability", carol)
     assert (status, body) == (200, {"discoverability": "mutual"})
 
-    await eventually(lambda: client.matches(alice, [bob.msisdn], bob.user_id), interval=0.2)  # auth's PhoneVerified has reached contacts' index
+    # auth's PhoneVerified has reached contacts' index
+    await eventually(lambda: client.matches(alice, [bob.msisdn], bob.user_id), interval=0.2)
     book = [bob.national, carol.msisdn, "12345", "call me", later_msisdn]
     reply = await client.upload(alice, book)
     assert [(m["index"], m["user_id"], m["address"]) for m in reply["matches"]] == [(0, bob.user_id, bob.msisdn)]

@@ -7,14 +7,17 @@ exactly as auth does, and talk to contacts over gRPC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -67,16 +70,20 @@ async def _serving(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-async def contacts(nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Contacts]:
+@contextlib.asynccontextmanager
+async def start_contacts(nats_url: str, mongo_uri: str, log_path: Path,
+                         settings: dict[str, str] | None = None) -> AsyncIterator[Contacts]:
+    """One contacts process on its own database, with auth's events published by the test."""
     port, metrics = free_port(), free_port()
-    log_path = tmp_path_factory.mktemp("contacts") / "contacts.log"
     env = {
         **os.environ,
         "GRPC_PORT": str(port), "METRICS_PORT": str(metrics), "MONGO_URI": mongo_uri,
         "MONGO_DB": f"contacts_{uuid.uuid4().hex[:8]}", "NATS_URL": nats_url, "SERVER_NAME": SERVER,
         "CONTACTS_BUDGET_INITIAL": "40", "CONTACTS_BUDGET_REFILL_PER_HOUR": "1",
         "CONTACTS_HASH_KEY": "integration-test-hash-key-0123456789",
+        "CONTACTS_ASK_AUTH_FOR_PHONES": "false",  # no auth here: every uploader's phone arrives as an event
+        "CONTACTS_ADDRESS_BUDGET_INITIAL": "60", "CONTACTS_ADDRESS_BUDGET_REFILL_PER_HOUR": "1",
+        **(settings or {}),
     }
     with open(log_path, "wb") as log:  # noqa: ASYNC230 - once per module
         process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, started once per module
@@ -108,7 +115,7 @@ async def contacts(nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempP
         deadline = time.monotonic() + 60
         while not await _serving(port):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("contacts did not start:\n" + log_path.read_text()[-5000:])
+                raise RuntimeError("contacts did not start:\n" + log_path.read_text()[-5000:])  # noqa: ASYNC240
             await asyncio.sleep(0.1)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield Contacts(contacts_pb2_grpc.ContactsServiceStub(channel), publish, seen, process,
@@ -117,6 +124,12 @@ async def contacts(nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempP
         await subscription.unsubscribe()
         await nc.close()
         stop_process(process, timeout=20)
+
+
+@pytest.fixture(scope="module")
+async def contacts(nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Contacts]:
+    async with start_contacts(nats_url, mongo_uri, tmp_path_factory.mktemp("contacts") / "contacts.log") as c:
+        yield c
 
 
 _counter = iter(range(10_000_000))
@@ -133,6 +146,7 @@ async def new_user(c: Contacts, name: str, number: str | None = None) -> tuple[s
     number = number or new_number()
     await c.publish("phone_verified", auth_events_pb2.PhoneVerified(user_id=user_id, msisdn=number,
                                                                     verified_at_ms=int(time.time() * 1000)))
+    await c.settled()  # matching needs the uploader's verified phone known to contacts
     return user_id, number
 
 
@@ -396,3 +410,60 @@ async def test_profile_changes_replacement_and_deactivation(contacts: Contacts) 
     assert (await contacts.stub.ListMatches(pb.ListMatchesRequest(user_id=viewer))).users == []
     search = await contacts.stub.SearchDirectory(pb.SearchDirectoryRequest(user_id=viewer, search_term="mia"))
     assert not search.results
+
+
+async def test_matching_needs_a_verified_phone(contacts: Contacts) -> None:
+    nobody = f"@nophone-{uuid.uuid4().hex[:6]}:{SERVER}"
+    await contacts.publish("user_registered", auth_events_pb2.UserRegistered(user_id=nobody, display_name="No"))
+    await contacts.settled()
+    for call in (upload(contacts, nobody, [new_number()]), contacts.stub.LookupHashes(pb.LookupHashesRequest(
+            user_id=nobody, algorithm="sha256", pepper=(await contacts.stub.GetHashDetails(
+                pb.GetHashDetailsRequest())).lookup_pepper, addresses=[lookup_hash(new_number(), "x")]))):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert errcode(refused.value) == "M_FORBIDDEN" and "verified phone" in (refused.value.details() or "")
+
+
+async def test_the_budget_belongs_to_the_number_across_its_accounts(contacts: Contacts) -> None:
+    first, number = await new_user(contacts, "first")
+    assert (await upload(contacts, first, [new_number() for _ in range(30)])).budget_remaining == 10
+    # The number leaves the first account and is verified by a fresh one: the budget stays spent.
+    now = int(time.time() * 1000)
+    await contacts.publish("phone_unbound", auth_events_pb2.PhoneUnbound(user_id=first, msisdn=number,
+                                                                        unbound_at_ms=now))
+    second, _ = await new_user(contacts, "second", number)
+    with pytest.raises(grpc.aio.AioRpcError) as tripped:
+        await upload(contacts, second, [new_number() for _ in range(11)])
+    assert errcode(tripped.value) == "M_LIMIT_EXCEEDED"
+    assert (await upload(contacts, second, [new_number() for _ in range(10)])).budget_remaining == 0
+
+
+async def test_one_client_address_has_a_ceiling_over_all_its_numbers(contacts: Contacts) -> None:
+    address = f"198.51.100.{secrets.randbelow(250) + 1}"
+    users = [(await new_user(contacts, f"addr{i}"))[0] for i in range(2)]
+
+    async def upload_from(user: str, count: int) -> pb.UploadContactsResponse:
+        return await contacts.stub.UploadContacts(pb.UploadContactsRequest(
+            user_id=user, mode=pb.UPLOAD_MODE_MERGE, add=[new_number() for _ in range(count)],
+            client_address=address))
+
+    await upload_from(users[0], 40)  # that number's whole budget; the address (60) has 20 left
+    with pytest.raises(grpc.aio.AioRpcError) as tripped:
+        await upload_from(users[1], 21)
+    assert errcode(tripped.value) == "M_LIMIT_EXCEEDED"
+    # Refused as a whole: the second number's own budget was not spent either.
+    assert (await upload_from(users[1], 20)).budget_remaining == 20
+    # Without an address (an internal caller) only the number's budget applies.
+    assert (await upload(contacts, users[1], [new_number() for _ in range(20)],
+                         mode=pb.UPLOAD_MODE_MERGE)).budget_remaining == 0
+
+
+async def test_a_hashed_lookup_of_numbers_uploaded_in_plain_is_free(contacts: Contacts) -> None:
+    user, _ = await new_user(contacts, "plainfirst")
+    unregistered = [new_number() for _ in range(5)]
+    assert (await upload(contacts, user, unregistered)).budget_remaining == 35
+    pepper = (await contacts.stub.GetHashDetails(pb.GetHashDetailsRequest())).lookup_pepper
+    reply = await contacts.stub.LookupHashes(pb.LookupHashesRequest(
+        user_id=user, algorithm="sha256", pepper=pepper, addresses=[lookup_hash(n, pepper) for n in unregistered]))
+    assert reply.budget_remaining == 35

@@ -216,10 +216,15 @@ class UploadContactsRequest(_message.Message):
     ADD_FIELD_NUMBER: _builtins.int
     REMOVE_FIELD_NUMBER: _builtins.int
     DEFAULT_REGION_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     mode: Global___UploadMode.ValueType
     default_region: _builtins.str
     """ISO 3166 region for numbers written without a country code; empty = the server's default."""
+    client_address: _builtins.str
+    """The end client's network address as the gateway saw it: new numbers are also charged to a
+    per-address ceiling. Empty (internal callers) = no address ceiling.
+    """
     @_builtins.property
     def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -232,10 +237,11 @@ class UploadContactsRequest(_message.Message):
         add: _abc.Iterable[_builtins.str] | None = ...,
         remove: _abc.Iterable[_builtins.str] | None = ...,
         default_region: _builtins.str = ...,
+        client_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "default_region", b"default_region", "mode", b"mode", "remove", b"remove", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "client_address", b"client_address", "default_region", b"default_region", "mode", b"mode", "remove", b"remove", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,11 +292,14 @@ class LookupHashesRequest(_message.Message):
     ADDRESSES_FIELD_NUMBER: _builtins.int
     REMOVE_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     algorithm: _builtins.str
     """"sha256" (the only algorithm offered)."""
     pepper: _builtins.str
     mode: Global___UploadMode.ValueType
+    client_address: _builtins.str
+    """As in UploadContactsRequest."""
     @_builtins.property
     def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Unpadded URL-safe base64 of SHA-256("<number without +> msisdn <pepper>")."""
@@ -306,10 +315,11 @@ class LookupHashesRequest(_message.Message):
         addresses: _abc.Iterable[_builtins.str] | None = ...,
         remove: _abc.Iterable[_builtins.str] | None = ...,
         mode: Global___UploadMode.ValueType = ...,
+        client_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "algorithm", b"algorithm", "mode", b"mode", "pepper", b"pepper", "remove", b"remove", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "algorithm", b"algorithm", "client_address", b"client_address", "mode", b"mode", "pepper", b"pepper", "remove", b"remove", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,85 @@
+"""Contacts under the two loads that broke it: replacing a big address book (it timed out and
+stalled everyone) and discoverability flips racing the replica's own refresh poll."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from laiwang.contacts.v1 import contacts_pb2 as pb
+from tests.integration.test_contacts_service import Contacts, new_user, start_contacts, upload
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 10.0  # the gateway's deadline for a contacts call; past it the client got 504
+
+
+@pytest.fixture(scope="module")
+async def big(nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
+        tuple[Contacts, str]]:
+    db = f"contacts_big_{uuid.uuid4().hex[:8]}"
+    settings = {"MONGO_DB": db, "CONTACTS_BUDGET_INITIAL": "40000",
+                # A refresh poll running all the time makes its race with a write as likely as can be.
+                "CONTACTS_INDEX_POLL_SECONDS": "0.01"}
+    async with start_contacts(nats_url, mongo_uri, tmp_path_factory.mktemp("big") / "contacts.log", settings) as c:
+        yield c, db
+
+
+def numbers(prefix: int, count: int) -> list[str]:
+    return [f"+86{prefix}{i:08d}" for i in range(count)]
+
+
+async def test_replacing_a_big_book_neither_times_out_nor_stalls_others(big, mongo_uri: str) -> None:
+    contacts, db = big
+    owner, _ = await new_user(contacts, "bigbook")
+    other, _ = await new_user(contacts, "bystander")
+    first = await asyncio.wait_for(upload(contacts, owner, numbers(150, 5_000)), DEADLINE)
+    assert first.added == 5_000
+
+    async def bystander() -> list[float]:
+        took = []
+        for i in range(10):
+            started = time.monotonic()
+            await contacts.stub.UploadContacts(pb.UploadContactsRequest(
+                user_id=other, mode=pb.UPLOAD_MODE_MERGE, add=[f"+86151{i:08d}"]), timeout=DEADLINE / 2)
+            took.append(time.monotonic() - started)
+        return took
+
+    replaced, _ = await asyncio.gather(
+        contacts.stub.UploadContacts(pb.UploadContactsRequest(user_id=owner, mode=pb.UPLOAD_MODE_REPLACE,
+                                                              add=numbers(152, 5_000)), timeout=DEADLINE),
+        bystander(),
+    )
+    assert (replaced.added, replaced.removed) == (5_000, 5_000)
+    # Up to the limit: a 10,000-number book replacing it, within the same deadline.
+    full = await contacts.stub.UploadContacts(pb.UploadContactsRequest(
+        user_id=owner, mode=pb.UPLOAD_MODE_REPLACE, add=numbers(153, 10_000)), timeout=DEADLINE)
+    assert (full.added, full.removed) == (10_000, 5_000)
+
+    # Nothing half-written: the rows are exactly the last book, and no journal is left behind.
+    client: AsyncMongoClient = AsyncMongoClient(mongo_uri)
+    try:
+        assert await client[db].book_entries.count_documents({"owner": owner}) == 10_000
+        book = await client[db].books.find_one({"_id": owner})
+        assert book is not None and "pending" not in book and book.get("pending_at_ms") is None
+    finally:
+        await client.close()
+
+
+async def test_discoverability_is_read_your_writes(big) -> None:
+    contacts, _ = big
+    viewer, _ = await new_user(contacts, "viewer")
+    subject, subject_no = await new_user(contacts, "subject")
+    await upload(contacts, viewer, [subject_no])
+    for flip in range(150):
+        value = pb.DISCOVERABILITY_EVERYONE if flip % 2 else pb.DISCOVERABILITY_NOBODY
+        await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(user_id=subject, discoverability=value))
+        got = await contacts.stub.GetDiscoverability(pb.GetDiscoverabilityRequest(user_id=subject))
+        reply = await upload(contacts, viewer, [subject_no], mode=pb.UPLOAD_MODE_MERGE)
+        seen = subject in {m.user_id for m in reply.matches}
+        assert (got.discoverability, seen) == (value, value == pb.DISCOVERABILITY_EVERYONE), f"flip {flip}"
