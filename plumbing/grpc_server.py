@@ -154,7 +154,8 @@ class GrpcServer:
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
 
-    async def start(self) -> None:
+    async def start(self, serving: bool = True) -> None:
+        """Listen; report SERVING now, or (`serving=False`) only once `set_serving(True)` says so."""
         address = f"{self.host}:{self.port}"
         try:
             bound = self._server.add_insecure_port(address)
@@ -165,7 +166,12 @@ class GrpcServer:
             raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT): port already in use")
         self.port = bound
         await self._server.start()
-        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        await self.set_serving(serving)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Readiness (ignored once graceful shutdown began: then it stays NOT_SERVING)."""
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING if serving
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _set_all(self, status: int) -> None:
         for name in ("", *self._service_names):

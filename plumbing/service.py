@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NatsClient
@@ -35,6 +35,7 @@ from plumbing.metrics import serve_metrics
 from plumbing.mongo import IndexPlan, connect_mongo, ensure_indexes
 from plumbing.outbox import OUTBOX_INDEXES, Outbox
 from plumbing.ports import port_is_free
+from plumbing.readiness import DependencyGate
 from plumbing.streams import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class ServiceParts:
     produces: Sequence[StreamSpec] = ()
     consumers: Sequence[tuple[ConsumerSpec, Handler]] = ()
     background: Sequence[Callable[[], Awaitable[None]]] = ()
+    # gRPC services this one cannot work without (name -> address): it reports SERVING only while
+    # they do (plumbing.readiness).
+    depends_on: Mapping[str, str] = field(default_factory=dict)
 
 
 Builder = Callable[[Runtime], Awaitable[ServiceParts]]
@@ -114,7 +118,10 @@ async def _serve(config: ServiceConfig, build: Builder) -> None:
     background = [asyncio.create_task(job(), name=f"background:{i}") for i, job in enumerate(parts.background)]
 
     server = GrpcServer(config.grpc_host, config.grpc_port, parts.service_names, parts.registrations)
-    await server.start()
+    await server.start(serving=not parts.depends_on)
+    if parts.depends_on:
+        gate = DependencyGate(parts.depends_on)
+        background.append(asyncio.create_task(gate.run(server.set_serving), name="readiness"))
     log.info("serving", extra={"grpc_port": server.port, "metrics_port": config.metrics_port})
 
     stop = asyncio.Event()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
+import hmac
 import re
 import sys
 from collections.abc import Sequence
@@ -173,14 +174,28 @@ def creation_retry_after_ms(recent_creations_ms: Sequence[int], now_ms: int, per
     return recent[len(recent) - per_hour] - window_start
 
 
-def encode_cursor(activity_ms: int, zhadui_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{activity_ms}:{zhadui_id}".encode()).decode().rstrip("=")
+DEV_CURSOR_KEY = b"laiwang-dev-zhadui-cursor-key"
+_CURSOR_MAC_BYTES = 12
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
+def _cursor_mac(key: bytes, viewer: str, position: bytes) -> bytes:
+    return hmac.digest(key, viewer.encode() + b"\0" + position, "sha256")[:_CURSOR_MAC_BYTES]
+
+
+def encode_cursor(activity_ms: int, zhadui_id: str, viewer: str = "", key: bytes = DEV_CURSOR_KEY) -> str:
+    """The feed position after (activity, id), signed for `viewer`: a cursor is only ever one we gave out."""
+    position = f"{activity_ms}:{zhadui_id}".encode()
+    return base64.urlsafe_b64encode(_cursor_mac(key, viewer, position) + position).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, viewer: str = "", key: bytes = DEV_CURSOR_KEY) -> tuple[int, str]:
+    """The position in a cursor we gave `viewer`; 400 M_INVALID_PARAM for anything else (even well-formed)."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        activity, zhadui_id = raw.split(":", 1)
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        mac, position = raw[:_CURSOR_MAC_BYTES], raw[_CURSOR_MAC_BYTES:]
+        if not hmac.compare_digest(mac, _cursor_mac(key, viewer, position)):
+            raise ValueError("not signed by us")
+        activity, zhadui_id = position.decode().split(":", 1)
         return int(activity), zhadui_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise invalid("cursor is not one this server gave out") from None
@@ -404,6 +419,8 @@ class ZhaduiCore:
     creations_per_hour: int = 20
     # Activity in a discussion is recorded at most this often per zhadui (one write, not one per message).
     activity_resolution_ms: int = 5_000
+    # Signs feed cursors; replicas share it (ZHADUI_CURSOR_KEY) so any of them accepts any cursor.
+    cursor_key: bytes = DEV_CURSOR_KEY
 
     # --- who may see and do what -------------------------------------------------------
 
@@ -458,13 +475,14 @@ class ZhaduiCore:
 
     async def feed(self, viewer: str, cursor: str, limit: int) -> tuple[list[Preview], str]:
         size = page_size(limit)
-        keys = self.index.feed(viewer, decode_cursor(cursor) if cursor else None, size + 1)
+        after = decode_cursor(cursor, viewer, self.cursor_key) if cursor else None
+        keys = self.index.feed(viewer, after, size + 1)
         page = keys[:size]
         ids = [zhadui_id for _, zhadui_id in page]
         zhaduis = await self.store.get_many(ids)
         views = await self.store.views(viewer, ids)
         items = [self._preview(viewer, zhaduis[i], views.get(i, View())) for i in ids if i in zhaduis]
-        next_cursor = encode_cursor(*page[-1]) if len(keys) > size else ""
+        next_cursor = encode_cursor(*page[-1], viewer, self.cursor_key) if len(keys) > size else ""
         return items, next_cursor
 
     async def join(self, viewer: str, zhadui_id: str, now_ms: int) -> Preview:

@@ -14,7 +14,7 @@ from plumbing.ids import sortable_id
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.zhadui.api import ZhaduiApi
 from services.zhadui.clients import MessagingRooms
-from services.zhadui.core import AudienceIndex, ZhaduiCore
+from services.zhadui.core import DEV_CURSOR_KEY, AudienceIndex, ZhaduiCore
 from services.zhadui.events import (
     DISCUSSIONS,
     FRIEND_GRAPH,
@@ -36,11 +36,12 @@ async def build(runtime: Runtime) -> ServiceParts:
     per_hour = env.int("ZHADUI_CREATIONS_PER_HOUR", 20, minimum=1)
     activity_resolution = env.float("ZHADUI_ACTIVITY_RESOLUTION_SECONDS", 5.0, minimum=0.0)
     messaging = env.address("MESSAGING_ADDR", "127.0.0.1:50053")
+    cursor_key = env.str("ZHADUI_CURSOR_KEY", DEV_CURSOR_KEY.decode()).encode()
 
     store = MongoZhaduiStore(runtime.db, runtime.outbox)
     core = ZhaduiCore(store=store, rooms=MessagingRooms(open_channel(messaging)), index=AudienceIndex(),
                       new_id=sortable_id, creations_per_hour=per_hour,
-                      activity_resolution_ms=int(activity_resolution * 1000))
+                      activity_resolution_ms=int(activity_resolution * 1000), cursor_key=cursor_key)
     await IndexFollower(core, store, runtime.nats).start()
 
     async def archive_forever() -> None:
@@ -65,6 +66,7 @@ async def build(runtime: Runtime) -> ServiceParts:
             (DISCUSSIONS, discussion_handler(core)),
         ],
         background=[archive_forever],
+        depends_on={"messaging": messaging},  # every discussion is a messaging room
     )
 
 

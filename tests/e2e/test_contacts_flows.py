@@ -18,6 +18,7 @@ import pytest
 from laiwang.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from services.contacts.core import lookup_hash
 from tests.auth_support import unique_cn_mobile
+from tests.matrix_support import register_user
 from tests.social_support import V1, V3, Client, Person
 from tests.support import eventually
 
@@ -176,6 +177,14 @@ async def test_enumeration_budget_trips_on_fresh_numbers_but_not_on_a_re_upload(
     assert status == 429 and body["errcode"] == "M_LIMIT_EXCEEDED" and body["retry_after_ms"] > 0
     again = await client.upload(scanner, book)  # the same book again costs nothing
     assert (again["added"], again["removed"]) == (0, 0)
+
+
+async def test_matching_needs_a_verified_phone(client: Client) -> None:
+    account = await register_user(client.stack.base_url, f"nophone{secrets.token_hex(4)}")
+    async with client.http.post(f"{client.stack.base_url}{V1}/contacts/sync", headers=account.headers,
+                                json={"add": ["+8613800138000"]}) as response:
+        body = await response.json()
+    assert response.status == 403 and body["errcode"] == "M_FORBIDDEN" and "verified phone" in body["error"]
 
 
 async def test_oversized_and_malformed_uploads(client: Client) -> None:

@@ -5,6 +5,7 @@ one friendship at a time, and the discussion as a Matrix room only participants 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,6 +150,10 @@ async def test_bad_input_gets_clear_errors(people) -> None:
         assert (got, reply["errcode"]) == (status, errcode), body
         assert reply["error"]
     status, reply = await api.call("GET", f"{Z}/feed?cursor=garbage!", p["E"])
+    assert status == 400 and reply["errcode"] == "M_INVALID_PARAM"
+    # Well-formed, but never given out: the unsigned "<activity>:<id>" shape cursors once had.
+    forged = base64.urlsafe_b64encode(b"99999999999999:z1").decode().rstrip("=")
+    status, reply = await api.call("GET", f"{Z}/feed?cursor={forged}", p["E"])
     assert status == 400 and reply["errcode"] == "M_INVALID_PARAM"
     async with api.http.get(f"{api.stack.base_url}{Z}/feed") as response:
         assert response.status == 401 and (await response.json())["errcode"] == "M_MISSING_TOKEN"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 from collections.abc import Sequence
 from dataclasses import replace
@@ -359,9 +360,20 @@ def test_a_good_draft_is_normalised() -> None:
 
 
 def test_cursor_round_trip_and_garbage() -> None:
-    assert decode_cursor(encode_cursor(123, "z9")) == (123, "z9")
+    assert decode_cursor(encode_cursor(123, "z9", "@a:x", b"k1"), "@a:x", b"k1") == (123, "z9")
     with pytest.raises(DomainError):
         decode_cursor("!!not-a-cursor")
+
+
+def test_a_well_formed_cursor_we_never_gave_out_is_refused() -> None:
+    # The old unsigned shape: base64 of "<activity>:<id>", well-formed and plausible.
+    forged = base64.urlsafe_b64encode(b"99999999999999:z1").decode().rstrip("=")
+    for cursor, viewer, key in ((forged, "@a:x", b"k1"),
+                                (encode_cursor(1, "z1", "@b:x", b"k1"), "@a:x", b"k1"),  # someone else's
+                                (encode_cursor(1, "z1", "@a:x", b"k2"), "@a:x", b"k1")):  # another key
+        with pytest.raises(DomainError) as refused:
+            decode_cursor(cursor, viewer, key)
+        assert refused.value.errcode == "M_INVALID_PARAM"
 
 
 def test_retry_after_counts_from_the_oldest_creation_in_the_hour() -> None:
