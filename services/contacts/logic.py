@@ -202,7 +202,9 @@ class ContactsLogic:
             if count % 50_000 == 0:
                 await asyncio.sleep(0)
         async for doc in self.store.all_profiles():
-            self._apply_profile_doc(doc)
+            # Not remembered as recent versions: a million of them would be held for nothing (the
+            # refresh only ever reads documents at least as new as these).
+            self._apply_profile_doc(doc, remember=False)
         current = await self.store.current_pepper()
         if current is None:
             await self.store.add_pepper(0, self._clock())
@@ -211,9 +213,9 @@ class ContactsLogic:
         await self._switch_pepper(*current)
         log.info("phone index loaded", extra={"numbers": count, "seconds": round(time.monotonic() - started, 2)})
 
-    def _apply_profile_doc(self, doc: dict[str, Any]) -> None:
+    def _apply_profile_doc(self, doc: dict[str, Any], remember: bool = True) -> None:
         """Apply a whole profile document, unless this replica already applied a newer version."""
-        if not self.index.profile_versions.admit(str(doc["_id"]), int(doc.get("v") or 0)):
+        if remember and not self.index.profile_versions.admit(str(doc["_id"]), int(doc.get("v") or 0)):
             return
         setting = doc.get("discoverability")
         self.index.set_profile(

@@ -112,11 +112,9 @@ class ContactsStore:
         return {
             "phones": [IndexModel([("user_id", ASCENDING)]), IndexModel([("updated_at", ASCENDING)])],
             "profiles": [IndexModel([("updated_at", ASCENDING)])],
-            "book_entries": [
-                IndexModel([("k", ASCENDING)]),
-                IndexModel([("owner", ASCENDING)]),
-                IndexModel([("gen", ASCENDING)]),
-            ],
+            # Few indexes: each costs on every one of the thousands of rows a big book writes (an
+            # `owner` index made them ~25 % slower); an owner's rows are found by `_id` prefix.
+            "book_entries": [IndexModel([("k", ASCENDING)]), IndexModel([("gen", ASCENDING)])],
             "pairs": [IndexModel([("a", ASCENDING)]), IndexModel([("b", ASCENDING)])],
             "suggestions": [IndexModel([("owner", ASCENDING)])],
         }
@@ -240,7 +238,9 @@ class ContactsStore:
                 {"_id": owner, "rev": expected_rev, "pending_at_ms": None}, {"$set": fields})
             if result.matched_count == 0:
                 raise Conflict("address book changed concurrently")
-        await self._apply_journal(owner, journal)
+        # Committed: finish the rows even if the caller gives up (deadline, client gone), so the
+        # next write of this book waits seconds for it rather than the takeover delay.
+        await asyncio.shield(self._apply_journal(owner, journal))
 
     async def finish_pending(self, owner: str) -> None:
         """Apply the journal a writer left behind (it crashed, or took too long), then clear it."""
@@ -335,7 +335,8 @@ class ContactsStore:
         await self.entries.update_many(query, {"$set": {"match": user_id}})
 
     async def matched_users(self, owner: str) -> list[str]:
-        docs = await self.entries.find({"owner": owner, "match": {"$ne": None}}, {"match": 1}).to_list()
+        docs = await self.entries.find({"_id": {"$gte": f"{owner}|", "$lt": f"{owner}}}"}, "match": {"$ne": None}},
+                                       {"match": 1}).to_list()
         return list(dict.fromkeys(d["match"] for d in docs))
 
     async def drop_generations_below(self, gen: int) -> int:
