@@ -123,9 +123,23 @@ class PartialAppend(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def check_canonical(value: Any, path: str = "content") -> None:
-    """Matrix canonical JSON: objects, arrays, strings, booleans, null and integers in ±(2^53-1)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+MAX_DEPTH = 64  # objects/arrays inside content; the stored documents add a few levels above it
+MAX_ID_BYTES = 255  # event types, state keys, transaction ids, user ids (as Synapse)
+ROOM_VERSIONS = ("10",)  # what this server creates; m.room.create says "10"
+_USER_ID = re.compile(r"@[!-9;-~]+:(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(:[0-9]{1,5})?")
+
+
+def check_canonical(value: Any, path: str = "content", depth: int = 0) -> None:
+    """Matrix canonical JSON: objects, arrays, strings, booleans, null and integers in ±(2^53-1).
+
+    Also everything the serialiser and the store would refuse later, inside a group commit where a
+    failure would hurt other requests: nesting deeper than MAX_DEPTH, non-string keys and keys with
+    a NUL byte (BSON cannot store them), and lone surrogates (not UTF-8).
+    """
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, str):
+        _check_text(value, path)
         return
     if isinstance(value, int):
         if not CANONICAL_INT_MIN <= value <= CANONICAL_INT_MAX:
@@ -133,15 +147,42 @@ def check_canonical(value: Any, path: str = "content") -> None:
         return
     if isinstance(value, float):
         raise bad_json(f"{path}: floats are not allowed in canonical JSON")
+    if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
+        raise bad_json(f"{path}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         for key, item in value.items():
-            check_canonical(item, f"{path}.{key}")
+            if not isinstance(key, str):
+                raise bad_json(f"{path}: object keys must be strings")
+            _check_text(key, f"{path} key")
+            if "\x00" in key:
+                raise bad_json(f"{path}: object keys must not contain NUL")
+            check_canonical(item, f"{path}.{key[:64]}", depth + 1)
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
-            check_canonical(item, f"{path}[{index}]")
+            check_canonical(item, f"{path}[{index}]", depth + 1)
         return
     raise bad_json(f"{path}: unsupported JSON value")
+
+
+def _check_text(value: str, path: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise bad_json(f"{path}: strings must be valid Unicode (no lone surrogates)") from None
+
+
+def valid_user_id(user_id: str) -> bool:
+    """A Matrix user id: historical localpart characters, a server name, at most 255 bytes."""
+    return isinstance(user_id, str) and len(user_id.encode(errors="replace")) <= MAX_ID_BYTES \
+        and _USER_ID.fullmatch(user_id) is not None
+
+
+def check_id_field(value: str, what: str) -> None:
+    """Event types, state keys and txn ids: at most 255 bytes of valid UTF-8."""
+    _check_text(value, what)
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise invalid(f"{what} is longer than {MAX_ID_BYTES} bytes")
 
 
 def parse_content(raw: bytes) -> JSON:
@@ -423,6 +464,8 @@ class Store(Protocol):
     async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]: ...
     async def load_users(self, user_ids: list[str]) -> list[JSON]: ...
     async def entry(self, event_id: str) -> JSON | None: ...
+    async def state_events_upto(self, room_id: str, pos: int) -> list[JSON]: ...
+    def is_outage(self, exc: BaseException) -> bool: ...
 
 
 class Notifier(Protocol):
@@ -1122,6 +1165,12 @@ class _Pending:
     append_only: bool = False  # only ever appends a non-state event (a plain send)
 
 
+def _fail_all(batch: list[_Pending], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
 @dataclass(frozen=True)
 class Settings:
     server_name: str = "localhost"
@@ -1138,6 +1187,58 @@ class SyncResult:
     body: JSON
     next_batch: str
     has_changes: bool
+
+
+def _create_options(creator: str, body: JSON) -> tuple[str, bool, list[str]]:
+    """createRoom's scalar fields, type-checked: (preset, is_direct, invitees without the creator)."""
+    version = body.get("room_version")
+    if version is not None and not isinstance(version, str):
+        raise bad_json("room_version must be a string")
+    if version is not None and version not in ROOM_VERSIONS:
+        raise MessagingError("M_UNSUPPORTED_ROOM_VERSION", f"room version {version[:32]!r} is not supported")
+    is_direct = body.get("is_direct", False)
+    if not isinstance(is_direct, bool):
+        raise bad_json("is_direct must be a boolean")
+    visibility = body.get("visibility", "private")
+    if visibility not in ("public", "private"):
+        raise bad_json("visibility must be 'public' or 'private'")
+    preset = body.get("preset")
+    if preset is None:
+        preset = "trusted_private_chat" if is_direct else ("public_chat" if visibility == "public" else "private_chat")
+    if preset not in PRESETS:
+        raise invalid(f"unknown preset {str(preset)[:64]!r}")
+    for key, limit in (("name", 255), ("topic", 4096)):
+        if key in body and not isinstance(body[key], str):
+            raise bad_json(f"{key} must be a string")
+        if len(body.get(key, "")) > limit:
+            raise bad_json(f"{key} is longer than {limit} characters")
+    invites = body.get("invite", [])
+    if not isinstance(invites, list) or not all(isinstance(u, str) and valid_user_id(u) for u in invites):
+        raise invalid("invite must be a list of user ids")
+    invites = [u for u in dict.fromkeys(invites) if u != creator]
+    if is_direct and len(invites) != 1:
+        raise invalid("a direct chat invites exactly one other user")
+    return preset, is_direct, invites
+
+
+def _initial_state(body: JSON) -> list[JSON]:
+    """createRoom's initial_state, checked like PUT /state: [{type, state_key, content}]."""
+    items = body.get("initial_state", [])
+    if not isinstance(items, list):
+        raise bad_json("initial_state must be a list")
+    checked = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not item["type"] or \
+                not isinstance(item.get("content"), dict):
+            raise bad_json("initial_state entries need type and content")
+        state_key = item.get("state_key", "")
+        if not isinstance(state_key, str):
+            raise bad_json("initial_state state_key must be a string")
+        check_id_field(item["type"], "initial_state type")
+        check_id_field(state_key, "initial_state state_key")
+        validate_state_content(item["type"], item["content"])
+        checked.append({"type": item["type"], "state_key": state_key, "content": item["content"]})
+    return checked
 
 
 class Messaging:
@@ -1179,13 +1280,30 @@ class Messaging:
             batch = [await self._queue.get()]
             while len(batch) < self.settings.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            await self._run_isolated(batch)
+
+    async def _run_isolated(self, batch: list[_Pending]) -> None:
+        """Run a batch; if it fails unexpectedly, commit its requests one by one, so that a request
+        nobody foresaw as bad fails alone and never takes other users' requests with it."""
+        try:
+            await self._run(batch)
+            return
+        except Exception as exc:  # the writer must survive anything one batch does
+            if self.store.is_outage(exc):
+                _fail_all(batch, exc)  # the store is down: retrying one by one would only wait longer
+                return
+            log.warning("write batch of %d failed; committing its requests one by one", len(batch), exc_info=True)
+            if len(batch) == 1:
+                _fail_all(batch, exc)
+                return
+        for pending in batch:
+            if pending.future.done():
+                continue
             try:
-                await self._run(batch)
-            except Exception as exc:  # the writer must survive anything one batch does
-                log.exception("write batch failed")
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                await self._run([pending])
+            except Exception as exc:
+                log.exception("write request failed")
+                _fail_all([pending], exc)
 
     async def _run(self, pending: list[_Pending]) -> None:
         if all(p.append_only for p in pending):
@@ -1204,7 +1322,9 @@ class Messaging:
             mark = batch.savepoint()
             try:
                 outcomes.append((True, await item.op(batch)))
-            except MessagingError as exc:
+            except Exception as exc:  # a refusal, or a fault: either way this request's alone
+                if not isinstance(exc, MessagingError):
+                    log.error("write request failed while validating", exc_info=exc)
                 batch.rollback(mark)
                 batch.refused = True
                 outcomes.append((False, exc))
@@ -1299,9 +1419,14 @@ class Messaging:
             self._remember(self._recent_txns, key, event_id, 100_000)
         if not writes.entries:
             return
-        await self.cache.apply_committed(writes.entries)
-        await self._wake_for(writes.entries)
-        await self.notifier.broadcast_entries(writes.entries)
+        try:
+            await self.cache.apply_committed(writes.entries)
+            await self._wake_for(writes.entries)
+            await self.notifier.broadcast_entries(writes.entries)
+        except Exception:
+            # Committed is committed: the requests succeeded. The cache and other replicas catch up
+            # from the database (every second), and waiting /syncs re-poll.
+            log.exception("after-commit notifications failed")
 
     async def _wake_for(self, entries: list[JSON]) -> None:
         wake: dict[str, int] = {}
@@ -1328,41 +1453,14 @@ class Messaging:
 
     # -- rooms ----------------------------------------------------------------------------------
 
-    def _user_id_ok(self, user_id: str) -> bool:
-        return bool(re.match(r"^@[^:\s]+:[^\s]+$", user_id))
-
     async def create_room(self, creator: str, body: JSON, *, bypass_policy: bool = False,
                           service: str = "") -> str:
-        preset = body.get("preset")
-        is_direct = bool(body.get("is_direct", False))
-        if preset is None:
-            preset = "trusted_private_chat" if is_direct else (
-                "public_chat" if body.get("visibility") == "public" else "private_chat")
-        if preset not in PRESETS:
-            raise invalid(f"unknown preset {preset!r}")
-        invites = body.get("invite", [])
-        if not isinstance(invites, list) or not all(isinstance(u, str) and self._user_id_ok(u) for u in invites):
-            raise invalid("invite must be a list of user ids")
-        invites = [u for u in dict.fromkeys(invites) if u != creator]
-        if is_direct and len(invites) != 1:
-            raise invalid("a direct chat invites exactly one other user")
-        for key in ("name", "topic"):
-            if key in body and not isinstance(body[key], str):
-                raise bad_json(f"{key} must be a string")
-        initial_state = body.get("initial_state", [])
-        if not isinstance(initial_state, list):
-            raise bad_json("initial_state must be a list")
-        for item in initial_state:
-            if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not isinstance(
-                item.get("content"), dict
-            ):
-                raise bad_json("initial_state entries need type and content")
-            check_canonical(item["content"])
-            validate_state_content(item["type"], item["content"])
+        check_canonical(body, "body")
+        preset, is_direct, invites = _create_options(creator, body)
+        initial_state = _initial_state(body)
         override = body.get("power_level_content_override") or {}
         if not isinstance(override, dict):
             raise bad_json("power_level_content_override must be an object")
-        check_canonical(override)
         room_id = f"!{_random_id(18)}:{self.settings.server_name}"
 
         async def op(batch: Batch) -> str:
@@ -1391,8 +1489,7 @@ class Messaging:
             batch.append_event(room_id, creator, JOIN_RULES, {"join_rule": join_rule}, state_key="")
             batch.append_event(room_id, creator, HISTORY_VISIBILITY, {"history_visibility": "shared"}, state_key="")
             for item in initial_state:
-                batch.append_event(room_id, creator, item["type"], item["content"],
-                                   state_key=str(item.get("state_key", "")))
+                batch.append_event(room_id, creator, item["type"], item["content"], state_key=item["state_key"])
             if body.get("name"):
                 batch.append_event(room_id, creator, NAME, {"name": body["name"]}, state_key="")
             if body.get("topic"):
@@ -1416,7 +1513,7 @@ class Messaging:
                                 reason: str = "") -> str:
         if action in ("join", "leave"):
             target = sender
-        elif not self._user_id_ok(target):
+        elif not valid_user_id(target):
             raise invalid("user_id is not a valid user id")
         keys = {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, MEMBER, target),
                 state_key_id(room_id, POWER_LEVELS, "")}
@@ -1494,7 +1591,7 @@ class Messaging:
         """Trusted services decide membership themselves (no invite policy, no power levels)."""
         if membership not in MEMBERSHIPS:
             raise invalid("membership must be invite, join, leave or ban")
-        if not self._user_id_ok(user_id):
+        if not valid_user_id(user_id):
             raise invalid("user_id is not a valid user id")
         if not service:
             raise invalid("service is required")
@@ -1516,10 +1613,10 @@ class Messaging:
 
     async def send_event(self, sender: str, device_id: str, room_id: str, event_type: str, txn_id: str,
                          raw_content: bytes) -> str:
-        if not event_type or len(event_type) > 255:
-            raise invalid("bad event type")
-        if not txn_id or len(txn_id) > 255:
-            raise invalid("bad transaction id")
+        if not event_type or not txn_id:
+            raise invalid("an event type and a transaction id are required")
+        check_id_field(event_type, "event type")
+        check_id_field(txn_id, "transaction id")
         key = txn_key(sender, device_id, room_id, event_type, txn_id)
         known = self._recent_txns.get(key)
         if known is not None:
@@ -1574,6 +1671,10 @@ class Messaging:
 
     async def set_state(self, sender: str, room_id: str, event_type: str, state_key: str,
                         raw_content: bytes) -> str:
+        if not event_type:
+            raise invalid("an event type is required")
+        check_id_field(event_type, "event type")
+        check_id_field(state_key, "state key")
         content = parse_content(raw_content)
         validate_state_content(event_type, content)
         if state_key.startswith("@") and state_key != sender:
@@ -1713,16 +1814,34 @@ class Messaging:
             raise forbidden("you have never been a member of this room")
         if member.membership == "join":
             return view, self.cache.head
-        return view, member.pos
+        return view, await self._left_at(room_id, user_id, member.pos)
+
+    async def _left_at(self, room_id: str, user_id: str, pos: int) -> int:
+        """Where a former member stopped being joined: a later ban or re-invite must not let them read on."""
+        left_at, joined = pos, False
+        for entry in await self.store.state_events_upto(room_id, pos):
+            event = entry["event"]
+            if event["type"] == MEMBER and event["state_key"] == user_id:
+                membership = event["content"]["membership"]
+                if joined and membership != "join":
+                    left_at = entry["pos"]
+                joined = membership == "join"
+        return left_at
 
     async def joined_rooms(self, user_id: str) -> list[str]:
         view = await self.cache.user(user_id)
         return sorted(r for r, m in view.rooms.items() if m.membership == "join")
 
     async def get_members(self, user_id: str, room_id: str) -> JSON:
-        view, _ = await self._room_for_reader(user_id, room_id)
-        members = [e["event"] for (t, _), e in view.state.items() if t == MEMBER]
-        return {"chunk": members}
+        """Members now, or for a former member as of their leave (nothing that happened later)."""
+        view, upper = await self._room_for_reader(user_id, room_id)
+        if view.members[user_id].membership == "join":
+            return {"chunk": [e["event"] for (t, _), e in view.state.items() if t == MEMBER]}
+        as_of: dict[str, JSON] = {}
+        for entry in await self.store.state_events_upto(room_id, upper):
+            if entry["event"]["type"] == MEMBER:
+                as_of[entry["event"]["state_key"]] = entry["event"]
+        return {"chunk": list(as_of.values())}
 
     async def get_state(self, user_id: str, room_id: str, event_type: str = "", state_key: str = "",
                         single: bool = False) -> Any:
@@ -1791,9 +1910,13 @@ class Messaging:
             elif not initial and member.pos > since_pos:
                 view = await self.cache.room(room_id)
                 if view is not None:
-                    entries = await self.cache.room_range(view, since_pos, member.pos, limit + 1, True)
+                    left_at = await self._left_at(room_id, user_id, member.pos) if member.ever_joined else member.pos
+                    entries = await self.cache.room_range(view, since_pos, left_at, limit + 1, True)
                     limited = len(entries) > limit
                     entries = entries[:limit][::-1]
+                    own = view.state.get((MEMBER, user_id))
+                    if left_at < member.pos and own is not None and own["pos"] > since_pos:
+                        entries.append(own)  # a later ban or re-invite: only their own membership event
                     leave[room_id] = {
                         "timeline": {"events": [self._client_event(e, device_id) for e in entries],
                                      "limited": limited,

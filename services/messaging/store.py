@@ -21,7 +21,7 @@ from prometheus_client import Histogram
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from plumbing.mongo import IndexPlan
 from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, PartialAppend, StaleCache, Writes
@@ -211,6 +211,18 @@ class MessagingStore:
 
     async def entry(self, event_id: str) -> JSON | None:
         return await self.db.entries.find_one({"_id": event_id})
+
+    async def state_events_upto(self, room_id: str, pos: int) -> list[JSON]:
+        """The room's state events with position <= pos, oldest first (state as of a member's leave)."""
+        return await self.db.entries.find(
+            {"room_id": room_id, "pos": {"$lte": pos}, "kind": "event", "event.state_key": {"$exists": True}},
+            sort=[("pos", ASCENDING)],
+        ).to_list()
+
+    @staticmethod
+    def is_outage(exc: BaseException) -> bool:
+        """The store is unreachable (not the request's fault): the writer fails the batch at once."""
+        return isinstance(exc, ConnectionFailure)
 
     async def apply_relation(self, pair: str, version: int, state: JSON) -> bool:
         """Store the pair's relationship if `version` is newer than what we have; False if ignored."""

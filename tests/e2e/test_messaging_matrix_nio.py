@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 import pytest
 from nio import (
     AsyncClient,
@@ -312,3 +313,82 @@ async def test_every_device_is_woken_from_its_long_poll(chat_stack: RunningStack
     finally:
         for client in (alice, bob, laptop):
             await client.close()
+
+
+async def _api(http: aiohttp.ClientSession, method: str, url: str, user: RegisteredUser,
+               body: bytes | None = None) -> tuple[int, dict]:
+    async with http.request(method, url, data=body, headers=user.headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_bad_sends_get_400_alone_while_others_in_the_same_batches_succeed(chat_stack: RunningStack) -> None:
+    """Issue 9: content too deep or with a NUL key failed every send group-committed with it."""
+    users = [await register_user(chat_stack.base_url) for _ in range(3)]
+    v3 = f"{chat_stack.base_url}/_matrix/client/v3"
+    nest = b'{"x":' * 299 + b"{}" + b"}" * 299  # 300 levels; orjson reads it but cannot write it
+    deep = b'{"msgtype":"m.text","body":"x","d":' + nest + b"}"
+    nul = b'{"msgtype":"m.text","body":"x","a\\u0000b":1}'
+    async with aiohttp.ClientSession() as http:
+        rooms = []
+        for user in users:
+            status, reply = await _api(http, "POST", f"{v3}/createRoom", user, b"{}")
+            assert status == 200, reply
+            rooms.append(reply["room_id"])
+        calls, expect_bad = [], []
+        for i in range(60):
+            user, room = users[i % 3], rooms[i % 3]
+            bad = {5: deep, 11: nul}.get(i % 12)
+            if i % 12 == 7:  # a bad state event and a bad createRoom initial_state in the same batches
+                calls.append(_api(http, "PUT", f"{v3}/rooms/{room}/state/m.x/k{i}", user, deep))
+                expect_bad.append(True)
+                continue
+            if i % 12 == 9:
+                body = b'{"initial_state":[{"type":"m.x","content":' + nest + b"}]}"
+                calls.append(_api(http, "POST", f"{v3}/createRoom", user, body))
+                expect_bad.append(True)
+                continue
+            body = bad or orjson.dumps({"msgtype": "m.text", "body": f"ok {i}"})
+            calls.append(_api(http, "PUT", f"{v3}/rooms/{room}/send/m.room.message/t{i}", user, body))
+            expect_bad.append(bad is not None)
+        results = await asyncio.gather(*calls)
+    for (status, reply), bad in zip(results, expect_bad, strict=True):
+        if bad:
+            assert (status, reply.get("errcode")) == (400, "M_BAD_JSON"), reply
+        else:
+            assert status == 200 and reply["event_id"].startswith("$"), reply
+
+
+async def test_a_kicked_member_reads_nothing_after_the_kick(chat_stack: RunningStack) -> None:
+    """Issue 9: A creates, C joins, A kicks C, D joins; C must not see D (nor what A says later)."""
+    a, c, d = [await register_user(chat_stack.base_url) for _ in range(3)]
+    v3 = f"{chat_stack.base_url}/_matrix/client/v3"
+    async with aiohttp.ClientSession() as http:
+        status, reply = await _api(http, "POST", f"{v3}/createRoom", a, b'{"preset":"public_chat"}')
+        room = reply["room_id"]
+        base = f"{v3}/rooms/{room}"
+        assert (await _api(http, "POST", f"{base}/join", c, b"{}"))[0] == 200
+        hi, later = b'{"msgtype":"m.text","body":"hi"}', b'{"msgtype":"m.text","body":"later"}'
+        assert (await _api(http, "PUT", f"{base}/send/m.room.message/1", a, hi))[0] == 200
+        assert (await _api(http, "POST", f"{base}/kick", a, orjson.dumps({"user_id": c.user_id})))[0] == 200
+        assert (await _api(http, "POST", f"{base}/join", d, b"{}"))[0] == 200
+        assert (await _api(http, "PUT", f"{base}/send/m.room.message/2", a, later))[0] == 200
+        assert (await _api(http, "POST", f"{base}/ban", a, orjson.dumps({"user_id": c.user_id, "reason": "r"})))[0] \
+            == 200
+
+        status, joined = await _api(http, "GET", f"{base}/joined_members", c)
+        assert status == 200 and set(joined["joined"]) == {a.user_id}, joined
+        status, members = await _api(http, "GET", f"{base}/members", c)
+        assert status == 200
+        assert {e["state_key"]: e["content"]["membership"] for e in members["chunk"]} == \
+            {a.user_id: "join", c.user_id: "leave"}
+        for path in ("state", "state/m.room.join_rules", "state/m.room.member/" + d.user_id):
+            status, reply = await _api(http, "GET", f"{base}/{path}", c)
+            assert (status, reply["errcode"]) == (403, "M_FORBIDDEN"), (path, reply)
+        status, history = await _api(http, "GET", f"{base}/messages?dir=b&limit=100", c)
+        assert status == 200
+        bodies = [e["content"].get("body") for e in history["chunk"]]
+        assert "hi" in bodies and "later" not in bodies
+        assert all(e["sender"] != d.user_id and e.get("state_key") != d.user_id for e in history["chunk"])
+        status, synced = await _api(http, "GET", f"{v3}/sync", c)
+        assert status == 200 and room not in synced["rooms"]["join"]
+        assert d.user_id not in orjson.dumps(synced).decode()

@@ -123,6 +123,14 @@ class FakeStore:
     async def entry(self, event_id: str) -> JSON | None:
         return self.entries.get(event_id)
 
+    async def state_events_upto(self, room_id: str, pos: int) -> list[JSON]:
+        return [e for e in self._sorted() if e["room_id"] == room_id and e["kind"] == "event"
+                and "state_key" in e["event"] and e["pos"] <= pos]
+
+    @staticmethod
+    def is_outage(exc: BaseException) -> bool:
+        return isinstance(exc, ConnectionError)
+
 
 class RecordingNotifier:
     def __init__(self) -> None:
