@@ -1,7 +1,7 @@
 """Matrix room endpoints: createRoom, membership, send, state, redact, members, history, receipts, typing.
 
 Handlers translate HTTP <-> the messaging service's gRPC API; the rules (membership, power
-levels, canonical JSON, the 64 KiB limit, the invite policy) live in services/messaging/core.py.
+levels, canonical JSON, the 64 KiB limit, the invite policy) live in services/messaging/ (rules.py, commands.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import orjson
 from laiwang.messaging.v1 import messaging_pb2 as pb
 from laiwang.messaging.v1 import messaging_pb2_grpc
 from plumbing.grpc_errors import maps_domain_errors
-from services.messaging.core import Messaging, MessagingError, parse_content
+from services.messaging.core import Messaging
+from services.messaging.rules import MessagingError, parse_content
 
 _ACTIONS = {
     pb.MEMBERSHIP_ACTION_INVITE: "invite", pb.MEMBERSHIP_ACTION_JOIN: "join", pb.MEMBERSHIP_ACTION_LEAVE: "leave",

@@ -33,7 +33,8 @@ from laiwang.events.v1 import contacts_events_pb2, messaging_events_pb2
 from plumbing.jetstream import MSG_ID_HEADER, ConsumerSpec, Handler
 from plumbing.metrics import EVENTS_PUBLISHED
 from plumbing.streams import CONTACTS, wake_subject
-from services.messaging.core import JSON, MEMBER, Messaging, canonical_bytes, now_ms, pair_id
+from services.messaging.core import Messaging
+from services.messaging.rules import JSON, MEMBER, canonical_bytes, now_ms, pair_id
 from services.messaging.store import MessagingStore
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from plumbing import streams
 from plumbing.config import Env
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.messaging.api import MessagingApi
-from services.messaging.core import INVITE_POLICIES, Messaging, Settings
+from services.messaging.core import Messaging, Settings
 from services.messaging.events import (
     CONTACTS_CONSUMER,
     NatsNotifier,
@@ -20,6 +20,7 @@ from services.messaging.events import (
     contacts_handler,
     start_replication,
 )
+from services.messaging.rules import INVITE_POLICIES
 from services.messaging.store import MessagingStore
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,8 @@ async def build(runtime: Runtime) -> ServiceParts:
     replica_id = uuid.uuid4().hex[:12]
     relay = StreamRelay(store, runtime.js, replica_id,
                         delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000)
-    store.on_commit = relay.kick
     notifier = NatsNotifier(runtime.nats, replica_id)
-    core = Messaging(store, notifier, settings)
-    core.cache.on_applied = relay.remember
+    core = Messaging(store, notifier, settings, on_commit=relay.kick, on_applied=relay.remember)
     await core.start()
     subscriptions = await start_replication(runtime.nats, core, notifier)
     api = MessagingApi(core)

@@ -24,7 +24,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from plumbing.mongo import IndexPlan
-from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, PartialAppend, StaleCache, Writes
+from services.messaging.ports import DuplicateWrite, PartialAppend, StaleCache, Writes
+from services.messaging.rules import COUNTED_TYPES, JSON
 
 T = TypeVar("T")
 WRITE_SECONDS = Histogram(
@@ -112,7 +113,6 @@ class MessagingStore:
     def __init__(self, client: AsyncMongoClient, db: AsyncDatabase) -> None:
         self.client = client
         self.db = db
-        self.on_commit: Callable[[], None] = lambda: None
 
     def indexes(self) -> IndexPlan:
         return {
@@ -141,7 +141,6 @@ class MessagingStore:
                 if exc.has_error_label("TransientTransactionError"):
                     raise StaleCache(str(exc)) from None  # write conflict with another writer
                 raise
-        self.on_commit()
         return result
 
     def reader(self) -> MongoTx:
@@ -164,7 +163,6 @@ class MessagingStore:
                 raise PartialAppend(0, stale=True) from None
             raise
         ENTRIES_PER_WRITE.observe(len(entries))
-        self.on_commit()
 
     async def known_position(self) -> int:
         """A stored position to read forward from: the relay's cursor (a sort for the maximum would

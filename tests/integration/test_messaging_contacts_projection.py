@@ -17,8 +17,9 @@ from laiwang.events.v1 import contacts_events_pb2 as ce
 from plumbing.jetstream import ConsumerSpec, DurableConsumer, connect_nats, ensure_stream
 from plumbing.mongo import ensure_indexes
 from plumbing.streams import StreamSpec
-from services.messaging.core import Messaging, MessagingError, Settings, pair_id
+from services.messaging.core import Messaging, Settings
 from services.messaging.events import contacts_handler
+from services.messaging.rules import MessagingError, pair_id
 from services.messaging.store import MessagingStore
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from plumbing.mongo import ensure_indexes
-from services.messaging.core import Messaging, MessagingError, Settings
+from services.messaging.core import Messaging, Settings
+from services.messaging.rules import MessagingError
 from services.messaging.store import MessagingStore
 
 pytestmark = pytest.mark.integration

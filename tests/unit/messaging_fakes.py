@@ -6,7 +6,8 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from services.messaging.core import COUNTED_TYPES, JSON, DuplicateWrite, PartialAppend, StaleCache, Writes
+from services.messaging.ports import DuplicateWrite, PartialAppend, StaleCache, Writes
+from services.messaging.rules import COUNTED_TYPES, JSON
 
 T = TypeVar("T")
 

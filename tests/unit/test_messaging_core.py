@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from services.messaging.core import (
-    Messaging,
+from services.messaging.core import Messaging, Settings
+from services.messaging.rules import (
     MessagingError,
-    Settings,
     check_canonical,
     pair_id,
     parse_page_token,

@@ -4,17 +4,17 @@ a former member reads nothing after their leave."""
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
-from services.messaging.core import (
+from services.messaging.core import Messaging, Settings
+from services.messaging.rules import (
     JSON,
     MAX_DEPTH,
-    Messaging,
     MessagingError,
-    Settings,
     check_canonical,
     valid_user_id,
 )
@@ -152,8 +152,11 @@ async def test_a_write_fault_fails_only_its_own_request(core: Messaging) -> None
     sends = [core.send_event(A, "d", room, "m.room.message", f"ok{i}", text(f"m{i}")) for i in range(20)]
     sends.insert(7, core.send_event(A, "d", room, "m.room.message", "bad", poison))  # same group commit
     results = await asyncio.gather(*sends, return_exceptions=True)
-    assert isinstance(results.pop(7), ValueError)
+    bad = results.pop(7)
+    assert isinstance(bad, ValueError)
     assert all(isinstance(r, str) for r in results), results
+    frames = {frame.name for frame in traceback.extract_tb(bad.__traceback__)}
+    assert {"perform_send", "_run_appends"} <= frames  # the request's own path, then the writer's
     history = await core.messages(A, "d", room, "", "", "b", 100)
     assert sum(1 for e in history["chunk"] if e["type"] == "m.room.message") == 20
 
