@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from plumbing.errors import StartupError
+from plumbing.grpc_client import keepalive_ms
 from plumbing.grpc_context import REQUEST_ID_METADATA_KEY, deadline_var
 from plumbing.logs import request_id_var
 from plumbing.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, split_method
@@ -37,6 +38,8 @@ def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
     if error is not None and not isinstance(error, grpc.aio.AbortError):
         return grpc.StatusCode.UNKNOWN
     code = context.code()
@@ -97,6 +100,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 self._idle.clear()
                 try:
                     return await inner(request, context)
+                except asyncio.CancelledError as exc:
+                    error = exc  # the caller went away (or gave up): nothing failed on our side
+                    log.debug("call %s/%s cancelled", service, method)
+                    raise
                 except BaseException as exc:
                     error = exc
                     if not isinstance(exc, grpc.aio.AbortError):
@@ -120,6 +127,19 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+def server_options(keepalive: int | None = None) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it
+        # Channels (plumbing.grpc_client) ping every GRPC_KEEPALIVE_MS, also when idle. The
+        # server default (one ping per 5 min without data, two strikes) answers that with
+        # GOAWAY "too_many_pings", which fails calls in flight on that connection. These are
+        # the channel-arg names grpc core reads (an unknown name is silently ignored).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", (keepalive or keepalive_ms()) // 2),
+    ]
+
+
 class GrpcServer:
     """One grpc.aio server with health, reflection and the observability interceptor."""
 
@@ -129,6 +149,7 @@ class GrpcServer:
         port: int,
         service_names: Iterable[str],
         registrations: Iterable[Registration],
+        keepalive: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -136,15 +157,7 @@ class GrpcServer:
         self._observability = ObservabilityInterceptor()
         self._server = grpc.aio.server(
             interceptors=[self._observability],
-            options=[
-                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it
-                # Channels (plumbing.grpc_client) ping every 30 s, also when idle. The server default
-                # (at most one ping per 5 min without data, two strikes) answers that with GOAWAY
-                # "too_many_pings", which fails every call in flight on the connection at that moment.
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            ],
+            options=server_options(keepalive),
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

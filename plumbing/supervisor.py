@@ -142,6 +142,7 @@ class Child:
 class Supervisor:
     """Owns the children; `start_all`, then `watch` until `stop_all`."""
 
+    MIN_BACKOFF = 0.5
     MAX_BACKOFF = 30.0
     HEALTHY_AFTER = 30.0  # a child that lived this long restarts with the shortest backoff again
 
@@ -170,14 +171,14 @@ class Supervisor:
         self._watchers = [asyncio.create_task(self._watch(c), name=f"watch:{c.spec.name}") for c in self.children]
 
     async def _watch(self, child: Child) -> None:
-        backoff = 0.5
+        backoff = self.MIN_BACKOFF / 2  # doubled below: the first restart waits MIN_BACKOFF
         while not self._stopping:
             assert child.process is not None
             code = await child.process.wait()
             if self._stopping:
                 return
             lived = time.monotonic() - child.started_at
-            backoff = 0.5 if lived >= self.HEALTHY_AFTER else min(self.MAX_BACKOFF, backoff * 2)
+            backoff = self.MIN_BACKOFF if lived >= self.HEALTHY_AFTER else min(self.MAX_BACKOFF, backoff * 2)
             self.say(f"{child.spec.name} (pid {child.pid}) exited with code {code}; restarting in {backoff:.1f}s")
             await asyncio.sleep(backoff)
             if self._stopping:

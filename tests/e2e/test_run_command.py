@@ -87,8 +87,8 @@ class RunningCommand:
                 table[parts[0]] = int(parts[-1])
         return table
 
-    async def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
+    async def terminate(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
         code = await asyncio.wait_for(self.process.wait(), 60)
         await self._reader
         return code
@@ -151,7 +151,7 @@ async def test_run_restarts_a_killed_service_stops_cleanly_and_keeps_data(tmp_pa
 
         # kill -9 one service: it is reported, comes back, and nothing else restarts.
         os.kill(pids["messaging"], signal.SIGKILL)
-        await run.wait_for(r"messaging \(pid \d+\) exited with code -9; restarting")
+        await run.wait_for(r"messaging \(pid \d+\) exited with code -9; restarting in 0.5s")
         await run.wait_for(r"messaging is back \(pid \d+, restart #1\)")
         body = await wait_ready(f"{gateway}/healthz")
         assert body["services"]["messaging"] == "SERVING"
@@ -174,7 +174,9 @@ async def test_run_restarts_a_killed_service_stops_cleanly_and_keeps_data(tmp_pa
         assert await mongo.laiwang_probe.markers.find_one({"_id": "survives-restart"}) is not None
         await mongo.close()
     finally:
-        assert await again.terminate() == 0
+        # A closing terminal (SIGHUP) stops it as orderly as Ctrl-C does.
+        assert await again.terminate(signal.SIGHUP) == 0
+    assert "laiwang: stopped" in again.lines
 
 
 async def run_to_exit(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from plumbing.grpc_client import open_channel
 from plumbing.grpc_context import remaining_seconds
 from plumbing.grpc_server import GrpcServer
 from plumbing.logs import request_id_var
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +118,7 @@ async def test_shutdown_flips_health_and_drains_in_flight_calls() -> None:
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
 
     in_flight = asyncio.ensure_future(channel.unary_unary(f"/{SERVICE}/Wait")(b"0.6"))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: _in_flight(server))
     started = time.monotonic()
     stopping = asyncio.create_task(server.shutdown(grace_seconds=5))
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -133,3 +134,25 @@ async def test_a_taken_port_is_a_clear_startup_error(server) -> None:
     second = GrpcServer("127.0.0.1", server.port, [SERVICE], [_register])
     with pytest.raises(StartupError, match=rf"127.0.0.1:{server.port} \(GRPC_PORT\): port already in use"):
         await second.start()
+
+
+
+def test_every_channel_arg_we_set_is_one_grpc_core_reads() -> None:
+    """Regression: an unknown channel-arg name is silently ignored (the server once kept its
+    5-minute ping minimum and sent GOAWAY "too_many_pings" to idle channels)."""
+    import grpc._cython as cython
+
+    from plumbing.grpc_client import channel_options
+    from plumbing.grpc_server import server_options
+
+    core = b"".join(path.read_bytes() for path in Path(cython.__file__).parent.glob("cygrpc*.so"))
+    for name, _ in [*server_options(), *channel_options()]:
+        assert name.encode() + b"\0" in core, f"grpc core does not know the channel arg {name}"
+
+
+async def _in_flight(server: GrpcServer) -> bool:
+    return server._observability.in_flight == 1
+
+
+async def _idle(server: GrpcServer) -> bool:
+    return server._observability.in_flight == 0
