@@ -52,12 +52,12 @@ class Batch:
     reads go to the database inside the transaction. Writes are buffered and flushed in bulk.
     """
 
-    def __init__(self, core: Writer, tx: Tx, check_txns: bool, cache_mode: bool) -> None:
-        self.core = core
+    def __init__(self, writer: Writer, tx: Tx, check_txns: bool, cache_mode: bool) -> None:
+        self.writer = writer
         self.tx = tx
         self.check_txns = check_txns
         self.cache_mode = cache_mode
-        self.base_head = core.cache.head
+        self.base_head = writer.cache.head
         self.refused = False
         self.writes = Writes()
         self.state: dict[str, JSON | None] = {}
@@ -99,10 +99,10 @@ class Batch:
     async def prefetch(self, room_ids: set[str], state_keys: set[str]) -> None:
         if self.cache_mode:
             for room_id in room_ids:
-                await self.core.cache.room(room_id)
-            self.base_head = self.core.cache.head  # after loading: loads may catch up
+                await self.writer.cache.room(room_id)
+            self.base_head = self.writer.cache.head  # after loading: loads may catch up
         else:
-            missing_rooms = [r for r in room_ids if r not in self.room_docs and r not in self.core.room_docs]
+            missing_rooms = [r for r in room_ids if r not in self.room_docs and r not in self.writer.room_docs]
             if missing_rooms:
                 found = await self.tx.rooms(missing_rooms)
                 for room_id in missing_rooms:
@@ -118,16 +118,16 @@ class Batch:
             if doc is not None and doc.get("direct_pair"):
                 a, b = doc["direct_pair"]
                 pairs.add(pair_id(a, b))
-        await self.core.relations.prefetch(self.tx, pairs)
+        await self.writer.relations.prefetch(self.tx, pairs)
 
     async def room(self, room_id: str) -> JSON | None:
-        cached = self.core.room_docs.get(room_id)
+        cached = self.writer.room_docs.get(room_id)
         if cached is not None:
             return cached
         if room_id in self.room_docs:
             return self.room_docs[room_id]
         if self.cache_mode:
-            view = self.core.cache.rooms.get(room_id) or await self.core.cache.room(room_id)
+            view = self.writer.cache.rooms.get(room_id) or await self.writer.cache.room(room_id)
             doc = view.doc if view is not None else None
         else:
             doc = (await self.tx.rooms([room_id])).get(room_id)
@@ -146,9 +146,9 @@ class Batch:
             return self.state[key]
         doc: JSON | None = None
         if self.cache_mode:
-            view = self.core.cache.rooms.get(room_id)
+            view = self.writer.cache.rooms.get(room_id)
             if view is None and room_id not in self.room_docs:
-                view = await self.core.cache.room(room_id)
+                view = await self.writer.cache.room(room_id)
             entry = view.state.get((event_type, state_key)) if view is not None else None
             if entry is not None:
                 doc = {"entry": entry}
@@ -177,7 +177,7 @@ class Batch:
         return entry["event"]["content"] if entry else DEFAULT_POWER_LEVELS
 
     async def relation(self, a: str, b: str) -> JSON | None:
-        return await self.core.relations.get(self.tx, pair_id(a, b))
+        return await self.writer.relations.get(self.tx, pair_id(a, b))
 
     async def blocked(self, a: str, b: str) -> bool:
         rel = await self.relation(a, b)
