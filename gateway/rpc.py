@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from gateway.matrix import MatrixError
-from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY
+from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY, UNAVAILABLE_ERRCODE, UNAVAILABLE_RETRY_AFTER_MS
 
 T = TypeVar("T")
 
@@ -21,7 +21,7 @@ HTTP_OF_STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.NOT_FOUND: (404, "M_NOT_FOUND"),
     grpc.StatusCode.ALREADY_EXISTS: (409, "M_UNKNOWN"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "M_LIMIT_EXCEEDED"),
-    grpc.StatusCode.UNAVAILABLE: (503, "M_UNKNOWN"),
+    grpc.StatusCode.UNAVAILABLE: (503, UNAVAILABLE_ERRCODE),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "M_UNKNOWN"),
 }
 # Matrix answers these with 400 whatever the gRPC status says.
@@ -41,6 +41,8 @@ def matrix_error_from(error: grpc.aio.AioRpcError) -> MatrixError:
     extra: dict[str, Any] = {}
     if retry_after := trailing.get(RETRY_AFTER_KEY):
         extra["retry_after_ms"] = int(retry_after)
+    elif status == 503:  # the service itself is unreachable: clients retry after this hint
+        extra["retry_after_ms"] = UNAVAILABLE_RETRY_AFTER_MS
     return MatrixError(status, errcode, message, **extra)
 
 

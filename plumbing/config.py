@@ -107,6 +107,7 @@ class ServiceConfig:
     metrics_port: int
     mongo_uri: str
     mongo_db: str
+    mongo_timeout_ms: int
     nats_url: str
     log_level: str
     server_name: str
@@ -122,6 +123,8 @@ class ServiceConfig:
             metrics_port=env.port("METRICS_PORT", 9101),
             mongo_uri=env.url("MONGO_URI", "mongodb://127.0.0.1:27017/", ("mongodb", "mongodb+srv")),
             mongo_db=env.str("MONGO_DB", f"laiwang_{name}"),
+            # How long a store call waits for an unreachable server before answering 503.
+            mongo_timeout_ms=env.int("MONGO_TIMEOUT_MS", 5000, minimum=100),
             nats_url=env.url("NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls")),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS),
             server_name=env.str("SERVER_NAME", "localhost"),

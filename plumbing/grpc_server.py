@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from plumbing.errors import StartupError
 from plumbing.grpc_client import keepalive_ms
 from plumbing.grpc_context import REQUEST_ID_METADATA_KEY, deadline_var
+from plumbing.grpc_errors import abort_with, outage_of, unavailable
 from plumbing.logs import request_id_var
 from plumbing.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, split_method
 
@@ -104,10 +105,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     error = exc  # the caller went away (or gave up): nothing failed on our side
                     log.debug("call %s/%s cancelled", service, method)
                     raise
-                except BaseException as exc:
+                except Exception as exc:
                     error = exc
-                    if not isinstance(exc, grpc.aio.AbortError):
-                        log.exception("unhandled error in %s/%s", service, method)
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    if (outage := outage_of(exc)) is not None:
+                        log.warning("%s/%s: %s: %s", service, method, type(outage).__name__, outage)
+                        error = None  # answered below with UNAVAILABLE, a status and not a crash
+                        await abort_with(context, unavailable(outage))
+                    log.exception("unhandled error in %s/%s", service, method)
                     raise
                 finally:
                     self.in_flight -= 1

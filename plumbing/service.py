@@ -99,7 +99,7 @@ async def _serve(config: ServiceConfig, build: Builder) -> None:
             raise StartupError(f"cannot listen on {config.grpc_host}:{port} ({setting}): port already in use")
     serve_metrics(config.grpc_host, config.metrics_port)
 
-    mongo, db = await connect_mongo(config.mongo_uri, config.mongo_db)
+    mongo, db = await connect_mongo(config.mongo_uri, config.mongo_db, config.mongo_timeout_ms)
     nc = await connect_nats(config.nats_url, f"laiwang-{config.name}")
     js = nc.jetstream()
     publisher = EventPublisher(js)

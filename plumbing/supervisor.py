@@ -37,10 +37,12 @@ def terminate_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: its own process group, and SIGTERM if the supervisor dies."""
-    os.setsid()
-    terminate_with_parent()
+def with_parent_death(argv: list[str]) -> list[str]:
+    """`argv` run through `plumbing.launch`, so it gets SIGTERM if this process dies.
+
+    Start the result without `preexec_fn` (see `plumbing.launch` for why).
+    """
+    return [sys.executable, "-m", "plumbing.launch", str(os.getpid()), *argv]
 
 
 def stop_subprocess(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -81,13 +83,14 @@ class Child:
 
     async def start(self) -> None:
         env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        # Its own process group (stopped as a whole), and SIGTERM if the supervisor dies.
         self.process = await asyncio.create_subprocess_exec(
-            *self.spec.argv,
+            *with_parent_death(self.spec.argv),
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         self.started_at = time.monotonic()
         self._pump = asyncio.create_task(self._pump_output(self.process), name=f"pump:{self.spec.name}")

@@ -20,6 +20,7 @@ import pytest
 from pymongo import MongoClient
 
 from plumbing.stack import RunningStack, running_stack
+from plumbing.supervisor import with_parent_death
 from tests.support import free_port, stack_config, stop_process
 
 BIN = Path(sys.executable).parent
@@ -44,7 +45,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     store = tmp_path_factory.mktemp("nats")
     process = subprocess.Popen(
-        [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        with_parent_death([str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -60,9 +61,10 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     store = tmp_path_factory.mktemp("mongo")
     log = open(store.parent / f"secantus-{port}.log", "wb")  # noqa: SIM115 - closed below
+    # Dies with this pytest process even when the run is killed before the finaliser runs.
     process = subprocess.Popen(
-        [str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(store / "data"),
-         "--log-level", "WARNING"],
+        with_parent_death([str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
+                           "--storage-path", str(store / "data"), "--log-level", "WARNING"]),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -38,6 +38,15 @@ async def _refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b""
 
 
+async def _store_down(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    try:
+        raise ServerSelectionTimeoutError("127.0.0.1:1: [Errno 111] Connection refused")
+    except ServerSelectionTimeoutError as exc:
+        raise RuntimeError("a core wrapped it") from exc
+
+
 def _register(server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers(
         (
@@ -47,6 +56,7 @@ def _register(server: grpc.aio.Server) -> None:
                     "Wait": grpc.unary_unary_rpc_method_handler(_wait),
                     "Whoami": grpc.unary_unary_rpc_method_handler(_whoami),
                     "Refuse": grpc.unary_unary_rpc_method_handler(_refuse),
+                    "StoreDown": grpc.unary_unary_rpc_method_handler(_store_down),
                 },
             ),
         )
@@ -156,3 +166,17 @@ async def _in_flight(server: GrpcServer) -> bool:
 
 async def _idle(server: GrpcServer) -> bool:
     return server._observability.in_flight == 0
+
+
+async def test_a_store_outage_is_unavailable_with_a_retry_hint_not_unknown(server) -> None:
+    from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY
+
+    channel = open_channel(f"127.0.0.1:{server.port}")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{SERVICE}/StoreDown")(b"")
+    await channel.close()
+    trailing = dict(raised.value.trailing_metadata() or ())
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert trailing[ERRCODE_KEY] == "M_UNAVAILABLE"
+    assert int(trailing[RETRY_AFTER_KEY]) > 0
+    assert _counter("StoreDown", "UNAVAILABLE") >= 1
