@@ -33,6 +33,7 @@ from gateway.app import GatewayDeps, create_app
 from gateway.config import GatewayConfig
 from gateway.downstream import Downstream
 from gateway.routes import route_modules
+from gateway.routes.contacts import OPENAPI_PATH
 from plumbing.config import Env
 from tests.conftest import launch_stack
 from tests.matrix_support import RegisteredUser, register_user
@@ -473,3 +474,55 @@ async def test_sweep_every_route_with_malformed_requests(world: World) -> None:
     # The stack is still healthy and still serves the sweep's own user.
     status, body = await world.call("GET", f"{V3}/account/whoami", world.alice)
     assert status == 200 and body["user_id"] == world.alice.user_id
+
+
+# -- Schemathesis against the OpenAPI document ----------------------------------------------------
+
+SCHEMATHESIS_EXAMPLES = 25  # per operation and generation mode; derandomized, so every run sends the same cases
+
+
+def test_schemathesis_finds_no_server_error(world: World) -> None:
+    """Property-based requests from gateway/openapi.json, valid and invalid (schemathesis), against the real stack."""
+    import hypothesis
+    import hypothesis.errors
+    import requests
+    import schemathesis
+    from schemathesis import GenerationMode
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    document = orjson.loads(OPENAPI_PATH.read_bytes())
+    schema = schemathesis.openapi.from_dict(document)
+    auth = {"Authorization": f"Bearer {world.alice.access_token}"}
+    sent = 0
+    failures: list[str] = []
+    started = time.monotonic()
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+                @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+                @hypothesis.settings(max_examples=SCHEMATHESIS_EXAMPLES, deadline=None, database=None,
+                                     derandomize=True, suppress_health_check=list(hypothesis.HealthCheck),
+                                     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+                def run(case: Any) -> None:
+                    nonlocal sent
+                    response = case.call(base_url=world.base_url, session=session, headers=auth, timeout=15)
+                    sent += 1
+                    where = f"{case.method} {case.formatted_path} query={case.query} body={str(case.body)[:200]}"
+                    if response.status_code >= 500:
+                        failures.append(f"{response.status_code} {where} -> {response.text[:200]}")
+                        return
+                    try:  # a documented answer must match its documented schema
+                        case.validate_response(response, checks=[response_schema_conformance])
+                    except AssertionError as exc:
+                        failures.append(f"{response.status_code} {where}: {str(exc)[:300]}")
+
+                try:
+                    run()
+                except hypothesis.errors.Unsatisfiable:
+                    # Nothing to make invalid (no parameters, no body): only the valid cases apply.
+                    assert mode == GenerationMode.NEGATIVE, operation.label
+    print(f"schemathesis: {sent} requests in {time.monotonic() - started:.1f} s")
+    assert not failures, failures[:20]
+    assert sent > 500
