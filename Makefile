@@ -40,8 +40,9 @@ check-proto: install ## generated code current, buf lint, buf breaking against m
 		$(BUF) breaking protos --against '.git#branch=main,subdir=protos' && echo "buf breaking: no breaking changes against main"; \
 	else echo "buf breaking: main has no protos yet; nothing to compare"; fi
 
-lint: install ## ruff
+lint: install ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: install ## ruff --fix and ruff format
 	$(VENV)/bin/ruff check --fix .

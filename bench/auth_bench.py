@@ -122,8 +122,10 @@ async def measure(args: argparse.Namespace, config: StackConfig) -> None:
         print(f"  GET /account/whoami (cached)   median {_ms(auth_times, 50)}   p99 {_ms(auth_times, 99)}")
         overhead = statistics.median(auth_times) - statistics.median(plain_times)
         print(f"  overhead of authentication     median {overhead * 1000:7.3f} ms")
-        print(f"  whoami, first use of a token   median {_ms(cold, 50)}   p99 {_ms(cold, 99)}"
-              f"   (cache miss: one IntrospectToken RPC, {len(cold)} tokens)")
+        print(
+            f"  whoami, first use of a token   median {_ms(cold, 50)}   p99 {_ms(cold, 99)}"
+            f"   (cache miss: one IntrospectToken RPC, {len(cold)} tokens)"
+        )
 
         # 2c. Concurrent throughput of both endpoints.
         for label, url, hdrs in (("versions (no auth)", versions, None), ("whoami (cached)", whoami, headers)):

@@ -90,20 +90,32 @@ class Matrix:
         self.base = base_url
         self.http = http
 
-    async def request(self, method: str, path: str, user: User | None = None, body: Any = None,
-                      params: dict[str, str] | None = None, ok: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        user: User | None = None,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json", **(user.headers if user else {})}
         data = orjson.dumps(body) if body is not None else None
-        async with self.http.request(method, self.base + PREFIX + path, data=data, headers=headers,
-                                     params=params) as response:
+        async with self.http.request(
+            method, self.base + PREFIX + path, data=data, headers=headers, params=params
+        ) as response:
             payload = await response.read()
             if response.status not in ok:
                 raise RuntimeError(f"{method} {path}: {response.status} {payload[:300]!r}")
             return response.status, orjson.loads(payload) if payload else None
 
     async def register(self, localpart: str) -> User:
-        body: dict[str, Any] = {"username": localpart, "password": PASSWORD, "auth": {"type": "m.login.dummy"},
-                                "inhibit_login": False}
+        body: dict[str, Any] = {
+            "username": localpart,
+            "password": PASSWORD,
+            "auth": {"type": "m.login.dummy"},
+            "inhibit_login": False,
+        }
         for attempt in range(5):  # set-up only: ride out a transient server error rather than abort the run
             status, reply = await self.request("POST", "/register", body=body, ok=(200, 401, 500, 503))
             if status < 500:
@@ -118,17 +130,21 @@ class Matrix:
         return User(reply["user_id"], reply["access_token"])
 
     async def create_direct_room(self, creator: User, invitee: User) -> str:
-        _, reply = await self.request("POST", "/createRoom", creator,
-                                      {"is_direct": True, "preset": "trusted_private_chat",
-                                       "invite": [invitee.user_id]})
+        _, reply = await self.request(
+            "POST",
+            "/createRoom",
+            creator,
+            {"is_direct": True, "preset": "trusted_private_chat", "invite": [invitee.user_id]},
+        )
         return reply["room_id"]
 
     async def join(self, user: User, room_id: str) -> None:
         await self.request("POST", f"/join/{room_id}", user, {})
 
     async def send(self, user: User, room_id: str, txn: str, text: str) -> None:
-        await self.request("PUT", f"/rooms/{room_id}/send/m.room.message/{txn}", user,
-                           {"msgtype": "m.text", "body": text})
+        await self.request(
+            "PUT", f"/rooms/{room_id}/send/m.room.message/{txn}", user, {"msgtype": "m.text", "body": text}
+        )
 
     async def sync(self, user: User, timeout_ms: int) -> dict[str, Any]:
         params = {"timeout": str(timeout_ms), "filter": SYNC_FILTER}
@@ -162,9 +178,11 @@ class ChatResult:
         return self.messages / self.seconds
 
     def line(self) -> str:
-        return (f"{self.name:<9} {self.rate:>9.1f} msg/s   delivery p50 {percentile(self.latencies_ms, .5):7.1f} ms"
-                f"   p99 {percentile(self.latencies_ms, .99):7.1f} ms   (send PUT p50 "
-                f"{percentile(self.send_ms, .5):.1f} ms; {self.messages} messages in {self.seconds:.2f} s)")
+        return (
+            f"{self.name:<9} {self.rate:>9.1f} msg/s   delivery p50 {percentile(self.latencies_ms, 0.5):7.1f} ms"
+            f"   p99 {percentile(self.latencies_ms, 0.99):7.1f} ms   (send PUT p50 "
+            f"{percentile(self.send_ms, 0.5):.1f} ms; {self.messages} messages in {self.seconds:.2f} s)"
+        )
 
 
 async def chat_workload(name: str, base_url: str, pairs: int, per_sender: int) -> ChatResult:
@@ -255,8 +273,9 @@ def ensure_synapse() -> Path:
     if not python.exists():
         print(f"installing {SYNAPSE_REQUIREMENT} into {SYNAPSE_VENV} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(SYNAPSE_VENV)], check=True)
-    probe = subprocess.run([str(python), "-c", "import synapse; print(synapse.__version__)"], capture_output=True,
-                           text=True)
+    probe = subprocess.run(
+        [str(python), "-c", "import synapse; print(synapse.__version__)"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", SYNAPSE_REQUIREMENT], check=True)
@@ -264,8 +283,9 @@ def ensure_synapse() -> Path:
 
 
 def synapse_version(python: Path) -> str:
-    return subprocess.run([str(python), "-c", "import synapse; print(synapse.__version__)"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [str(python), "-c", "import synapse; print(synapse.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def write_synapse_config(directory: Path, port: int) -> Path:
@@ -273,8 +293,16 @@ def write_synapse_config(directory: Path, port: int) -> Path:
     config = {
         "server_name": "bench.local",
         "pid_file": str(directory / "homeserver.pid"),
-        "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
-                       "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}]}],
+        "listeners": [
+            {
+                "port": port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client"], "compress": False}],
+            }
+        ],
         "database": {"name": "sqlite3", "args": {"database": str(directory / "homeserver.db")}},
         "log_config": str(directory / "log.yaml"),
         "media_store_path": str(directory / "media"),
@@ -320,14 +348,18 @@ async def synapse_server() -> AsyncIterator[tuple[str, str]]:
     directory.mkdir(parents=True)
     port = free_port()
     config = write_synapse_config(directory, port)
-    keys = await asyncio.create_subprocess_exec(str(python), "-m", "synapse.app.homeserver", "-c", str(config),
-                                                "--generate-keys", stdout=subprocess.DEVNULL)
+    keys = await asyncio.create_subprocess_exec(
+        str(python), "-m", "synapse.app.homeserver", "-c", str(config), "--generate-keys", stdout=subprocess.DEVNULL
+    )
     if await keys.wait() != 0:
         raise RuntimeError("synapse could not generate its signing key")
     log = open(directory / "stdout.log", "wb")  # noqa: SIM115, ASYNC230 - closed below
     process = subprocess.Popen(  # noqa: ASYNC220 - started once; a plain Popen is simplest to stop reliably
-        [str(python), "-m", "synapse.app.homeserver", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+        [str(python), "-m", "synapse.app.homeserver", "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -437,8 +469,10 @@ async def idle_long_polls(base_url: str, gateway_pid: int, count: int, probes: i
             if body in delivered:
                 latencies.append((delivered[body] - sent) * 1000)
                 if os.environ.get("BENCH_DEBUG"):
-                    print(f"    probe {p} at {sent - parking:.2f} s: {latencies[-1]:.1f} ms (PUT {put_ms:.1f} ms)",
-                          flush=True)
+                    print(
+                        f"    probe {p} at {sent - parking:.2f} s: {latencies[-1]:.1f} ms (PUT {put_ms:.1f} ms)",
+                        flush=True,
+                    )
             await asyncio.sleep(0.02)
         measured_by = time.perf_counter() - parking
         if os.environ.get("BENCH_DEBUG"):
@@ -449,8 +483,11 @@ async def idle_long_polls(base_url: str, gateway_pid: int, count: int, probes: i
                         if line.startswith("grpc_server_handling_seconds_") and ("_sum" in line or "_count" in line):
                             print("   ", line)
                         slow_bucket = 'le="0.05"' in line or 'le="+Inf"' in line
-                        if line.startswith("grpc_server_handling_seconds_bucket") and slow_bucket and (
-                                "SendEvent" in line or "Introspect" in line):
+                        if (
+                            line.startswith("grpc_server_handling_seconds_bucket")
+                            and slow_bucket
+                            and ("SendEvent" in line or "Introspect" in line)
+                        ):
                             print("   ", line)
             async with http.get(f"{base_url}/metrics") as response:
                 for line in (await response.text()).splitlines():
@@ -470,8 +507,8 @@ async def idle_long_polls(base_url: str, gateway_pid: int, count: int, probes: i
             "failures": failures,
             "rss_before_mib": rss_before,
             "rss_holding_mib": rss_holding,
-            "wake_p50_ms": percentile(latencies, .5) if latencies else float("nan"),
-            "wake_p99_ms": percentile(latencies, .99) if latencies else float("nan"),
+            "wake_p50_ms": percentile(latencies, 0.5) if latencies else float("nan"),
+            "wake_p99_ms": percentile(latencies, 0.99) if latencies else float("nan"),
             "wake_max_ms": max(latencies) if latencies else float("nan"),
             "probes": len(latencies),
         }
@@ -481,8 +518,11 @@ async def idle_long_polls(base_url: str, gateway_pid: int, count: int, probes: i
 
 
 async def run(args: argparse.Namespace) -> None:
-    print(f"chat workload: {args.pairs} pairs x {args.messages} messages, receivers long-polling /sync; "
-          f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"chat workload: {args.pairs} pairs x {args.messages} messages, receivers long-polling /sync; "
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     results: list[ChatResult] = []
     idle: dict[str, float] | None = None
     async with laiwang_stack() as (url, supervisor):
@@ -493,8 +533,11 @@ async def run(args: argparse.Namespace) -> None:
         print(results[-1].line(), flush=True)
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         used["bench client"] = time.process_time() - bench_before
-        print("  CPU seconds during the workload (incl. set-up): "
-              + ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items() if seconds >= 0.05), flush=True)
+        print(
+            "  CPU seconds during the workload (incl. set-up): "
+            + ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items() if seconds >= 0.05),
+            flush=True,
+        )
         if args.idle:
             print(f"idle long-polls: {args.idle} users each holding a /sync on one gateway ...", flush=True)
             gateway_pid = supervisor.child("gateway").pid
@@ -512,17 +555,21 @@ async def run(args: argparse.Namespace) -> None:
         print(result.line())
     if len(results) == 2:
         ours, theirs = results
-        print(f"throughput ratio laiwang/synapse: {ours.rate / theirs.rate:.1f}x   "
-              f"p99 latency ratio laiwang/synapse: "
-              f"{percentile(ours.latencies_ms, .99) / percentile(theirs.latencies_ms, .99):.3f} "
-              f"(p50 ratio {percentile(ours.latencies_ms, .5) / percentile(theirs.latencies_ms, .5):.3f})")
+        print(
+            f"throughput ratio laiwang/synapse: {ours.rate / theirs.rate:.1f}x   "
+            f"p99 latency ratio laiwang/synapse: "
+            f"{percentile(ours.latencies_ms, 0.99) / percentile(theirs.latencies_ms, 0.99):.3f} "
+            f"(p50 ratio {percentile(ours.latencies_ms, 0.5) / percentile(theirs.latencies_ms, 0.5):.3f})"
+        )
     if idle is not None:
-        print(f"idle long-polls: {idle['held']:.0f} held by one gateway (all parked {idle['parked_in_s']:.1f} s after "
-              f"starting them); gateway RSS {idle['rss_before_mib']:.0f} MiB before, {idle['rss_holding_mib']:.0f} MiB "
-              f"while holding them; wake-up latency over {idle['probes']:.0f} messages "
-              f"p50 {idle['wake_p50_ms']:.1f} ms, p99 {idle['wake_p99_ms']:.1f} ms, max {idle['wake_max_ms']:.1f} ms "
-              f"(measured within "
-              f"{idle['measured_by_s']:.1f} s of parking; {idle['failures']:.0f} failed requests)")
+        print(
+            f"idle long-polls: {idle['held']:.0f} held by one gateway (all parked {idle['parked_in_s']:.1f} s after "
+            f"starting them); gateway RSS {idle['rss_before_mib']:.0f} MiB before, {idle['rss_holding_mib']:.0f} MiB "
+            f"while holding them; wake-up latency over {idle['probes']:.0f} messages "
+            f"p50 {idle['wake_p50_ms']:.1f} ms, p99 {idle['wake_p99_ms']:.1f} ms, max {idle['wake_max_ms']:.1f} ms "
+            f"(measured within "
+            f"{idle['measured_by_s']:.1f} s of parking; {idle['failures']:.0f} failed requests)"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

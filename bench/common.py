@@ -23,4 +23,4 @@ def rss_mb(pid: int) -> float:
 async def insert_in_batches(collection: Any, documents: list[dict[str, Any]], batch: int = 10_000) -> None:
     """Seed a collection quickly: unordered insert_many in batches."""
     for start in range(0, len(documents), batch):
-        await collection.insert_many(documents[start:start + batch], ordered=False)
+        await collection.insert_many(documents[start : start + batch], ordered=False)

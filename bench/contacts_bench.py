@@ -72,12 +72,25 @@ async def seed(db, count: int) -> None:
     for start in range(0, count, batch):
         ids = range(start, min(count, start + batch))
         await db.phones.insert_many(
-            [{"_id": registered_number(i), "user_id": user_of(i), "event_ms": event_ms, "updated_at": now}
-             for i in ids], ordered=False)
+            [
+                {"_id": registered_number(i), "user_id": user_of(i), "event_ms": event_ms, "updated_at": now}
+                for i in ids
+            ],
+            ordered=False,
+        )
         # Half the users let everyone find them; the rest keep the default (mutual).
         await db.profiles.insert_many(
-            [{"_id": user_of(i), "display_name": f"Bench User {i}", "updated_at": now,
-              **({"discoverability": "everyone"} if i % 2 == 0 else {})} for i in ids], ordered=False)
+            [
+                {
+                    "_id": user_of(i),
+                    "display_name": f"Bench User {i}",
+                    "updated_at": now,
+                    **({"discoverability": "everyone"} if i % 2 == 0 else {}),
+                }
+                for i in ids
+            ],
+            ordered=False,
+        )
         if start and start % 200_000 == 0:
             print(f"  seeded {start:,} ({time.perf_counter() - started:.0f}s)")
     await db.bench_meta.replace_one({"_id": "seed"}, {"count": count}, upsert=True)
@@ -85,8 +98,12 @@ async def seed(db, count: int) -> None:
 
 
 def histogram(metrics: str, method: str) -> str:
-    pattern = re.compile(r'^grpc_server_handling_seconds_bucket\{grpc_method="' + method
-                         + r'",grpc_service="[^"]+",le="([^"]+)"\} (\S+)$', re.M)
+    pattern = re.compile(
+        r'^grpc_server_handling_seconds_bucket\{grpc_method="'
+        + method
+        + r'",grpc_service="[^"]+",le="([^"]+)"\} (\S+)$',
+        re.M,
+    )
     buckets = [(le, float(n)) for le, n in pattern.findall(metrics)]
     if not buckets:
         return "n/a"
@@ -98,11 +115,16 @@ def histogram(metrics: str, method: str) -> str:
 async def run(args: argparse.Namespace, config: StackConfig, servers_log: TextIO, service_log: TextIO) -> None:
     specs = {s.name: s for s in stack_specs(config)}
     contacts_spec = specs["contacts"]
-    contacts_spec.env.update({"MONGO_DB": DB, "CONTACTS_HASH_KEY": "bench-hash-key-0123456789abcdef",
-                              # Uploaders get their phones as PhoneVerified events below; no auth here.
-                              "CONTACTS_ASK_AUTH_FOR_PHONES": "false",
-                              # The big-book case uploads 20,000 fresh numbers from one account.
-                              "CONTACTS_BUDGET_INITIAL": "100000"})
+    contacts_spec.env.update(
+        {
+            "MONGO_DB": DB,
+            "CONTACTS_HASH_KEY": "bench-hash-key-0123456789abcdef",
+            # Uploaders get their phones as PhoneVerified events below; no auth here.
+            "CONTACTS_ASK_AUTH_FOR_PHONES": "false",
+            # The big-book case uploads 20,000 fresh numbers from one account.
+            "CONTACTS_BUDGET_INITIAL": "100000",
+        }
+    )
     contacts_spec.ready_timeout = 600
     supervisor = Supervisor([specs["nats"], specs["mongo"]], out=servers_log)
     print(f"contacts bench: {BOOK_SIZE:,}-number book against {args.registered:,} registered numbers")
@@ -114,13 +136,16 @@ async def run(args: argparse.Namespace, config: StackConfig, servers_log: TextIO
         started = time.perf_counter()
         await service.start_all()
         pid = service.child("contacts").pid or 0
-        print(f"  contacts started and loaded its index in {time.perf_counter() - started:.1f}s;"
-              f" RSS {rss_mb(pid):.0f} MB")
+        print(
+            f"  contacts started and loaded its index in {time.perf_counter() - started:.1f}s; RSS {rss_mb(pid):.0f} MB"
+        )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{config.ports.grpc('contacts')}") as channel:
             stub = contacts_pb2_grpc.ContactsServiceStub(channel)
             await measure(stub, args, config)
-            async with aiohttp.ClientSession() as http, http.get(
-                f"http://127.0.0.1:{config.ports.metrics('contacts')}/metrics") as response:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{config.ports.metrics('contacts')}/metrics") as response,
+            ):
                 metrics = await response.text()
         print(f"  server histogram UploadContacts: {histogram(metrics, 'UploadContacts')}")
         print(f"  server histogram LookupHashes:   {histogram(metrics, 'LookupHashes')}")
@@ -133,9 +158,13 @@ async def run(args: argparse.Namespace, config: StackConfig, servers_log: TextIO
 
 async def verify(js, stub: contacts_pb2_grpc.ContactsServiceStub, user: str, number: str) -> None:
     """Give `user` a verified phone through JetStream as auth would, and wait until contacts knows it."""
-    await js.publish("laiwang.auth.phone_verified", auth_events_pb2.PhoneVerified(
-        user_id=user, msisdn=number, verified_at_ms=int(time.time() * 1000)).SerializeToString(),
-        headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    await js.publish(
+        "laiwang.auth.phone_verified",
+        auth_events_pb2.PhoneVerified(
+            user_id=user, msisdn=number, verified_at_ms=int(time.time() * 1000)
+        ).SerializeToString(),
+        headers={"Nats-Msg-Id": uuid.uuid4().hex},
+    )
     probe = pb.UploadContactsRequest(user_id=user, mode=pb.UPLOAD_MODE_MERGE, add=[])
     deadline = time.perf_counter() + 30
     while True:
@@ -159,8 +188,9 @@ async def big_books(stub: contacts_pb2_grpc.ContactsServiceStub, js, rng: random
 
     async def replace(numbers: list[str]) -> tuple[float, pb.UploadContactsResponse]:
         started = time.perf_counter()
-        reply = await stub.UploadContacts(pb.UploadContactsRequest(user_id=owner, mode=pb.UPLOAD_MODE_REPLACE,
-                                                                   add=numbers), timeout=60)
+        reply = await stub.UploadContacts(
+            pb.UploadContactsRequest(user_id=owner, mode=pb.UPLOAD_MODE_REPLACE, add=numbers), timeout=60
+        )
         return (time.perf_counter() - started) * 1000, reply
 
     async def bystanding(done: asyncio.Event) -> list[float]:
@@ -168,8 +198,9 @@ async def big_books(stub: contacts_pb2_grpc.ContactsServiceStub, js, rng: random
         took = []
         while not done.is_set():
             started = time.perf_counter()
-            await stub.UploadContacts(pb.UploadContactsRequest(
-                user_id=bystander, mode=pb.UPLOAD_MODE_MERGE, add=book("133", 1)), timeout=60)
+            await stub.UploadContacts(
+                pb.UploadContactsRequest(user_id=bystander, mode=pb.UPLOAD_MODE_MERGE, add=book("133", 1)), timeout=60
+            )
             took.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.05)
         return took
@@ -178,17 +209,21 @@ async def big_books(stub: contacts_pb2_grpc.ContactsServiceStub, js, rng: random
     print(f"  big book: first upload of 5,000 numbers: {ms:.0f} ms (added {reply.added:,})")
     ms, reply = await replace(book("155", 5_000))
     print(f"  big book: replace 5,000 stored -> 5,000 new, nobody else busy: {ms:.0f} ms")
-    for label, numbers, removed in (("5,000 stored -> 5,000 new", book("159", 5_000), 5_000),
-                                    ("5,000 stored -> 10,000 new (the limit)", book("157", 10_000), 5_000),
-                                    ("10,000 stored -> 10,000 new", book("156", 10_000), 10_000)):
+    for label, numbers, removed in (
+        ("5,000 stored -> 5,000 new", book("159", 5_000), 5_000),
+        ("5,000 stored -> 10,000 new (the limit)", book("157", 10_000), 5_000),
+        ("10,000 stored -> 10,000 new", book("156", 10_000), 10_000),
+    ):
         done = asyncio.Event()
         others = asyncio.create_task(bystanding(done))
         ms, reply = await replace(numbers)
         done.set()
         took = await others
         assert (reply.added, reply.removed) == (len(numbers), removed), reply
-        print(f"  big book: replace {label}: {ms:.0f} ms; another user's uploads meanwhile:"
-              f" {len(took)} calls, p50 {percentile(took, 50):.0f} ms, max {max(took):.0f} ms")
+        print(
+            f"  big book: replace {label}: {ms:.0f} ms; another user's uploads meanwhile:"
+            f" {len(took)} calls, p50 {percentile(took, 50):.0f} ms, max {max(took):.0f} ms"
+        )
 
 
 async def measure(stub: contacts_pb2_grpc.ContactsServiceStub, args: argparse.Namespace, config: StackConfig) -> None:
@@ -208,8 +243,10 @@ async def measure(stub: contacts_pb2_grpc.ContactsServiceStub, args: argparse.Na
 
     started = time.perf_counter()
     first = await stub.UploadContacts(request)
-    print(f"  first upload (stores {first.added:,} keyed hashes): {(time.perf_counter() - started) * 1000:.0f} ms,"
-          f" {len(first.matches)} matches revealed")
+    print(
+        f"  first upload (stores {first.added:,} keyed hashes): {(time.perf_counter() - started) * 1000:.0f} ms,"
+        f" {len(first.matches)} matches revealed"
+    )
     for _ in range(5):
         await stub.UploadContacts(request)  # warm-up
     times = []
@@ -218,12 +255,15 @@ async def measure(stub: contacts_pb2_grpc.ContactsServiceStub, args: argparse.Na
         reply = await stub.UploadContacts(request)
         times.append((time.perf_counter() - started) * 1000)
     assert reply.added == 0 and len(reply.matches) == len(first.matches)
-    print(f"  plain upload of {BOOK_SIZE:,} (re-sync), {args.runs} runs: p50 {percentile(times, 50):.1f} ms,"
-          f" p99 {percentile(times, 99):.1f} ms, max {max(times):.1f} ms")
+    print(
+        f"  plain upload of {BOOK_SIZE:,} (re-sync), {args.runs} runs: p50 {percentile(times, 50):.1f} ms,"
+        f" p99 {percentile(times, 99):.1f} ms, max {max(times):.1f} ms"
+    )
 
     pepper = (await stub.GetHashDetails(pb.GetHashDetailsRequest())).lookup_pepper
     hashed = [lookup_hash(n, pepper) for n in known] + [
-        lookup_hash(f"+86136{rng.randrange(100_000_000):08d}", pepper) for _ in range(BOOK_SIZE // 2)]
+        lookup_hash(f"+86136{rng.randrange(100_000_000):08d}", pepper) for _ in range(BOOK_SIZE // 2)
+    ]
     lookup = pb.LookupHashesRequest(user_id=viewer, algorithm="sha256", pepper=pepper, addresses=hashed)
     await stub.LookupHashes(lookup)
     times = []
@@ -231,29 +271,38 @@ async def measure(stub: contacts_pb2_grpc.ContactsServiceStub, args: argparse.Na
         started = time.perf_counter()
         reply_h = await stub.LookupHashes(lookup)
         times.append((time.perf_counter() - started) * 1000)
-    print(f"  hashed lookup of {BOOK_SIZE:,}, {args.runs} runs: p50 {percentile(times, 50):.1f} ms,"
-          f" p99 {percentile(times, 99):.1f} ms, max {max(times):.1f} ms ({len(reply_h.matches)} matches)")
+    print(
+        f"  hashed lookup of {BOOK_SIZE:,}, {args.runs} runs: p50 {percentile(times, 50):.1f} ms,"
+        f" p99 {percentile(times, 99):.1f} ms, max {max(times):.1f} ms ({len(reply_h.matches)} matches)"
+    )
 
     # Registration -> matchable, through JetStream as auth publishes it.
     delays = []
     for round_ in range(args.registrations):
         newcomer = f"@new{round_}-{uuid.uuid4().hex[:6]}:{SERVER}"
         number = f"+86135{rng.randrange(100_000_000):08d}"
-        await stub.SetDiscoverability(pb.SetDiscoverabilityRequest(user_id=newcomer,
-                                                                   discoverability=pb.DISCOVERABILITY_EVERYONE))
+        await stub.SetDiscoverability(
+            pb.SetDiscoverabilityRequest(user_id=newcomer, discoverability=pb.DISCOVERABILITY_EVERYONE)
+        )
         probe = pb.UploadContactsRequest(user_id=viewer, mode=pb.UPLOAD_MODE_MERGE, add=[number])
         started = time.perf_counter()
-        await js.publish("laiwang.auth.phone_verified", auth_events_pb2.PhoneVerified(
-            user_id=newcomer, msisdn=number, verified_at_ms=int(time.time() * 1000)).SerializeToString(),
-            headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        await js.publish(
+            "laiwang.auth.phone_verified",
+            auth_events_pb2.PhoneVerified(
+                user_id=newcomer, msisdn=number, verified_at_ms=int(time.time() * 1000)
+            ).SerializeToString(),
+            headers={"Nats-Msg-Id": uuid.uuid4().hex},
+        )
         while not (await stub.UploadContacts(probe)).matches:
             if time.perf_counter() - started > 10:
                 raise RuntimeError("a new registration was not matchable within 10 s")
             await asyncio.sleep(0.002)
         delays.append((time.perf_counter() - started) * 1000)
     await nc.close()
-    print(f"  registration -> matchable, {len(delays)} runs: p50 {percentile(delays, 50):.0f} ms,"
-          f" max {max(delays):.0f} ms")
+    print(
+        f"  registration -> matchable, {len(delays)} runs: p50 {percentile(delays, 50):.0f} ms,"
+        f" max {max(delays):.0f} ms"
+    )
 
 
 def main() -> None:

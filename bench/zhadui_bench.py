@@ -36,12 +36,19 @@ SERVER = "laiwang.bench"
 
 def pair_doc(x: str, y: str) -> dict:
     a, b = sorted((x, y))
-    return {"_id": f"{a}|{b}", "a": a, "b": b, "friends": True, "a_blocks_b": False, "b_blocks_a": False,
-            "version": 1}
+    return {"_id": f"{a}|{b}", "a": a, "b": b, "friends": True, "a_blocks_b": False, "b_blocks_a": False, "version": 1}
 
 
-async def seed(db, users: list[str], friends_each: int, zhaduis: int, hub: str, hub_friends: int,
-               also_friends: tuple[str, str], rng: random.Random) -> dict[str, set[str]]:
+async def seed(
+    db,
+    users: list[str],
+    friends_each: int,
+    zhaduis: int,
+    hub: str,
+    hub_friends: int,
+    also_friends: tuple[str, str],
+    rng: random.Random,
+) -> dict[str, set[str]]:
     adjacency: dict[str, set[str]] = {u: set() for u in users}
     x, y = also_friends
     adjacency[x].add(y)
@@ -71,12 +78,25 @@ async def seed(db, users: list[str], friends_each: int, zhaduis: int, hub: str, 
         created = now - rng.randrange(6 * 24 * 3600 * 1000)
         zid = f"Z{n:07d}"
         members = [creator, *rng.sample(sorted(adjacency[creator]), min(len(adjacency[creator]), rng.randrange(4)))]
-        zhadui_docs.append({"_id": zid, "creator": creator, "title": f"topic {n}", "body": "", "link_url": "",
-                            "card_json": "", "tags": [], "status": "open", "created_ms": created,
-                            "last_activity_ms": created + len(members), "participant_count": len(members),
-                            "room_id": ""})
-        participant_docs += [{"_id": f"{zid}|{m}", "zid": zid, "user": m, "state": "joined", "changed_ms": created}
-                             for m in members]
+        zhadui_docs.append(
+            {
+                "_id": zid,
+                "creator": creator,
+                "title": f"topic {n}",
+                "body": "",
+                "link_url": "",
+                "card_json": "",
+                "tags": [],
+                "status": "open",
+                "created_ms": created,
+                "last_activity_ms": created + len(members),
+                "participant_count": len(members),
+                "room_id": "",
+            }
+        )
+        participant_docs += [
+            {"_id": f"{zid}|{m}", "zid": zid, "user": m, "state": "joined", "changed_ms": created} for m in members
+        ]
     await insert_in_batches(db.zhaduis, zhadui_docs)
     await insert_in_batches(db.participants, participant_docs)
     return adjacency
@@ -92,8 +112,9 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
     rng = random.Random(7)
     config = StackConfig.on_free_ports(data_dir, server_name=SERVER)
     print(f"zhadui bench: {args.users} users x ~{args.friends} friends, {args.zhaduis} zhaduis")
-    async with running_stack(config, env={"GATEWAY_ZHADUI_RATE_PER_SECOND": "100000",
-                                          "GATEWAY_ZHADUI_BURST": "100000"}) as stack:
+    async with running_stack(
+        config, env={"GATEWAY_ZHADUI_RATE_PER_SECOND": "100000", "GATEWAY_ZHADUI_BURST": "100000"}
+    ) as stack:
         # Real accounts for the HTTP sample, the hub (500 friends) and a creator.
         accounts = [await register_user(stack.base_url, f"bench{i}") for i in range(args.accounts)]
         hub, creator = accounts[0], accounts[1]
@@ -102,14 +123,24 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
 
         mongo = AsyncMongoClient(config.mongo_uri)
         started = time.perf_counter()
-        adjacency = await seed(mongo["laiwang_zhadui"], users, args.friends, args.zhaduis, hub.user_id,
-                               args.hub_friends, (hub.user_id, creator.user_id), rng)
+        adjacency = await seed(
+            mongo["laiwang_zhadui"],
+            users,
+            args.friends,
+            args.zhaduis,
+            hub.user_id,
+            args.hub_friends,
+            (hub.user_id, creator.user_id),
+            rng,
+        )
         print(f"  seeded in {time.perf_counter() - started:.1f}s")
 
         started = time.perf_counter()
         await restart(stack, "zhadui")
-        print(f"  zhadui service restarted and loaded its index in {time.perf_counter() - started:.1f}s;"
-              f" RSS {rss_mb(stack.supervisor.child('zhadui').pid or 0):.0f} MB")
+        print(
+            f"  zhadui service restarted and loaded its index in {time.perf_counter() - started:.1f}s;"
+            f" RSS {rss_mb(stack.supervisor.child('zhadui').pid or 0):.0f} MB"
+        )
 
         channel = grpc.aio.insecure_channel(stack.grpc_address("zhadui"))
         stub = zhadui_pb2_grpc.ZhaduiServiceStub(channel)
@@ -143,44 +174,53 @@ async def feed_latency(stub, stack, users, accounts, queries: int, rng: random.R
         ms, reply = await timed(stub.ListFeed(pb.ListFeedRequest(viewer_user_id=sample[i % len(sample)], limit=20)))
         grpc_ms.append(ms)
         sizes.append(len(reply.items))
-    print(f"  feed via gRPC ({queries} queries, 20 per page, median {statistics.median(sizes):.0f} items):"
-          f" p50 {percentile(grpc_ms, 50):.1f} ms  p99 {percentile(grpc_ms, 99):.1f} ms")
+    print(
+        f"  feed via gRPC ({queries} queries, 20 per page, median {statistics.median(sizes):.0f} items):"
+        f" p50 {percentile(grpc_ms, 50):.1f} ms  p99 {percentile(grpc_ms, 99):.1f} ms"
+    )
     http_ms = []
     async with aiohttp.ClientSession() as http:
         for i in range(queries // 4):
             account = accounts[i % len(accounts)]
             started = time.perf_counter()
-            async with http.get(f"{stack.base_url}/_laiwang/client/v1/zhadui/feed?limit=20",
-                                headers=account.headers) as response:
+            async with http.get(
+                f"{stack.base_url}/_laiwang/client/v1/zhadui/feed?limit=20", headers=account.headers
+            ) as response:
                 await response.read()
                 assert response.status == 200, response.status
             http_ms.append((time.perf_counter() - started) * 1000)
-    print(f"  feed via the gateway over HTTP ({len(http_ms)} queries): p50 {percentile(http_ms, 50):.1f} ms"
-          f"  p99 {percentile(http_ms, 99):.1f} ms")
+    print(
+        f"  feed via the gateway over HTTP ({len(http_ms)} queries): p50 {percentile(http_ms, 50):.1f} ms"
+        f"  p99 {percentile(http_ms, 99):.1f} ms"
+    )
 
 
 async def fan_out(stub, stack, hub, creator, adjacency, db) -> None:
     headers = creator.headers
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{stack.base_url}/_laiwang/client/v1/zhadui", json={"title": "hotpot tonight?"},
-                             headers=headers) as response:
+        async with http.post(
+            f"{stack.base_url}/_laiwang/client/v1/zhadui", json={"title": "hotpot tonight?"}, headers=headers
+        ) as response:
             zhadui_id = (await response.json())["zhadui_id"]
         friends = sorted(adjacency[hub.user_id] - {creator.user_id})
         sent = time.perf_counter()
-        async with http.post(f"{stack.base_url}/_laiwang/client/v1/zhadui/{zhadui_id}/join",
-                             headers=hub.headers) as response:
+        async with http.post(
+            f"{stack.base_url}/_laiwang/client/v1/zhadui/{zhadui_id}/join", headers=hub.headers
+        ) as response:
             assert response.status == 200, await response.text()
         join_ms = (time.perf_counter() - sent) * 1000
 
         pending = set(friends)
         seen_at: dict[str, float] = {}
         while pending and time.perf_counter() - sent < 30:
+
             async def sees(user: str) -> tuple[str, bool]:
                 try:
                     await stub.GetZhadui(pb.GetZhaduiRequest(viewer_user_id=user, zhadui_id=zhadui_id))
                     return user, True
                 except grpc.aio.AioRpcError:
                     return user, False
+
             for user, ok in await asyncio.gather(*(sees(u) for u in pending)):
                 if ok:
                     seen_at[user] = (time.perf_counter() - sent) * 1000
@@ -191,10 +231,12 @@ async def fan_out(stub, stack, hub, creator, adjacency, db) -> None:
                 break
             await asyncio.sleep(0.01)
         notices_ms = (time.perf_counter() - sent) * 1000
-    print(f"  fan-out: the hub has {len(friends)} friends besides the creator; join answered in {join_ms:.1f} ms;"
-          f" all {len(seen_at)} saw the zhadui within {max(seen_at.values()):.1f} ms of the join being sent"
-          f" ({'on the first check of each' if first_round else 'after retries'}; {len(pending)} never did);"
-          f" their {len(friends)} 'joined' notices were all written {notices_ms:.0f} ms after it")
+    print(
+        f"  fan-out: the hub has {len(friends)} friends besides the creator; join answered in {join_ms:.1f} ms;"
+        f" all {len(seen_at)} saw the zhadui within {max(seen_at.values()):.1f} ms of the join being sent"
+        f" ({'on the first check of each' if first_round else 'after retries'}; {len(pending)} never did);"
+        f" their {len(friends)} 'joined' notices were all written {notices_ms:.0f} ms after it"
+    )
 
 
 def main() -> None:

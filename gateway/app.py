@@ -84,8 +84,9 @@ async def read_body(request: web.Request, config: GatewayConfig) -> None:
             await request.read()
     except TimeoutError:
         request[CLOSE_AFTER_RESPONSE] = True
-        raise MatrixError(408, "M_UNKNOWN", f"request body not received within {config.body_timeout_seconds:g} s") \
-            from None
+        raise MatrixError(
+            408, "M_UNKNOWN", f"request body not received within {config.body_timeout_seconds:g} s"
+        ) from None
     except HttpProcessingError as exc:  # bad chunked encoding, body shorter than declared, ...
         request[CLOSE_AFTER_RESPONSE] = True
         raise MatrixError(400, "M_NOT_JSON", f"malformed request body: {exc.message}"[:300]) from None

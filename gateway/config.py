@@ -41,8 +41,7 @@ class GatewayConfig:
             nats_url=env.url("NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls")),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
             service_addresses={
-                name: env.address(f"{name.upper()}_ADDR", f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}")
-                for name in SERVICES
+                name: env.address(f"{name.upper()}_ADDR", f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}") for name in SERVICES
             },
             max_body_bytes=env.int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             # Mobile clients reconnect in herds after a network blip; 128 (aiohttp's default) overflows.

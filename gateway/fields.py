@@ -73,8 +73,12 @@ def check_json(value: Any, *, canonical: bool = False, where: str = "request bod
             stack.extend((child, depth + 1) for child in item)
         elif canonical and isinstance(item, float):
             raise bad_json(f"{where}: floats are not allowed in canonical JSON")
-        elif (canonical and isinstance(item, int) and not isinstance(item, bool)
-              and not CANONICAL_INT_MIN <= item <= CANONICAL_INT_MAX):
+        elif (
+            canonical
+            and isinstance(item, int)
+            and not isinstance(item, bool)
+            and not CANONICAL_INT_MIN <= item <= CANONICAL_INT_MAX
+        ):
             raise bad_json(f"{where}: integer out of the canonical JSON range")
 
 
@@ -99,8 +103,9 @@ def parse_json_object(raw: bytes, *, allow_empty: bool = False, canonical: bool 
     return value
 
 
-async def read_json_object(request: web.Request, *, allow_empty: bool = False,
-                           canonical: bool = False) -> dict[str, Any]:
+async def read_json_object(
+    request: web.Request, *, allow_empty: bool = False, canonical: bool = False
+) -> dict[str, Any]:
     """The request body as a checked JSON object, or M_NOT_JSON / M_BAD_JSON.
 
     Some clients send no body at all for POST /join and /logout; `allow_empty` treats that as {}.
@@ -112,8 +117,7 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False,
 # -- fields of a JSON object body ---------------------------------------------------------------------
 
 
-def body_str(body: dict[str, Any], name: str, *, required: bool = False, max_len: int = 4096,
-             default: str = "") -> str:
+def body_str(body: dict[str, Any], name: str, *, required: bool = False, max_len: int = 4096, default: str = "") -> str:
     value = body.get(name)
     if value is None:
         if required:
@@ -137,8 +141,9 @@ def body_bool(body: dict[str, Any], name: str, default: bool | None = None) -> b
     return value
 
 
-def body_int(body: dict[str, Any], name: str, default: int, *, minimum: int = 0, maximum: int = INT32_MAX,
-             clamp: bool = False) -> int:
+def body_int(
+    body: dict[str, Any], name: str, default: int, *, minimum: int = 0, maximum: int = INT32_MAX, clamp: bool = False
+) -> int:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_json(f"'{name}' must be an integer")
@@ -149,8 +154,9 @@ def body_int(body: dict[str, Any], name: str, default: int, *, minimum: int = 0,
     return value
 
 
-def body_strings(body: dict[str, Any], name: str, *, required: bool = False, max_items: int = 100_000,
-                 max_len: int = 4096) -> list[str]:
+def body_strings(
+    body: dict[str, Any], name: str, *, required: bool = False, max_items: int = 100_000, max_len: int = 4096
+) -> list[str]:
     value = body.get(name)
     if value is None:
         if required:
@@ -184,8 +190,9 @@ def body_user_id(body: dict[str, Any], name: str = "user_id", *, required: bool 
 # -- query parameters ---------------------------------------------------------------------------------
 
 
-def query_int(request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int = INT32_MAX,
-              clamp: bool = True) -> int:
+def query_int(
+    request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int = INT32_MAX, clamp: bool = True
+) -> int:
     """An integer query parameter in ASCII digits. Out of range: clamped (limits) or refused."""
     raw = request.query.get(name)
     if raw is None or raw == "":

@@ -34,8 +34,13 @@ async def serve(config: GatewayConfig) -> None:
     for module in modules:
         if hasattr(module, "startup"):
             await module.startup(deps)
-    runner = GatewayRunner(app, header_timeout=config.header_timeout_seconds, access_log=None,
-                           handle_signals=False, keepalive_timeout=config.keepalive_seconds)
+    runner = GatewayRunner(
+        app,
+        header_timeout=config.header_timeout_seconds,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=config.keepalive_seconds,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=False, backlog=config.listen_backlog)
     try:

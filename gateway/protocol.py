@@ -71,8 +71,9 @@ class HardenedRequestHandler(RequestHandler):
             log.info("closing a connection whose request headers took over %.1f s", self._header_timeout)
             self.force_close()
 
-    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> StreamResponse:
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> StreamResponse:
         """A request the HTTP parser refused (or a failure outside any handler), as a Matrix error."""
         if status >= 500:
             log.error("error handling a request from %s", request.remote, exc_info=exc)

@@ -25,8 +25,17 @@ HTTP_OF_STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "M_UNKNOWN"),
 }
 # Matrix answers these with 400 whatever the gRPC status says.
-ERRCODES_THAT_ARE_400 = {"M_USER_IN_USE", "M_THREEPID_IN_USE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_USERNAME",
-                         "M_WEAK_PASSWORD", "M_INVALID_PEPPER", "M_MISSING_PARAM", "M_INVALID_PARAM"}
+ERRCODES_THAT_ARE_400 = {
+    "M_USER_IN_USE",
+    "M_THREEPID_IN_USE",
+    "M_BAD_JSON",
+    "M_NOT_JSON",
+    "M_INVALID_USERNAME",
+    "M_WEAK_PASSWORD",
+    "M_INVALID_PEPPER",
+    "M_MISSING_PARAM",
+    "M_INVALID_PARAM",
+}
 
 
 def matrix_error_from(error: grpc.aio.AioRpcError) -> MatrixError:

@@ -110,8 +110,10 @@ class TokenCache:
         self.generation += 1
         for key in list(self._by_user.get(user_id, ())):
             entry = self._entries.get(key)
-            if entry is not None and isinstance(entry.value, Requester) and (
-                device_id is None or entry.value.device_id == device_id
+            if (
+                entry is not None
+                and isinstance(entry.value, Requester)
+                and (device_id is None or entry.value.device_id == device_id)
             ):
                 self._drop(key)
 

@@ -1,8 +1,8 @@
 """The `laiwang` command.
 
-  laiwang run              the whole stack (what `make run` calls)
-  laiwang serve SERVICE    one process: auth, contacts, messaging, zhadui, open_platform or gateway
-  laiwang demo             demo people, a friendship, a chat and a zhadui on a running stack (plumbing/demo.py)
+laiwang run              the whole stack (what `make run` calls)
+laiwang serve SERVICE    one process: auth, contacts, messaging, zhadui, open_platform or gateway
+laiwang demo             demo people, a friendship, a chat and a zhadui on a running stack (plumbing/demo.py)
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ async def run_stack() -> None:
     print(f"{'component':<14}{'address':<52}pid")
     for name, address, pid in rows:
         print(f"{name:<14}{address:<52}{pid}")
-    print(f"\nLaiwang is ready in {elapsed:.1f}s. Point a Matrix client at {config.gateway_url}"
-          f" (server name {config.server_name}); data lives in {config.data_dir}. Ctrl-C stops everything.\n",
-          flush=True)
+    print(
+        f"\nLaiwang is ready in {elapsed:.1f}s. Point a Matrix client at {config.gateway_url}"
+        f" (server name {config.server_name}); data lives in {config.data_dir}. Ctrl-C stops everything.\n",
+        flush=True,
+    )
 
     await stop.wait()
     await supervisor.stop_all()

@@ -124,24 +124,36 @@ def sms_codes(sms_log: Path, msisdn: str) -> list[str]:
 
 
 def login_body(persona: Persona) -> dict[str, Any]:
-    return {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": persona.localpart},
-            "password": persona.password}
+    return {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": persona.localpart},
+        "password": persona.password,
+    }
 
 
 async def sign_in(api: Api, persona: Persona, result: DemoResult) -> Session:
     """Register (or find the existing account), then log in on the demo's own device."""
-    status, body = await api.call("POST", f"{V3}/register", json={
-        "username": persona.localpart, "password": persona.password, "auth": {"type": "m.login.dummy"},
-        "inhibit_login": True})
+    status, body = await api.call(
+        "POST",
+        f"{V3}/register",
+        json={
+            "username": persona.localpart,
+            "password": persona.password,
+            "auth": {"type": "m.login.dummy"},
+            "inhibit_login": True,
+        },
+    )
     if status == 200:
         result.created.append(f"account {body['user_id']}")
     elif body.get("errcode") != "M_USER_IN_USE":
         raise DemoError(f"registering {persona.localpart} answered {status}: {body}")
-    body = await api.ok("POST", f"{V3}/login", json={
-        **login_body(persona), "device_id": DEVICE_ID, "initial_device_display_name": "laiwang demo"})
+    body = await api.ok(
+        "POST",
+        f"{V3}/login",
+        json={**login_body(persona), "device_id": DEVICE_ID, "initial_device_display_name": "laiwang demo"},
+    )
     session = Session(persona, body["user_id"], body["access_token"])
-    await api.ok("PUT", f"{V3}/profile/{session.user_id}/displayname", session,
-                 {"displayname": persona.display_name})
+    await api.ok("PUT", f"{V3}/profile/{session.user_id}/displayname", session, {"displayname": persona.display_name})
     return session
 
 
@@ -153,8 +165,11 @@ async def verify_phone(api: Api, session: Session, sms_log: Path, result: DemoRe
         return
     before = len(sms_codes(sms_log, msisdn))
     secret = secrets.token_hex(16)
-    sent = await api.ok("POST", f"{V3}/account/3pid/msisdn/requestToken", json={
-        "client_secret": secret, "country": "CN", "phone_number": session.persona.national, "send_attempt": 1})
+    sent = await api.ok(
+        "POST",
+        f"{V3}/account/3pid/msisdn/requestToken",
+        json={"client_secret": secret, "country": "CN", "phone_number": session.persona.national, "send_attempt": 1},
+    )
 
     async def new_code() -> str | None:
         codes = sms_codes(sms_log, msisdn)
@@ -164,8 +179,11 @@ async def verify_phone(api: Api, session: Session, sms_log: Path, result: DemoRe
         code = await until(f"a code for {msisdn} appears in {sms_log}", new_code)
     except DemoError as exc:
         raise DemoError(f"{exc}; run the demo from the directory of `make run`, or pass --sms-log") from None
-    await api.ok("POST", f"{V3}/account/3pid/msisdn/submit_token", json={
-        "sid": sent["sid"], "client_secret": secret, "token": code})
+    await api.ok(
+        "POST",
+        f"{V3}/account/3pid/msisdn/submit_token",
+        json={"sid": sent["sid"], "client_secret": secret, "token": code},
+    )
     await api.ok("POST", f"{V3}/account/3pid/add", session, {"sid": sent["sid"], "client_secret": secret})
     result.created.append(f"phone {msisdn} for {session.user_id}")
 
@@ -199,6 +217,7 @@ async def find_room(api: Api, who: Session, name: str) -> str | None:
 
 async def until_allowed(api: Api, what: str, method: str, path: str, who: Session, json: Any) -> Any:
     """Retry a call that messaging refuses (403) until it has seen the friendship from contacts' events."""
+
     async def attempt() -> Any:
         status, body = await api.call(method, path, who, json)
         if status not in (200, 403):
@@ -211,25 +230,34 @@ async def until_allowed(api: Api, what: str, method: str, path: str, who: Sessio
 async def direct_room(api: Api, alice: Session, bob: Session, result: DemoResult) -> str:
     room_id = await find_room(api, alice, ROOM_NAME)
     if room_id is None:
-        body = await until_allowed(api, f"messaging lets {alice.user_id} start a chat with {bob.user_id}",
-                                   "POST", f"{V3}/createRoom", alice,
-                                   {"name": ROOM_NAME, "preset": "trusted_private_chat", "is_direct": True,
-                                    "invite": [bob.user_id]})
+        body = await until_allowed(
+            api,
+            f"messaging lets {alice.user_id} start a chat with {bob.user_id}",
+            "POST",
+            f"{V3}/createRoom",
+            alice,
+            {"name": ROOM_NAME, "preset": "trusted_private_chat", "is_direct": True, "invite": [bob.user_id]},
+        )
         room_id = body["room_id"]
         result.created.append(f"room {room_id}")
     members = await api.ok("GET", f"{V3}/rooms/{room_id}/joined_members", alice)
     if bob.user_id not in members["joined"]:
         status, _ = await api.call("POST", f"{V3}/rooms/{room_id}/join", bob, {})
         if status == 403:  # not invited (an earlier run stopped half-way): invite, then join
-            await until_allowed(api, f"messaging lets {alice.user_id} invite {bob.user_id}",
-                                "POST", f"{V3}/rooms/{room_id}/invite", alice, {"user_id": bob.user_id})
+            await until_allowed(
+                api,
+                f"messaging lets {alice.user_id} invite {bob.user_id}",
+                "POST",
+                f"{V3}/rooms/{room_id}/invite",
+                alice,
+                {"user_id": bob.user_id},
+            )
             await api.ok("POST", f"{V3}/rooms/{room_id}/join", bob, {})
     return room_id
 
 
 async def send(api: Api, who: Session, room_id: str, txn_id: str, text: str) -> None:
-    await api.ok("PUT", f"{V3}/rooms/{room_id}/send/m.room.message/{txn_id}", who,
-                 {"msgtype": "m.text", "body": text})
+    await api.ok("PUT", f"{V3}/rooms/{room_id}/send/m.room.message/{txn_id}", who, {"msgtype": "m.text", "body": text})
 
 
 async def zhadui(api: Api, alice: Session, carol: Session, result: DemoResult) -> tuple[str, str]:
@@ -239,9 +267,14 @@ async def zhadui(api: Api, alice: Session, carol: Session, result: DemoResult) -
     if mine:
         zhadui_id = mine[0]["zhadui_id"]
     else:
-        zhadui_id = (await api.ok("POST", f"{V1}/zhadui", alice, {
-            "title": ZHADUI_TITLE, "body": "Fragrant Hills, 9:00 at the east gate. Who's in?",
-            "tags": ["hiking"]}))["zhadui_id"]
+        zhadui_id = (
+            await api.ok(
+                "POST",
+                f"{V1}/zhadui",
+                alice,
+                {"title": ZHADUI_TITLE, "body": "Fragrant Hills, 9:00 at the east gate. Who's in?", "tags": ["hiking"]},
+            )
+        )["zhadui_id"]
         result.created.append(f"zhadui {zhadui_id}")
 
     async def visible() -> Any:
@@ -307,8 +340,12 @@ def main(argv: list[str] | None = None) -> None:
     config = StackConfig.from_env()
     parser = argparse.ArgumentParser(prog="laiwang demo", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=config.gateway_url, help="the gateway (default: from GATEWAY_PORT)")
-    parser.add_argument("--sms-log", type=Path, default=default_sms_log(config),
-                        help="the dev SMS log (default: AUTH_DEV_SMS_LOG, else LAIWANG_DATA_DIR/dev-sms.log)")
+    parser.add_argument(
+        "--sms-log",
+        type=Path,
+        default=default_sms_log(config),
+        help="the dev SMS log (default: AUTH_DEV_SMS_LOG, else LAIWANG_DATA_DIR/dev-sms.log)",
+    )
     args = parser.parse_args(argv)
     try:
         result = asyncio.run(run_demo(args.url.rstrip("/"), args.sms_log))

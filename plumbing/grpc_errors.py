@@ -63,9 +63,12 @@ def outage_of(error: BaseException) -> BaseException | None:
 
 
 def unavailable(cause: BaseException) -> DomainError:
-    return DomainError(ErrorKind.UNAVAILABLE, UNAVAILABLE_ERRCODE,
-                       f"temporarily unavailable ({type(cause).__name__}); retry shortly",
-                       retry_after_ms=UNAVAILABLE_RETRY_AFTER_MS)
+    return DomainError(
+        ErrorKind.UNAVAILABLE,
+        UNAVAILABLE_ERRCODE,
+        f"temporarily unavailable ({type(cause).__name__}); retry shortly",
+        retry_after_ms=UNAVAILABLE_RETRY_AFTER_MS,
+    )
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: DomainError) -> None:

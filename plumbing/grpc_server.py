@@ -92,9 +92,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 request_token = request_id_var.set(_incoming_request_id(context))
                 remaining = context.time_remaining()
-                deadline_token = deadline_var.set(
-                    time.monotonic() + remaining if remaining is not None else None
-                )
+                deadline_token = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
                 started = time.perf_counter()
                 error: BaseException | None = None
                 self.in_flight += 1
@@ -189,8 +187,9 @@ class GrpcServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Readiness (ignored once graceful shutdown began: then it stays NOT_SERVING)."""
-        await self._set_all(health_pb2.HealthCheckResponse.SERVING if serving
-                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_all(
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     async def _set_all(self, status: int) -> None:
         for name in ("", *self._service_names):

@@ -154,13 +154,15 @@ class DurableConsumer:
         except Exception:
             delivered = message.metadata.num_delivered if message.metadata else 1
             if delivered >= self._spec.max_deliver:
-                log.error("consumer %s: giving up on %s after %d tries", durable, message.subject, delivered,
-                          exc_info=True)
+                log.error(
+                    "consumer %s: giving up on %s after %d tries", durable, message.subject, delivered, exc_info=True
+                )
                 await message.term()
                 EVENTS_CONSUMED.labels(durable, "terminated").inc()
             else:
-                log.warning("consumer %s: handler failed on %s (try %d)", durable, message.subject, delivered,
-                            exc_info=True)
+                log.warning(
+                    "consumer %s: handler failed on %s (try %d)", durable, message.subject, delivered, exc_info=True
+                )
                 await message.nak(delay=backoff_seconds(delivered))
                 EVENTS_CONSUMED.labels(durable, "retried").inc()
             return

@@ -23,9 +23,7 @@ GRPC_CLIENT_HANDLED = Counter(
     ["grpc_service", "grpc_method", "grpc_code"],
 )
 EVENTS_PUBLISHED = Counter("events_published_total", "Events published to JetStream.", ["subject_prefix"])
-EVENTS_CONSUMED = Counter(
-    "events_consumed_total", "Events handled by a durable consumer.", ["consumer", "outcome"]
-)
+EVENTS_CONSUMED = Counter("events_consumed_total", "Events handled by a durable consumer.", ["consumer", "outcome"])
 
 
 def split_method(full_method: str) -> tuple[str, str]:

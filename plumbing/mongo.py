@@ -51,9 +51,7 @@ async def ensure_indexes(db: AsyncDatabase, plan: IndexPlan) -> None:
             await db[collection].create_indexes(list(indexes))
 
 
-async def in_transaction(
-    client: AsyncMongoClient, work: Callable[[AsyncClientSession], Awaitable[T]]
-) -> T:
+async def in_transaction(client: AsyncMongoClient, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
     """Run `work` in a multi-document transaction, retrying on transient errors.
 
     Everything `work` writes with the given session commits together or not at all; that is what

@@ -26,8 +26,9 @@ class DependencyGate:
     """NOT_SERVING until every dependency answers SERVING; back to NOT_SERVING once one has failed
     `misses_allowed` checks in a row (one lost check is not an outage)."""
 
-    def __init__(self, dependencies: Mapping[str, str], interval: float = 1.0, timeout: float = 1.0,
-                 misses_allowed: int = 3) -> None:
+    def __init__(
+        self, dependencies: Mapping[str, str], interval: float = 1.0, timeout: float = 1.0, misses_allowed: int = 3
+    ) -> None:
         self._dependencies = dict(dependencies)  # name -> address
         self._interval = interval
         self._timeout = timeout
@@ -39,8 +40,15 @@ class DependencyGate:
         misses = 0
         try:
             while True:
-                down = [name for name, ok in zip(channels, await asyncio.gather(
-                    *(self._healthy(channel) for channel in channels.values())), strict=True) if not ok]
+                down = [
+                    name
+                    for name, ok in zip(
+                        channels,
+                        await asyncio.gather(*(self._healthy(channel) for channel in channels.values())),
+                        strict=True,
+                    )
+                    if not ok
+                ]
                 misses = 0 if not down else misses + 1
                 wanted = not down or (serving is True and misses < self._misses_allowed)
                 if wanted != serving:
@@ -48,8 +56,10 @@ class DependencyGate:
                     if wanted:
                         log.info("dependencies serving: ready", extra={"dependencies": sorted(channels)})
                     else:
-                        log.warning("dependency not serving: not ready", extra={
-                            "down": down, "addresses": [self._dependencies[n] for n in down]})
+                        log.warning(
+                            "dependency not serving: not ready",
+                            extra={"down": down, "addresses": [self._dependencies[n] for n in down]},
+                        )
                     serving = wanted
                 # Before the first success, check often so start-up is quick.
                 await asyncio.sleep(self._interval if serving else min(self._interval, 0.2))
@@ -59,8 +69,9 @@ class DependencyGate:
 
     async def _healthy(self, channel: grpc.aio.Channel) -> bool:
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                                   timeout=self._timeout)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=self._timeout
+            )
         except grpc.aio.AioRpcError:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -172,8 +172,18 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
         specs.append(
             ChildSpec(
                 name="nats",
-                argv=[_venv_tool("nats-server"), "-a", HOST, "-p", str(ports.nats), "-js", "-sd", str(nats_dir),
-                      "--server_name", "laiwang-dev"],
+                argv=[
+                    _venv_tool("nats-server"),
+                    "-a",
+                    HOST,
+                    "-p",
+                    str(ports.nats),
+                    "-js",
+                    "-sd",
+                    str(nats_dir),
+                    "--server_name",
+                    "laiwang-dev",
+                ],
                 probe=lambda: _tcp_open(ports.nats),
                 address=config.nats_url,
             )
@@ -184,8 +194,17 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
         specs.append(
             ChildSpec(
                 name="mongo",
-                argv=[_venv_tool("secantusd-py"), "--host", HOST, "--port", str(ports.mongo),
-                      "--storage-path", str(mongo_dir), "--log-level", "WARNING"],
+                argv=[
+                    _venv_tool("secantusd-py"),
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(ports.mongo),
+                    "--storage-path",
+                    str(mongo_dir),
+                    "--log-level",
+                    "WARNING",
+                ],
                 probe=lambda: _tcp_open(ports.mongo),
                 address=config.mongo_uri,
             )

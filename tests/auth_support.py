@@ -54,11 +54,17 @@ def oidc_provider(port: int, client_id: str, client_secret: str, redirect_uri: s
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed; the OIDC tests need it (npm ci installs oidc-provider)")
-    env = {**os.environ, "OIDC_PORT": str(port), "OIDC_CLIENT_ID": client_id, "OIDC_CLIENT_SECRET": client_secret,
-           "OIDC_REDIRECT_URI": redirect_uri}
+    env = {
+        **os.environ,
+        "OIDC_PORT": str(port),
+        "OIDC_CLIENT_ID": client_id,
+        "OIDC_CLIENT_SECRET": client_secret,
+        "OIDC_REDIRECT_URI": redirect_uri,
+    }
     # stderr carries the provider's development-mode warnings; only the "listening" line matters.
-    process = subprocess.Popen([node, str(PROVIDER_SCRIPT)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, cwd=ROOT)
+    process = subprocess.Popen(
+        [node, str(PROVIDER_SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline().decode()  # empty when node exits

@@ -63,8 +63,19 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = open(store.parent / f"secantus-{port}.log", "wb")  # noqa: SIM115 - closed below
     # Dies with this pytest process even when the run is killed before the finaliser runs.
     process = subprocess.Popen(
-        with_parent_death([str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
-                           "--storage-path", str(store / "data"), "--log-level", "WARNING"]),
+        with_parent_death(
+            [
+                str(BIN / "secantusd-py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--storage-path",
+                str(store / "data"),
+                "--log-level",
+                "WARNING",
+            ]
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

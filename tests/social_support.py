@@ -51,14 +51,23 @@ class Client:
         else:
             msisdn = f"+86{national}"
         secret = secrets.token_hex(8)
-        body = await self.ok("POST", f"{V3}/account/3pid/msisdn/requestToken",
-                             json={"client_secret": secret, "country": "CN", "phone_number": national,
-                                   "send_attempt": 1})
+        body = await self.ok(
+            "POST",
+            f"{V3}/account/3pid/msisdn/requestToken",
+            json={"client_secret": secret, "country": "CN", "phone_number": national, "send_attempt": 1},
+        )
         code = await wait_for_code(self.stack.log_path, msisdn)
-        await self.ok("POST", f"{V3}/account/3pid/msisdn/submit_token",
-                      json={"sid": body["sid"], "client_secret": secret, "token": code})
-        await self.ok("POST", f"{V3}/account/3pid/add", Person(account, national, msisdn),
-                      json={"sid": body["sid"], "client_secret": secret})
+        await self.ok(
+            "POST",
+            f"{V3}/account/3pid/msisdn/submit_token",
+            json={"sid": body["sid"], "client_secret": secret, "token": code},
+        )
+        await self.ok(
+            "POST",
+            f"{V3}/account/3pid/add",
+            Person(account, national, msisdn),
+            json={"sid": body["sid"], "client_secret": secret},
+        )
         return Person(account, national, msisdn)
 
     async def upload(self, who: Person, numbers: list[str]) -> Any:

@@ -45,6 +45,8 @@ async def rpc_errors() -> AsyncIterator[None]:
         yield
     except grpc.aio.AioRpcError as exc:
         raise matrix_error_from(exc) from None
+
+
 _LIMITER_KEY = "accounts_limiter"
 _SETTINGS_KEY = "accounts_settings"
 
@@ -67,8 +69,9 @@ class AccountSettings:
                 try:
                     proxies.append(ip_network(item.strip(), strict=False))
                 except ValueError:
-                    raise ConfigError(f"GATEWAY_TRUSTED_PROXIES has {item.strip()!r}, not an IP address or CIDR") \
-                        from None
+                    raise ConfigError(
+                        f"GATEWAY_TRUSTED_PROXIES has {item.strip()!r}, not an IP address or CIDR"
+                    ) from None
         return cls(
             credential_rate_per_second=env.float("GATEWAY_CREDENTIAL_RATE_PER_SECOND", 20.0, minimum=0.01),
             credential_burst=env.int("GATEWAY_CREDENTIAL_BURST", 100, minimum=1),
@@ -110,8 +113,9 @@ def limit_address(request: web.Request, cost: float = 1.0) -> None:
     limiter: RateLimiter | None = deps.extras.get(_LIMITER_KEY)
     if limiter is None:
         settings = _settings(deps)
-        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(settings.credential_rate_per_second,
-                                                          settings.credential_burst)
+        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(
+            settings.credential_rate_per_second, settings.credential_burst
+        )
     limiter.check(f"addr:{client_address(request)}", cost)
 
 
@@ -259,17 +263,16 @@ async def login(request: web.Request) -> web.Response:
             country, phone = identifier.get("country", ""), identifier.get("phone")
             if not isinstance(country, str) or not isinstance(phone, str) or not phone:
                 raise MatrixError(400, "M_BAD_JSON", "identifier.country and identifier.phone must be strings")
-            rpc = pb.LoginRequest(phone=pb.PhoneIdentifier(country=country[:8], phone=phone[:64]),
-                                  password=password, **common)
+            rpc = pb.LoginRequest(
+                phone=pb.PhoneIdentifier(country=country[:8], phone=phone[:64]), password=password, **common
+            )
         elif kind == "m.id.thirdparty":
             medium, address = identifier.get("medium"), identifier.get("address")
             if medium != "msisdn" or not isinstance(address, str) or not address:
                 raise MatrixError(400, "M_UNRECOGNIZED", "only msisdn third-party identifiers can sign in")
-            rpc = pb.LoginRequest(phone=pb.PhoneIdentifier(country="", phone=address[:64]),
-                                  password=password, **common)
+            rpc = pb.LoginRequest(phone=pb.PhoneIdentifier(country="", phone=address[:64]), password=password, **common)
         else:
-            raise MatrixError(400, "M_UNRECOGNIZED", "identifier.type must be m.id.user, m.id.phone or "
-                                                     "m.id.thirdparty")
+            raise MatrixError(400, "M_UNRECOGNIZED", "identifier.type must be m.id.user, m.id.phone or m.id.thirdparty")
     elif login_type == "m.login.token":
         token = body_str(body, "token", max_len=512)
         if not token:
@@ -293,8 +296,11 @@ async def refresh(request: web.Request) -> web.Response:
         reply = await auth_stub(deps).RefreshSession(pb.RefreshSessionRequest(refresh_token=token))
     session = reply.session
     return json_response(
-        {"access_token": session.access_token, "refresh_token": session.refresh_token,
-         "expires_in_ms": session.expires_in_ms}
+        {
+            "access_token": session.access_token,
+            "refresh_token": session.refresh_token,
+            "expires_in_ms": session.expires_in_ms,
+        }
     )
 
 
@@ -349,8 +355,11 @@ async def change_password(request: web.Request) -> web.Response:
     failed = await uia_call(
         auth_stub(deps).ChangePassword(
             pb.ChangePasswordRequest(
-                user_id=requester.user_id, current_password=password, new_password=new_password,
-                logout_devices=logout_devices, keep_device_id=requester.device_id,
+                user_id=requester.user_id,
+                current_password=password,
+                new_password=new_password,
+                logout_devices=logout_devices,
+                keep_device_id=requester.device_id,
                 client_address=client_address(request),
             )
         )
@@ -372,8 +381,9 @@ async def deactivate(request: web.Request) -> web.Response:
         return uia_challenge("m.login.password")
     failed = await uia_call(
         auth_stub(deps).DeactivateAccount(
-            pb.DeactivateAccountRequest(user_id=requester.user_id, password=password,
-                                        client_address=client_address(request))
+            pb.DeactivateAccountRequest(
+                user_id=requester.user_id, password=password, client_address=client_address(request)
+            )
         )
     )
     if failed is not None:
@@ -386,8 +396,11 @@ async def deactivate(request: web.Request) -> web.Response:
 
 
 def _device_body(device: pb.Device, user_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"device_id": device.device_id, "display_name": device.display_name or None,
-                            "user_id": user_id}
+    body: dict[str, Any] = {
+        "device_id": device.device_id,
+        "display_name": device.display_name or None,
+        "user_id": user_id,
+    }
     if device.last_seen_ts_ms:
         body["last_seen_ts"] = device.last_seen_ts_ms
         body["last_seen_ip"] = device.last_seen_ip
@@ -419,8 +432,9 @@ async def update_device(request: web.Request) -> web.Response:
     display_name = body_str(body, "display_name", max_len=200)
     async with rpc_errors():
         await auth_stub(deps).UpdateDevice(
-            pb.UpdateDeviceRequest(user_id=requester.user_id, device_id=request.match_info["device_id"],
-                                   display_name=display_name)
+            pb.UpdateDeviceRequest(
+                user_id=requester.user_id, device_id=request.match_info["device_id"], display_name=display_name
+            )
         )
     return json_response({})
 
@@ -433,8 +447,12 @@ async def _delete_devices(request: web.Request, device_ids: list[str], body: dic
         return uia_challenge("m.login.password")
     failed = await uia_call(
         auth_stub(deps).DeleteDevices(
-            pb.DeleteDevicesRequest(user_id=requester.user_id, device_ids=device_ids, password=password,
-                                    client_address=client_address(request))
+            pb.DeleteDevicesRequest(
+                user_id=requester.user_id,
+                device_ids=device_ids,
+                password=password,
+                client_address=client_address(request),
+            )
         )
     )
     if failed is not None:

@@ -1,11 +1,11 @@
 """Phone numbers as Matrix `msisdn` third-party identifiers: request a code, submit it, bind, list, unbind.
 
-  POST /account/3pid/msisdn/requestToken   {client_secret, country, phone_number, send_attempt}
-                                             -> {sid, msisdn, submit_url}
-  POST /account/3pid/msisdn/submit_token   {sid, client_secret, token} -> {success: true}
-  POST /account/3pid/add                   {sid, client_secret} (signed in) -> {}
-  GET  /account/3pid                       -> {threepids: [...]}
-  POST /account/3pid/delete                {medium: "msisdn", address} -> {id_server_unbind_result}
+POST /account/3pid/msisdn/requestToken   {client_secret, country, phone_number, send_attempt}
+                                           -> {sid, msisdn, submit_url}
+POST /account/3pid/msisdn/submit_token   {sid, client_secret, token} -> {success: true}
+POST /account/3pid/add                   {sid, client_secret} (signed in) -> {}
+GET  /account/3pid                       -> {threepids: [...]}
+POST /account/3pid/delete                {medium: "msisdn", address} -> {id_server_unbind_result}
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ async def add_threepid(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     async with rpc_errors():
         await auth_stub(deps).BindPhone(
-            pb.BindPhoneRequest(user_id=requester.user_id, sid=_required(body, "sid"),
-                                client_secret=_required(body, "client_secret"))
+            pb.BindPhoneRequest(
+                user_id=requester.user_id, sid=_required(body, "sid"), client_secret=_required(body, "client_secret")
+            )
         )
     return json_response({})
 
@@ -91,8 +92,12 @@ async def list_threepids(request: web.Request) -> web.Response:
         {
             "threepids": [
                 # Matrix writes msisdn addresses without the leading "+".
-                {"medium": t.medium, "address": t.address.lstrip("+"), "validated_at": t.validated_at_ms,
-                 "added_at": t.added_at_ms}
+                {
+                    "medium": t.medium,
+                    "address": t.address.lstrip("+"),
+                    "validated_at": t.validated_at_ms,
+                    "added_at": t.added_at_ms,
+                }
                 for t in reply.threepids
             ]
         }
@@ -108,8 +113,9 @@ async def delete_threepid(request: web.Request) -> web.Response:
     address = _required(body, "address", 64)
     async with rpc_errors():
         await auth_stub(deps).UnbindPhone(
-            pb.UnbindPhoneRequest(user_id=requester.user_id, msisdn=address if address.startswith("+")
-                                  else "+" + address)
+            pb.UnbindPhoneRequest(
+                user_id=requester.user_id, msisdn=address if address.startswith("+") else "+" + address
+            )
         )
     return json_response({"id_server_unbind_result": "no-support"})
 

@@ -42,8 +42,14 @@ def _allowed_redirect(deps: GatewayDeps, url: str) -> bool:
     prefixes: list[str] | None = deps.extras.get(_ALLOWED_KEY)
     if prefixes is None:
         configured = Env().str("GATEWAY_SSO_REDIRECT_PREFIXES", "")
-        prefixes = [deps.config.public_base_url + "/", "http://127.0.0.1:", "http://127.0.0.1/",
-                    "http://localhost:", "http://localhost/", *(p.strip() for p in configured.split(",") if p.strip())]
+        prefixes = [
+            deps.config.public_base_url + "/",
+            "http://127.0.0.1:",
+            "http://127.0.0.1/",
+            "http://localhost:",
+            "http://localhost/",
+            *(p.strip() for p in configured.split(",") if p.strip()),
+        ]
         deps.extras[_ALLOWED_KEY] = prefixes
     return any(url.startswith(prefix) for prefix in prefixes)
 
@@ -62,8 +68,13 @@ async def _start(deps: GatewayDeps, provider_id: str, purpose: str, user_id: str
         raise MatrixError(400, "M_INVALID_PARAM", "redirect URL is not allowed")
     async with rpc_errors():
         reply = await auth_stub(deps).StartOidc(
-            pb.StartOidcRequest(provider_id=provider_id, purpose=purpose, user_id=user_id,
-                                callback_url=callback_url(deps), client_redirect_url=redirect_url)
+            pb.StartOidcRequest(
+                provider_id=provider_id,
+                purpose=purpose,
+                user_id=user_id,
+                callback_url=callback_url(deps),
+                client_redirect_url=redirect_url,
+            )
         )
     return reply.authorization_url
 
@@ -109,8 +120,9 @@ async def link(request: web.Request) -> web.Response:
     deps = request.app[DEPS_KEY]
     requester = await authenticate(request)
     body = await read_json_object(request, allow_empty=True)
-    url = await _start(deps, request.match_info["provider_id"], "link", requester.user_id,
-                       body_str(body, "redirect_url", max_len=2048))
+    url = await _start(
+        deps, request.match_info["provider_id"], "link", requester.user_id, body_str(body, "redirect_url", max_len=2048)
+    )
     return json_response({"authorization_url": url})
 
 

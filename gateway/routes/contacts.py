@@ -79,8 +79,10 @@ def _other(request: web.Request) -> str:
 
 def _book_body(reply: pb.UploadContactsResponse | pb.LookupHashesResponse) -> dict[str, Any]:
     return {
-        "matches": [{"index": m.index, "address": m.address, "user_id": m.user_id, "display_name": m.display_name}
-                    for m in reply.matches],
+        "matches": [
+            {"index": m.index, "address": m.address, "user_id": m.user_id, "display_name": m.display_name}
+            for m in reply.matches
+        ],
         "invalid": [{"list": e.list, "index": e.index, "value": e.value, "reason": e.reason} for e in reply.invalid],
         "added": reply.added,
         "removed": reply.removed,
@@ -92,10 +94,16 @@ def _book_body(reply: pb.UploadContactsResponse | pb.LookupHashesResponse) -> di
 async def upload(request: web.Request) -> web.Response:
     user = await _viewer(request, upload=True)
     body = await read_json_object(request)
-    reply = await call(_stub(request).UploadContacts, pb.UploadContactsRequest(
-        user_id=user, mode=pb.UPLOAD_MODE_REPLACE, add=body_strings(body, "numbers", required=True),
-        default_region=body_str(body, "region", max_len=8), client_address=client_address(request),
-    ))
+    reply = await call(
+        _stub(request).UploadContacts,
+        pb.UploadContactsRequest(
+            user_id=user,
+            mode=pb.UPLOAD_MODE_REPLACE,
+            add=body_strings(body, "numbers", required=True),
+            default_region=body_str(body, "region", max_len=8),
+            client_address=client_address(request),
+        ),
+    )
     return json_response(_book_body(reply))
 
 
@@ -105,10 +113,17 @@ async def sync(request: web.Request) -> web.Response:
     add, remove = body_strings(body, "add"), body_strings(body, "remove")
     if not add and not remove:
         raise MatrixError(400, "M_MISSING_PARAM", "send 'add' and/or 'remove'")
-    reply = await call(_stub(request).UploadContacts, pb.UploadContactsRequest(
-        user_id=user, mode=pb.UPLOAD_MODE_MERGE, add=add, remove=remove,
-        default_region=body_str(body, "region", max_len=8), client_address=client_address(request),
-    ))
+    reply = await call(
+        _stub(request).UploadContacts,
+        pb.UploadContactsRequest(
+            user_id=user,
+            mode=pb.UPLOAD_MODE_MERGE,
+            add=add,
+            remove=remove,
+            default_region=body_str(body, "region", max_len=8),
+            client_address=client_address(request),
+        ),
+    )
     return json_response(_book_body(reply))
 
 
@@ -128,11 +143,17 @@ async def lookup(request: web.Request) -> web.Response:
     replace_all = body_bool(body, "replace", False)
     stub = _stub(request)
     try:
-        reply = await stub.LookupHashes(pb.LookupHashesRequest(
-            user_id=user, algorithm=algorithm, pepper=pepper, addresses=body_strings(body, "addresses", required=True),
-            remove=body_strings(body, "remove"), mode=pb.UPLOAD_MODE_REPLACE if replace_all else pb.UPLOAD_MODE_MERGE,
-            client_address=client_address(request),
-        ))
+        reply = await stub.LookupHashes(
+            pb.LookupHashesRequest(
+                user_id=user,
+                algorithm=algorithm,
+                pepper=pepper,
+                addresses=body_strings(body, "addresses", required=True),
+                remove=body_strings(body, "remove"),
+                mode=pb.UPLOAD_MODE_REPLACE if replace_all else pb.UPLOAD_MODE_MERGE,
+                client_address=client_address(request),
+            )
+        )
     except grpc.aio.AioRpcError as error:
         failure = matrix_error_from(error)
         if failure.errcode == "M_INVALID_PEPPER":
@@ -161,8 +182,9 @@ async def put_discoverability(request: web.Request) -> web.Response:
     setting = _SETTINGS.get(body_str(body, "discoverability", max_len=16))
     if setting is None:
         raise MatrixError(400, "M_INVALID_PARAM", "'discoverability' must be one of everyone, mutual, nobody")
-    reply = await call(_stub(request).SetDiscoverability,
-                       pb.SetDiscoverabilityRequest(user_id=user, discoverability=setting))
+    reply = await call(
+        _stub(request).SetDiscoverability, pb.SetDiscoverabilityRequest(user_id=user, discoverability=setting)
+    )
     return json_response({"discoverability": _SETTING_NAMES[reply.discoverability]})
 
 
@@ -170,16 +192,26 @@ async def put_discoverability(request: web.Request) -> web.Response:
 async def suggestions(request: web.Request) -> web.Response:
     user = await _viewer(request)
     reply = await call(_stub(request).ListSuggestions, pb.ListSuggestionsRequest(user_id=user))
-    return json_response({"suggestions": [
-        {"user_id": s.user_id, "display_name": s.display_name, "reason": s.reason, "created_at": s.created_at_ms}
-        for s in reply.suggestions
-    ]})
+    return json_response(
+        {
+            "suggestions": [
+                {
+                    "user_id": s.user_id,
+                    "display_name": s.display_name,
+                    "reason": s.reason,
+                    "created_at": s.created_at_ms,
+                }
+                for s in reply.suggestions
+            ]
+        }
+    )
 
 
 async def dismiss_suggestion(request: web.Request) -> web.Response:
     user = await _viewer(request)
-    await call(_stub(request).DismissSuggestion, pb.DismissSuggestionRequest(user_id=user,
-                                                                              other_user_id=_other(request)))
+    await call(
+        _stub(request).DismissSuggestion, pb.DismissSuggestionRequest(user_id=user, other_user_id=_other(request))
+    )
     return json_response({})
 
 
@@ -187,10 +219,19 @@ async def dismiss_suggestion(request: web.Request) -> web.Response:
 async def friends(request: web.Request) -> web.Response:
     user = await _viewer(request)
     reply = await call(_stub(request).ListFriends, pb.ListFriendsRequest(user_id=user))
-    return json_response({"friends": [
-        {"user_id": f.user_id, "display_name": f.display_name, "since": f.since_ms, "mutual_friends": f.mutual_friends}
-        for f in reply.friends
-    ]})
+    return json_response(
+        {
+            "friends": [
+                {
+                    "user_id": f.user_id,
+                    "display_name": f.display_name,
+                    "since": f.since_ms,
+                    "mutual_friends": f.mutual_friends,
+                }
+                for f in reply.friends
+            ]
+        }
+    )
 
 
 async def remove_friend(request: web.Request) -> web.Response:
@@ -201,52 +242,73 @@ async def remove_friend(request: web.Request) -> web.Response:
 
 async def mutual_friends(request: web.Request) -> web.Response:
     user = await _viewer(request)
-    reply = await call(_stub(request).ListMutualFriends,
-                       pb.ListMutualFriendsRequest(user_id=user, other_user_id=_other(request)))
+    reply = await call(
+        _stub(request).ListMutualFriends, pb.ListMutualFriendsRequest(user_id=user, other_user_id=_other(request))
+    )
     return json_response({"user_ids": list(reply.user_ids), "count": len(reply.user_ids)})
 
 
 def _request_body(r: pb.FriendRequest) -> dict[str, Any]:
-    return {"from": r.from_user_id, "to": r.to_user_id, "display_name": r.display_name, "message": r.message,
-            "created_at": r.created_at_ms}
+    return {
+        "from": r.from_user_id,
+        "to": r.to_user_id,
+        "display_name": r.display_name,
+        "message": r.message,
+        "created_at": r.created_at_ms,
+    }
 
 
 async def list_requests(request: web.Request) -> web.Response:
     user = await _viewer(request)
     reply = await call(_stub(request).ListFriendRequests, pb.ListFriendRequestsRequest(user_id=user))
-    return json_response({"incoming": [_request_body(r) for r in reply.incoming],
-                          "outgoing": [_request_body(r) for r in reply.outgoing]})
+    return json_response(
+        {"incoming": [_request_body(r) for r in reply.incoming], "outgoing": [_request_body(r) for r in reply.outgoing]}
+    )
 
 
 async def send_request(request: web.Request) -> web.Response:
     user = await _viewer(request)
     body = await read_json_object(request)
     other = body_user_id(body, "user_id")
-    reply = await call(_stub(request).SendFriendRequest, pb.SendFriendRequestRequest(
-        user_id=user, other_user_id=other, message=body_str(body, "message", max_len=65536)))
+    reply = await call(
+        _stub(request).SendFriendRequest,
+        pb.SendFriendRequestRequest(
+            user_id=user, other_user_id=other, message=body_str(body, "message", max_len=65536)
+        ),
+    )
     return json_response({"state": reply.state})
 
 
 async def accept_request(request: web.Request) -> web.Response:
     user = await _viewer(request)
-    await call(_stub(request).AcceptFriendRequest,
-               pb.AcceptFriendRequestRequest(user_id=user, other_user_id=_other(request)))
+    await call(
+        _stub(request).AcceptFriendRequest, pb.AcceptFriendRequestRequest(user_id=user, other_user_id=_other(request))
+    )
     return json_response({})
 
 
 async def decline_request(request: web.Request) -> web.Response:
     user = await _viewer(request)
-    await call(_stub(request).DeclineFriendRequest,
-               pb.DeclineFriendRequestRequest(user_id=user, other_user_id=_other(request)))
+    await call(
+        _stub(request).DeclineFriendRequest, pb.DeclineFriendRequestRequest(user_id=user, other_user_id=_other(request))
+    )
     return json_response({})
 
 
 async def relationship(request: web.Request) -> web.Response:
     user = await _viewer(request)
-    reply = await call(_stub(request).GetRelationship,
-                       pb.GetRelationshipRequest(user_id=user, other_user_id=_other(request)))
-    return json_response({"friends": reply.friends, "blocking": reply.blocking, "blocked_by": reply.blocked_by,
-                          "pending_request": reply.pending_request or None, "mutual_friends": reply.mutual_friends})
+    reply = await call(
+        _stub(request).GetRelationship, pb.GetRelationshipRequest(user_id=user, other_user_id=_other(request))
+    )
+    return json_response(
+        {
+            "friends": reply.friends,
+            "blocking": reply.blocking,
+            "blocked_by": reply.blocked_by,
+            "pending_request": reply.pending_request or None,
+            "mutual_friends": reply.mutual_friends,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------ blocks
@@ -279,10 +341,15 @@ async def user_directory_search(request: web.Request) -> web.Response:
         raise MatrixError(400, "M_BAD_JSON", "'search_term' is longer than 1024 characters")
     # Matrix lets the server cap the limit; ours is 100.
     limit = body_int(body, "limit", 10, minimum=1, maximum=2**53)
-    reply = await call(_stub(request).SearchDirectory,
-                       pb.SearchDirectoryRequest(user_id=user, search_term=term, limit=min(limit, 100)))
-    return json_response({"results": [{"user_id": u.user_id, "display_name": u.display_name} for u in reply.results],
-                          "limited": reply.limited})
+    reply = await call(
+        _stub(request).SearchDirectory, pb.SearchDirectoryRequest(user_id=user, search_term=term, limit=min(limit, 100))
+    )
+    return json_response(
+        {
+            "results": [{"user_id": u.user_id, "display_name": u.display_name} for u in reply.results],
+            "limited": reply.limited,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------ OpenAPI

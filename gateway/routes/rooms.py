@@ -67,8 +67,9 @@ async def create_room(request: web.Request) -> web.Response:
     raw = await request.read()
     # Checked here (canonical: it holds initial state content); the service interprets it.
     parse_json_object(raw, allow_empty=True, canonical=True)
-    reply = await call(messaging_stub(deps).CreateRoom,
-                       pb.CreateRoomRequest(requester=who, body_json=raw if raw.strip() else _EMPTY))
+    reply = await call(
+        messaging_stub(deps).CreateRoom, pb.CreateRoomRequest(requester=who, body_json=raw if raw.strip() else _EMPTY)
+    )
     return json_response({"room_id": reply.room_id})
 
 
@@ -80,9 +81,16 @@ def _membership_handler(action: int, needs_target: bool):  # noqa: ANN202 - an a
         room_id = request.match_info.get("room_id") or request.match_info["room_id_or_alias"]
         if not room_id.startswith("!"):
             raise MatrixError(404, "M_NOT_FOUND", "room aliases are not supported; join by room id")
-        await call(messaging_stub(deps).ChangeMembership, pb.ChangeMembershipRequest(
-            requester=who, room_id=room_id, action=action, target_user_id=target,
-            reason=body_str(body, "reason", max_len=65536)))
+        await call(
+            messaging_stub(deps).ChangeMembership,
+            pb.ChangeMembershipRequest(
+                requester=who,
+                room_id=room_id,
+                action=action,
+                target_user_id=target,
+                reason=body_str(body, "reason", max_len=65536),
+            ),
+        )
         if action == pb.MEMBERSHIP_ACTION_JOIN:
             return json_response({"room_id": room_id})
         return _raw(_EMPTY)
@@ -102,9 +110,16 @@ async def send_event(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     _limit_sends(request, deps, who.user_id)
     raw = await _event_content(request)
-    reply = await call(messaging_stub(deps).SendEvent, pb.SendEventRequest(
-        requester=who, room_id=request.match_info["room_id"], event_type=request.match_info["event_type"],
-        txn_id=request.match_info["txn_id"], content_json=raw))
+    reply = await call(
+        messaging_stub(deps).SendEvent,
+        pb.SendEventRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            event_type=request.match_info["event_type"],
+            txn_id=request.match_info["txn_id"],
+            content_json=raw,
+        ),
+    )
     return json_response({"event_id": reply.event_id})
 
 
@@ -112,18 +127,32 @@ async def put_state(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     _limit_sends(request, deps, who.user_id)
     raw = await _event_content(request)
-    reply = await call(messaging_stub(deps).SetState, pb.SetStateRequest(
-        requester=who, room_id=request.match_info["room_id"], event_type=request.match_info["event_type"],
-        state_key=request.match_info.get("state_key", ""), content_json=raw))
+    reply = await call(
+        messaging_stub(deps).SetState,
+        pb.SetStateRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            event_type=request.match_info["event_type"],
+            state_key=request.match_info.get("state_key", ""),
+            content_json=raw,
+        ),
+    )
     return json_response({"event_id": reply.event_id})
 
 
 async def get_state(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     event_type = request.match_info.get("event_type", "")
-    reply = await call(messaging_stub(deps).GetState, pb.GetStateRequest(
-        requester=who, room_id=request.match_info["room_id"], event_type=event_type,
-        state_key=request.match_info.get("state_key", ""), single=bool(event_type)))
+    reply = await call(
+        messaging_stub(deps).GetState,
+        pb.GetStateRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            event_type=event_type,
+            state_key=request.match_info.get("state_key", ""),
+            single=bool(event_type),
+        ),
+    )
     return _raw(reply.body_json)
 
 
@@ -131,27 +160,39 @@ async def redact(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     _limit_sends(request, deps, who.user_id)
     body = await read_json_object(request, allow_empty=True)
-    reply = await call(messaging_stub(deps).Redact, pb.RedactRequest(
-        requester=who, room_id=request.match_info["room_id"], event_id=request.match_info["event_id"],
-        txn_id=request.match_info["txn_id"], reason=body_str(body, "reason", max_len=65536)))
+    reply = await call(
+        messaging_stub(deps).Redact,
+        pb.RedactRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            event_id=request.match_info["event_id"],
+            txn_id=request.match_info["txn_id"],
+            reason=body_str(body, "reason", max_len=65536),
+        ),
+    )
     return json_response({"event_id": reply.event_id})
 
 
 async def members(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
-    reply = await call(messaging_stub(deps).GetMembers,
-                       pb.GetMembersRequest(requester=who, room_id=request.match_info["room_id"]))
+    reply = await call(
+        messaging_stub(deps).GetMembers, pb.GetMembersRequest(requester=who, room_id=request.match_info["room_id"])
+    )
     return _raw(reply.body_json)
 
 
 async def joined_members(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
-    reply = await call(messaging_stub(deps).GetMembers,
-                       pb.GetMembersRequest(requester=who, room_id=request.match_info["room_id"]))
+    reply = await call(
+        messaging_stub(deps).GetMembers, pb.GetMembersRequest(requester=who, room_id=request.match_info["room_id"])
+    )
     joined = {
-        event["state_key"]: {"display_name": event["content"].get("displayname"),
-                             "avatar_url": event["content"].get("avatar_url")}
-        for event in orjson.loads(reply.body_json)["chunk"] if event["content"].get("membership") == "join"
+        event["state_key"]: {
+            "display_name": event["content"].get("displayname"),
+            "avatar_url": event["content"].get("avatar_url"),
+        }
+        for event in orjson.loads(reply.body_json)["chunk"]
+        if event["content"].get("membership") == "join"
     }
     return json_response({"joined": joined})
 
@@ -164,19 +205,32 @@ async def joined_rooms(request: web.Request) -> web.Response:
 
 async def messages(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
-    reply = await call(messaging_stub(deps).Messages, pb.MessagesRequest(
-        requester=who, room_id=request.match_info["room_id"], to=query_str(request, "to"),
-        dir=query_str(request, "dir", "b", max_len=1), limit=query_int(request, "limit", 10, maximum=1000),
-        **{"from": query_str(request, "from")}))
+    reply = await call(
+        messaging_stub(deps).Messages,
+        pb.MessagesRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            to=query_str(request, "to"),
+            dir=query_str(request, "dir", "b", max_len=1),
+            limit=query_int(request, "limit", 10, maximum=1000),
+            **{"from": query_str(request, "from")},
+        ),
+    )
     return _raw(reply.body_json)
 
 
 async def receipt(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     await read_json_object(request, allow_empty=True)
-    await call(messaging_stub(deps).SendReceipt, pb.SendReceiptRequest(
-        requester=who, room_id=request.match_info["room_id"], receipt_type=request.match_info["receipt_type"],
-        event_id=request.match_info["event_id"]))
+    await call(
+        messaging_stub(deps).SendReceipt,
+        pb.SendReceiptRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            receipt_type=request.match_info["receipt_type"],
+            event_id=request.match_info["event_id"],
+        ),
+    )
     return _raw(_EMPTY)
 
 
@@ -187,8 +241,12 @@ async def read_markers(request: web.Request) -> web.Response:
     for receipt_type in ("m.read", "m.read.private"):
         event_id = body_str(body, receipt_type, max_len=255)
         if event_id:
-            await call(messaging_stub(deps).SendReceipt, pb.SendReceiptRequest(
-                requester=who, room_id=request.match_info["room_id"], receipt_type=receipt_type, event_id=event_id))
+            await call(
+                messaging_stub(deps).SendReceipt,
+                pb.SendReceiptRequest(
+                    requester=who, room_id=request.match_info["room_id"], receipt_type=receipt_type, event_id=event_id
+                ),
+            )
     return _raw(_EMPTY)
 
 
@@ -197,9 +255,15 @@ async def typing(request: web.Request) -> web.Response:
     if path_user_id(request) != who.user_id:
         raise MatrixError(403, "M_FORBIDDEN", "you can only set your own typing state")
     body = await read_json_object(request)
-    await call(messaging_stub(deps).SetTyping, pb.SetTypingRequest(
-        requester=who, room_id=request.match_info["room_id"], typing=body_bool(body, "typing"),
-        timeout_ms=body_int(body, "timeout", 30_000, maximum=120_000, clamp=True)))
+    await call(
+        messaging_stub(deps).SetTyping,
+        pb.SetTypingRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            typing=body_bool(body, "typing"),
+            timeout_ms=body_int(body, "timeout", 30_000, maximum=120_000, clamp=True),
+        ),
+    )
     return _raw(_EMPTY)
 
 

@@ -1,13 +1,13 @@
 """Zhadui (扎堆) endpoints under Laiwang's client prefix.
 
-  POST /_laiwang/client/v1/zhadui                       create
-  GET  /_laiwang/client/v1/zhadui/feed?cursor&limit     my visible zhaduis, newest activity first
-  GET  /_laiwang/client/v1/zhadui/notices?limit         "a friend joined" notices
-  GET  /_laiwang/client/v1/zhadui/{id}?mark_seen=true   preview (404 outside the audience)
-  POST /_laiwang/client/v1/zhadui/{id}/join | /leave | /close
-  PUT  /_laiwang/client/v1/zhadui/{id}/mute             {"muted": bool}
-  POST /_laiwang/client/v1/zhadui/{id}/remove           {"user_id": ...} (creator only)
-  GET  /_laiwang/client/v1/zhadui/{id}/discussion       the Matrix room (participants only, else 403)
+POST /_laiwang/client/v1/zhadui                       create
+GET  /_laiwang/client/v1/zhadui/feed?cursor&limit     my visible zhaduis, newest activity first
+GET  /_laiwang/client/v1/zhadui/notices?limit         "a friend joined" notices
+GET  /_laiwang/client/v1/zhadui/{id}?mark_seen=true   preview (404 outside the audience)
+POST /_laiwang/client/v1/zhadui/{id}/join | /leave | /close
+PUT  /_laiwang/client/v1/zhadui/{id}/mute             {"muted": bool}
+POST /_laiwang/client/v1/zhadui/{id}/remove           {"user_id": ...} (creator only)
+GET  /_laiwang/client/v1/zhadui/{id}/discussion       the Matrix room (participants only, else 403)
 """
 
 from __future__ import annotations
@@ -135,8 +135,12 @@ async def notices(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
     reply = await call(_stub(request).ListNotices, pb.ListNoticesRequest(viewer_user_id=viewer, limit=_limit(request)))
     return json_response(
-        {"notices": [{"zhadui_id": n.zhadui_id, "title": n.title, "user_id": n.actor_user_id, "at": n.at_ms}
-                     for n in reply.notices]}
+        {
+            "notices": [
+                {"zhadui_id": n.zhadui_id, "title": n.title, "user_id": n.actor_user_id, "at": n.at_ms}
+                for n in reply.notices
+            ]
+        }
     )
 
 
@@ -144,8 +148,9 @@ async def get_zhadui(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
     reply = await call(
         _stub(request).GetZhadui,
-        pb.GetZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request),
-                            mark_seen=query_bool(request, "mark_seen")),
+        pb.GetZhaduiRequest(
+            viewer_user_id=viewer, zhadui_id=_zhadui_id(request), mark_seen=query_bool(request, "mark_seen")
+        ),
     )
     return json_response(_preview(reply.zhadui))
 
@@ -160,15 +165,13 @@ async def join(request: web.Request) -> web.Response:
 
 async def leave(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
-    await call(_stub(request).LeaveZhadui,
-               pb.LeaveZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request)))
+    await call(_stub(request).LeaveZhadui, pb.LeaveZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request)))
     return json_response({})
 
 
 async def close(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
-    await call(_stub(request).CloseZhadui,
-               pb.CloseZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request)))
+    await call(_stub(request).CloseZhadui, pb.CloseZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request)))
     return json_response({})
 
 
@@ -176,8 +179,10 @@ async def mute(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
     body = await read_json_object(request)
     muted = body_bool(body, "muted")
-    await call(_stub(request).MuteZhadui,
-               pb.MuteZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request), muted=muted))
+    await call(
+        _stub(request).MuteZhadui,
+        pb.MuteZhaduiRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request), muted=muted),
+    )
     return json_response({})
 
 
@@ -186,16 +191,18 @@ async def remove(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     await call(
         _stub(request).RemoveParticipant,
-        pb.RemoveParticipantRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request),
-                                    user_id=body_user_id(body, "user_id")),
+        pb.RemoveParticipantRequest(
+            viewer_user_id=viewer, zhadui_id=_zhadui_id(request), user_id=body_user_id(body, "user_id")
+        ),
     )
     return json_response({})
 
 
 async def discussion(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
-    reply = await call(_stub(request).GetDiscussion,
-                       pb.GetDiscussionRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request)))
+    reply = await call(
+        _stub(request).GetDiscussion, pb.GetDiscussionRequest(viewer_user_id=viewer, zhadui_id=_zhadui_id(request))
+    )
     return json_response({"room_id": reply.room_id})
 
 

@@ -38,8 +38,12 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     async def IntrospectToken(self, request: pb.IntrospectTokenRequest, context: Any) -> pb.IntrospectTokenResponse:
         r = await self.core.introspect(request.access_token)
         return pb.IntrospectTokenResponse(
-            active=r.active, user_id=r.user_id, device_id=r.device_id, token_id=r.token_id,
-            expires_at_ms=r.expires_at_ms, inactive_reason=r.inactive_reason,
+            active=r.active,
+            user_id=r.user_id,
+            device_id=r.device_id,
+            token_id=r.token_id,
+            expires_at_ms=r.expires_at_ms,
+            inactive_reason=r.inactive_reason,
         )
 
     @maps_domain_errors
@@ -50,9 +54,13 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     @maps_domain_errors
     async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
         user_id, session = await self.core.register(
-            request.username, request.password, device_id=request.device_id,
-            device_name=request.initial_device_display_name, inhibit_login=request.inhibit_login,
-            want_refresh=request.refresh_token, client_address=request.client_address,
+            request.username,
+            request.password,
+            device_id=request.device_id,
+            device_name=request.initial_device_display_name,
+            inhibit_login=request.inhibit_login,
+            want_refresh=request.refresh_token,
+            client_address=request.client_address,
         )
         reply = pb.RegisterResponse(user_id=user_id)
         if session is not None:
@@ -63,8 +71,10 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     async def Login(self, request: pb.LoginRequest, context: Any) -> pb.LoginResponse:
         which = request.WhichOneof("identifier")
         common: dict[str, Any] = {
-            "device_id": request.device_id, "device_name": request.initial_device_display_name,
-            "want_refresh": request.refresh_token, "client_address": request.client_address,
+            "device_id": request.device_id,
+            "device_name": request.initial_device_display_name,
+            "want_refresh": request.refresh_token,
+            "client_address": request.client_address,
         }
         if which == "login_token":
             session = await self.core.login_with_token(request.login_token, **common)
@@ -93,8 +103,11 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     @maps_domain_errors
     async def ChangePassword(self, request: pb.ChangePasswordRequest, context: Any) -> pb.ChangePasswordResponse:
         await self.core.change_password(
-            request.user_id, request.current_password, request.new_password,
-            logout_devices=request.logout_devices, keep_device_id=request.keep_device_id,
+            request.user_id,
+            request.current_password,
+            request.new_password,
+            logout_devices=request.logout_devices,
+            keep_device_id=request.keep_device_id,
             client_address=request.client_address,
         )
         return pb.ChangePasswordResponse()
@@ -108,8 +121,12 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
 
     @staticmethod
     def _device(d: Any) -> pb.Device:
-        return pb.Device(device_id=d.device_id, display_name=d.display_name, last_seen_ip=d.last_seen_ip,
-                         last_seen_ts_ms=_ms(d.last_seen_at))
+        return pb.Device(
+            device_id=d.device_id,
+            display_name=d.display_name,
+            last_seen_ip=d.last_seen_ip,
+            last_seen_ts_ms=_ms(d.last_seen_at),
+        )
 
     @maps_domain_errors
     async def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:
@@ -117,8 +134,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
 
     @maps_domain_errors
     async def GetDevice(self, request: pb.GetDeviceRequest, context: Any) -> pb.GetDeviceResponse:
-        return pb.GetDeviceResponse(device=self._device(await self.core.get_device(request.user_id,
-                                                                                   request.device_id)))
+        return pb.GetDeviceResponse(device=self._device(await self.core.get_device(request.user_id, request.device_id)))
 
     @maps_domain_errors
     async def UpdateDevice(self, request: pb.UpdateDeviceRequest, context: Any) -> pb.UpdateDeviceResponse:
@@ -127,20 +143,24 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
 
     @maps_domain_errors
     async def DeleteDevices(self, request: pb.DeleteDevicesRequest, context: Any) -> pb.DeleteDevicesResponse:
-        await self.core.delete_devices(request.user_id, list(request.device_ids), request.password,
-                                       request.client_address)
+        await self.core.delete_devices(
+            request.user_id, list(request.device_ids), request.password, request.client_address
+        )
         return pb.DeleteDevicesResponse()
 
     @maps_domain_errors
-    async def RequestPhoneCode(
-        self, request: pb.RequestPhoneCodeRequest, context: Any
-    ) -> pb.RequestPhoneCodeResponse:
+    async def RequestPhoneCode(self, request: pb.RequestPhoneCodeRequest, context: Any) -> pb.RequestPhoneCodeResponse:
         s = await self.core.request_phone_code(
-            request.country, request.phone_number, request.client_secret, request.send_attempt,
+            request.country,
+            request.phone_number,
+            request.client_secret,
+            request.send_attempt,
             request.client_address,
         )
         return pb.RequestPhoneCodeResponse(
-            sid=s.sid, msisdn=s.msisdn, expires_at_ms=_ms(s.expires_at),
+            sid=s.sid,
+            msisdn=s.msisdn,
+            expires_at_ms=_ms(s.expires_at),
             resend_after_ms=_ms(s.created_at + self.core.settings.code_resend_seconds),
         )
 
@@ -164,8 +184,9 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     async def ListThreepids(self, request: pb.ListThreepidsRequest, context: Any) -> pb.ListThreepidsResponse:
         return pb.ListThreepidsResponse(
             threepids=[
-                pb.Threepid(medium=t.medium, address=t.address, validated_at_ms=_ms(t.validated_at),
-                            added_at_ms=_ms(t.added_at))
+                pb.Threepid(
+                    medium=t.medium, address=t.address, validated_at_ms=_ms(t.validated_at), added_at_ms=_ms(t.added_at)
+                )
                 for t in await self.core.list_threepids(request.user_id)
             ]
         )
@@ -173,8 +194,7 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     @maps_domain_errors
     async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> pb.GetProfileResponse:
         user = await self.core.get_profile(request.user_id)
-        return pb.GetProfileResponse(user_id=user.user_id, display_name=user.display_name,
-                                     avatar_url=user.avatar_url)
+        return pb.GetProfileResponse(user_id=user.user_id, display_name=user.display_name, avatar_url=user.avatar_url)
 
     @maps_domain_errors
     async def SetProfile(self, request: pb.SetProfileRequest, context: Any) -> pb.SetProfileResponse:
@@ -196,7 +216,10 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     @maps_domain_errors
     async def StartOidc(self, request: pb.StartOidcRequest, context: Any) -> pb.StartOidcResponse:
         url = await self.core.start_oidc(
-            request.provider_id, request.purpose, user_id=request.user_id, callback_url=request.callback_url,
+            request.provider_id,
+            request.purpose,
+            user_id=request.user_id,
+            callback_url=request.callback_url,
             client_redirect_url=request.client_redirect_url,
         )
         return pb.StartOidcResponse(authorization_url=url)
@@ -207,8 +230,12 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
             request.state, request.code, request.error
         )
         return pb.CompleteOidcResponse(
-            purpose=record.purpose, user_id=user_id, provider_id=record.provider_id, subject=identity.subject,
-            login_token=login_token, client_redirect_url=record.client_redirect_url,
+            purpose=record.purpose,
+            user_id=user_id,
+            provider_id=record.provider_id,
+            subject=identity.subject,
+            login_token=login_token,
+            client_redirect_url=record.client_redirect_url,
         )
 
     @maps_domain_errors

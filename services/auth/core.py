@@ -320,14 +320,26 @@ class Store(Protocol):
     async def insert_access_token(self, token: AccessToken, tx: Tx) -> None: ...
     async def find_access_token(self, token_hash: str) -> AccessToken | None: ...
     async def delete_access_tokens(
-        self, user_id: str, *, device_ids: Sequence[str] | None = None, except_device: str | None = None,
-        token_ids: Sequence[str] | None = None, tx: Tx,
+        self,
+        user_id: str,
+        *,
+        device_ids: Sequence[str] | None = None,
+        except_device: str | None = None,
+        token_ids: Sequence[str] | None = None,
+        tx: Tx,
     ) -> list[AccessToken]: ...
     async def insert_refresh_token(self, token: RefreshToken, tx: Tx) -> None: ...
     async def use_refresh_token(self, token_hash: str, tx: Tx) -> RefreshToken | None: ...
+
     """Mark unused token used and return it (as it was); a used token is returned with used=True."""
+
     async def delete_refresh_tokens(
-        self, user_id: str, *, device_ids: Sequence[str] | None = None, except_device: str | None = None, tx: Tx,
+        self,
+        user_id: str,
+        *,
+        device_ids: Sequence[str] | None = None,
+        except_device: str | None = None,
+        tx: Tx,
     ) -> None: ...
     async def insert_login_token(self, token_hash: str, user_id: str, expires_at: float) -> None: ...
     async def take_login_token(self, token_hash: str) -> tuple[str, float] | None: ...
@@ -341,10 +353,13 @@ class Store(Protocol):
     async def find_phone_session(self, sid: str) -> PhoneSession | None: ...
     async def find_phone_session_for(self, client_secret_hash: str, msisdn: str) -> PhoneSession | None: ...
     async def count_phone_attempt(self, sid: str, max_attempts: int) -> int | None: ...
+
     """Atomically count one more attempt if fewer than max were made; the new count, or None."""
+
     async def mark_phone_session_validated(self, sid: str, at: float) -> None: ...
     async def delete_phone_session(self, sid: str, tx: Tx | None = None) -> None: ...
     async def claim_send_slot(self, msisdn: str, now: float, wait_seconds: float) -> float: ...
+
     """Claim the right to send an SMS to `msisdn` now; 0 if claimed, else seconds to wait."""
 
     # rate limits: fixed-window counters shared by every replica
@@ -539,8 +554,12 @@ class AuthCore:
         if await self.store.get_user(user_id) is not None:
             raise AuthError(ErrorCode.USER_IN_USE, "that user id is already taken")
         if client_address:
-            await self._hit_limit(f"register|addr|{client_address}", s.registrations_per_address_per_hour, 3600,
-                                  "registrations from this address")
+            await self._hit_limit(
+                f"register|addr|{client_address}",
+                s.registrations_per_address_per_hour,
+                3600,
+                "registrations from this address",
+            )
         password_hash = await self.hasher.hash(password)
         now = self.now()
         localpart = user_id[1:].split(":", 1)[0]
@@ -622,9 +641,7 @@ class AuthCore:
         ids = tuple(t.token_id for t in removed)
         if ids:
             everything = device_ids is None and except_device is None and token_ids is None
-            await self.store.emit(
-                tx, TokenRevokedEvent(user_id, device_id, ids, all_devices=everything, reason=reason)
-            )
+            await self.store.emit(tx, TokenRevokedEvent(user_id, device_id, ids, all_devices=everything, reason=reason))
         return list(ids)
 
     async def introspect(self, access_token: str) -> Introspection:
@@ -634,8 +651,13 @@ class AuthCore:
         if token is None:
             return Introspection(False, inactive_reason="unknown")
         if token.expires_at is not None and token.expires_at <= self.now():
-            return Introspection(False, user_id=token.user_id, device_id=token.device_id,
-                                 token_id=token.token_id, inactive_reason="expired")
+            return Introspection(
+                False,
+                user_id=token.user_id,
+                device_id=token.device_id,
+                token_id=token.token_id,
+                inactive_reason="expired",
+            )
         return Introspection(
             True,
             user_id=token.user_id,
@@ -681,8 +703,9 @@ class AuthCore:
         window = s.login_failure_window_seconds
         await self._check_limit(account_key, s.login_failures_per_account, window, "failed logins for this account")
         if client_address:
-            await self._check_limit(address_key, s.login_failures_per_address, window,
-                                    "failed logins from this address")
+            await self._check_limit(
+                address_key, s.login_failures_per_address, window, "failed logins from this address"
+            )
         record = await self.store.get_user(user_id) if user_id else None
         ok = await self.hasher.verify(record.password_hash if record else None, password[: s.password_max_length])
         if not ok or record is None:
@@ -699,7 +722,12 @@ class AuthCore:
         )
 
     async def login_with_token(
-        self, login_token: str, *, device_id: str = "", device_name: str = "", want_refresh: bool = False,
+        self,
+        login_token: str,
+        *,
+        device_id: str = "",
+        device_name: str = "",
+        want_refresh: bool = False,
         client_address: str = "",
     ) -> NewSession:
         taken = await self.store.take_login_token(digest(login_token)) if login_token else None
@@ -724,11 +752,17 @@ class AuthCore:
             if record is None or record.expires_at <= self.now():
                 return None
             if record.used:
-                await self._revoke(tx, record.user_id, device_ids=[record.device_id], device_id=record.device_id,
-                                   reason="refresh_token_reuse")
+                await self._revoke(
+                    tx,
+                    record.user_id,
+                    device_ids=[record.device_id],
+                    device_id=record.device_id,
+                    reason="refresh_token_reuse",
+                )
                 return None
-            await self._revoke(tx, record.user_id, token_ids=[record.access_token_id], device_id=record.device_id,
-                               reason="refreshed")
+            await self._revoke(
+                tx, record.user_id, token_ids=[record.access_token_id], device_id=record.device_id, reason="refreshed"
+            )
             return await self._issue_tokens(tx, record.user_id, record.device_id, want_refresh=True)
 
         session = await self.store.atomically(work)
@@ -756,22 +790,33 @@ class AuthCore:
         """Re-authentication (user-interactive auth) with the account password, rate-limited like login."""
         s = self.settings
         account_key = f"loginfail|{user_id}"
-        await self._check_limit(account_key, s.login_failures_per_account, s.login_failure_window_seconds,
-                                "failed password attempts for this account")
+        await self._check_limit(
+            account_key,
+            s.login_failures_per_account,
+            s.login_failure_window_seconds,
+            "failed password attempts for this account",
+        )
         user = await self.store.get_user(user_id)
         if user is None or user.deactivated:
             raise AuthError(ErrorCode.FORBIDDEN, "account not found or deactivated")
         if not password or not await self.hasher.verify(user.password_hash, password[: s.password_max_length]):
             await self.store.hit_counter(account_key, s.login_failure_window_seconds, self.now())
             if client_address:
-                await self.store.hit_counter(f"loginfail|addr|{client_address}", s.login_failure_window_seconds,
-                                             self.now())
+                await self.store.hit_counter(
+                    f"loginfail|addr|{client_address}", s.login_failure_window_seconds, self.now()
+                )
             raise AuthError(ErrorCode.FORBIDDEN, "invalid password")
         return user
 
     async def change_password(
-        self, user_id: str, current_password: str, new_password: str, *, logout_devices: bool,
-        keep_device_id: str, client_address: str = "",
+        self,
+        user_id: str,
+        current_password: str,
+        new_password: str,
+        *,
+        logout_devices: bool,
+        keep_device_id: str,
+        client_address: str = "",
     ) -> None:
         self._check_password_rules(new_password)
         await self._verify_password_for(user_id, current_password, client_address)
@@ -821,8 +866,9 @@ class AuthCore:
         if not await self.store.rename_device(user_id, device_id, display_name):
             raise AuthError(ErrorCode.NOT_FOUND, "no such device")
 
-    async def delete_devices(self, user_id: str, device_ids: Sequence[str], password: str,
-                             client_address: str = "") -> None:
+    async def delete_devices(
+        self, user_id: str, device_ids: Sequence[str], password: str, client_address: str = ""
+    ) -> None:
         await self._verify_password_for(user_id, password, client_address)
 
         async def work(tx: Tx) -> None:
@@ -849,13 +895,18 @@ class AuthCore:
         if previous is not None and previous.send_attempt >= send_attempt and previous.expires_at > self.now():
             return previous  # a retry of the same request: same sid, no new SMS (Matrix semantics)
         if client_address:
-            await self._hit_limit(f"sms|addr|{client_address}", s.sms_per_address_per_hour, 3600,
-                                  "verification codes requested from this address")
+            await self._hit_limit(
+                f"sms|addr|{client_address}",
+                s.sms_per_address_per_hour,
+                3600,
+                "verification codes requested from this address",
+            )
         wait = await self.store.claim_send_slot(msisdn, self.now(), s.code_resend_seconds)
         if wait > 0:
             raise _limit("a code was sent to this number recently; wait before asking again", wait)
-        await self._hit_limit(f"sms|num|{msisdn}", s.sms_per_number_per_hour, 3600,
-                              "verification codes for this number")
+        await self._hit_limit(
+            f"sms|num|{msisdn}", s.sms_per_number_per_hour, 3600, "verification codes for this number"
+        )
         code = f"{secrets.randbelow(10**6):06d}"
         salt = secrets.token_hex(8)
         now = self.now()
@@ -870,8 +921,9 @@ class AuthCore:
             expires_at=now + s.code_ttl_seconds,
         )
         await self.store.insert_phone_session(session)
-        await self.sms.send(msisdn, f"Your Laiwang verification code is {code}. It expires in "
-                                    f"{s.code_ttl_seconds // 60} minutes.")
+        await self.sms.send(
+            msisdn, f"Your Laiwang verification code is {code}. It expires in {s.code_ttl_seconds // 60} minutes."
+        )
         return session
 
     async def _session_for(self, sid: str, client_secret: str) -> PhoneSession:
@@ -883,8 +935,12 @@ class AuthCore:
     async def submit_phone_code(self, sid: str, client_secret: str, code: str, client_address: str = "") -> None:
         s = self.settings
         if client_address:
-            await self._hit_limit(f"codecheck|addr|{client_address}", s.code_checks_per_address_per_hour, 3600,
-                                  "verification attempts from this address")
+            await self._hit_limit(
+                f"codecheck|addr|{client_address}",
+                s.code_checks_per_address_per_hour,
+                3600,
+                "verification attempts from this address",
+            )
         session = await self._session_for(sid, client_secret)
         if session.validated_at is not None:
             return
@@ -899,8 +955,9 @@ class AuthCore:
             left = s.code_max_attempts - attempts
             raise AuthError(
                 ErrorCode.THREEPID_AUTH_FAILED,
-                f"wrong code; {left} attempt{'s' if left != 1 else ''} left" if left else
-                "wrong code; no attempts left, request a new one",
+                f"wrong code; {left} attempt{'s' if left != 1 else ''} left"
+                if left
+                else "wrong code; no attempts left, request a new one",
             )
         await self.store.mark_phone_session_validated(sid, self.now())
 
@@ -914,8 +971,9 @@ class AuthCore:
         msisdn = session.msisdn
 
         async def work(tx: Tx) -> None:
-            owner = await self.store.insert_threepid(Threepid("msisdn", msisdn, user_id, session.validated_at or now,
-                                                              now), tx)
+            owner = await self.store.insert_threepid(
+                Threepid("msisdn", msisdn, user_id, session.validated_at or now, now), tx
+            )
             if owner == user_id:
                 return  # already bound to this account: nothing changes, nothing to announce
             if owner is not None:
@@ -967,8 +1025,9 @@ class AuthCore:
             await self.store.update_user(user_id, fields, tx)
             await self.store.emit(
                 tx,
-                ProfileChangedEvent(user_id, fields.get("display_name", user.display_name),
-                                    fields.get("avatar_url", user.avatar_url)),
+                ProfileChangedEvent(
+                    user_id, fields.get("display_name", user.display_name), fields.get("avatar_url", user.avatar_url)
+                ),
             )
 
         await self.store.atomically(work)
@@ -999,8 +1058,17 @@ class AuthCore:
         nonce = secrets.token_urlsafe(16)
         verifier, challenge = pkce_pair()
         await self.store.insert_oidc_state(
-            OidcState(digest(state), purpose, provider_id, user_id, verifier, nonce, callback_url,
-                      client_redirect_url, self.now() + self.settings.oidc_state_ttl_seconds)
+            OidcState(
+                digest(state),
+                purpose,
+                provider_id,
+                user_id,
+                verifier,
+                nonce,
+                callback_url,
+                client_redirect_url,
+                self.now() + self.settings.oidc_state_ttl_seconds,
+            )
         )
         return await oidc.authorization_url(
             provider_id, state=state, nonce=nonce, code_challenge=challenge, redirect_uri=callback_url
@@ -1015,7 +1083,10 @@ class AuthCore:
         if error or not code:
             raise AuthError(ErrorCode.FORBIDDEN, f"the identity provider refused: {error[:100] or 'no code'}")
         identity = await oidc.exchange(
-            record.provider_id, code=code, code_verifier=record.code_verifier, redirect_uri=record.callback_url,
+            record.provider_id,
+            code=code,
+            code_verifier=record.code_verifier,
+            redirect_uri=record.callback_url,
             nonce=record.nonce,
         )
         if record.purpose == "link":

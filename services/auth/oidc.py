@@ -118,14 +118,16 @@ class OidcClient:
         credentials = f"{quote_plus(self.client_id)}:{quote_plus(self._client_secret)}".encode()
         headers = {"Accept": "application/json", "Authorization": "Basic " + base64.b64encode(credentials).decode()}
         try:
-            async with aiohttp.ClientSession(timeout=self._timeout) as http, http.post(
-                metadata["token_endpoint"], data=form, headers=headers
-            ) as response:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout) as http,
+                http.post(metadata["token_endpoint"], data=form, headers=headers) as response,
+            ):
                 body = await response.json(content_type=None)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise AuthError(ErrorCode.UNAVAILABLE, f"identity provider token call failed: {type(exc).__name__}") \
-                from None
+            raise AuthError(
+                ErrorCode.UNAVAILABLE, f"identity provider token call failed: {type(exc).__name__}"
+            ) from None
         if status != 200 or not isinstance(body, dict) or "id_token" not in body:
             reason = body.get("error", "no id_token") if isinstance(body, dict) else "bad answer"
             raise OidcError(f"token endpoint refused ({status}: {str(reason)[:80]})")

@@ -30,10 +30,13 @@ def _replace_all(mode: int) -> bool:
 
 def _book_reply(result: BookResult) -> dict[str, object]:
     return {
-        "matches": [pb.Match(index=m.index, address=m.address, user_id=m.user_id, display_name=m.display_name)
-                    for m in result.matches],
-        "invalid": [pb.InvalidEntry(list=e.list, index=e.index, value=e.value, reason=e.reason)
-                    for e in result.invalid],
+        "matches": [
+            pb.Match(index=m.index, address=m.address, user_id=m.user_id, display_name=m.display_name)
+            for m in result.matches
+        ],
+        "invalid": [
+            pb.InvalidEntry(list=e.list, index=e.index, value=e.value, reason=e.reason) for e in result.invalid
+        ],
         "added": result.added,
         "removed": result.removed,
         "budget_remaining": result.budget_remaining,
@@ -43,7 +46,9 @@ def _book_reply(result: BookResult) -> dict[str, object]:
 def _request(pair: Pair, viewer: str) -> pb.FriendRequest:
     assert pair.request_from is not None
     return pb.FriendRequest(
-        from_user_id=pair.request_from, to_user_id=pair.other(pair.request_from), message=pair.request_message,
+        from_user_id=pair.request_from,
+        to_user_id=pair.other(pair.request_from),
+        message=pair.request_message,
         created_at_ms=pair.request_at_ms,
     )
 
@@ -68,7 +73,11 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     @maps_domain_errors
     async def UploadContacts(self, request: pb.UploadContactsRequest, context: Context) -> pb.UploadContactsResponse:
         result = await self._logic.upload(
-            request.user_id, _replace_all(request.mode), request.add, request.remove, request.default_region,
+            request.user_id,
+            _replace_all(request.mode),
+            request.add,
+            request.remove,
+            request.default_region,
             request.client_address,
         )
         return pb.UploadContactsResponse(**_book_reply(result))  # type: ignore[arg-type]
@@ -76,16 +85,22 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     @maps_domain_errors
     async def LookupHashes(self, request: pb.LookupHashesRequest, context: Context) -> pb.LookupHashesResponse:
         result = await self._logic.lookup_hashes(
-            request.user_id, request.algorithm, request.pepper, request.addresses, request.remove,
-            _replace_all(request.mode or pb.UPLOAD_MODE_MERGE), request.client_address,
+            request.user_id,
+            request.algorithm,
+            request.pepper,
+            request.addresses,
+            request.remove,
+            _replace_all(request.mode or pb.UPLOAD_MODE_MERGE),
+            request.client_address,
         )
         return pb.LookupHashesResponse(**_book_reply(result))  # type: ignore[arg-type]
 
     @maps_domain_errors
     async def ListMatches(self, request: pb.ListMatchesRequest, context: Context) -> pb.ListMatchesResponse:
         users = await self._logic.list_matches(request.user_id)
-        return pb.ListMatchesResponse(users=[pb.UserSummary(user_id=u.user_id, display_name=u.display_name)
-                                             for u in users])
+        return pb.ListMatchesResponse(
+            users=[pb.UserSummary(user_id=u.user_id, display_name=u.display_name) for u in users]
+        )
 
     @maps_domain_errors
     async def GetDiscoverability(
@@ -107,10 +122,12 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     @maps_domain_errors
     async def ListSuggestions(self, request: pb.ListSuggestionsRequest, context: Context) -> pb.ListSuggestionsResponse:
         rows = await self._logic.list_suggestions(request.user_id)
-        return pb.ListSuggestionsResponse(suggestions=[
-            pb.Suggestion(user_id=s.user_id, display_name=s.display_name, reason="registered", created_at_ms=at)
-            for s, at in rows
-        ])
+        return pb.ListSuggestionsResponse(
+            suggestions=[
+                pb.Suggestion(user_id=s.user_id, display_name=s.display_name, reason="registered", created_at_ms=at)
+                for s, at in rows
+            ]
+        )
 
     @maps_domain_errors
     async def DismissSuggestion(
@@ -173,10 +190,12 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     @maps_domain_errors
     async def ListFriends(self, request: pb.ListFriendsRequest, context: Context) -> pb.ListFriendsResponse:
         rows = await self._logic.list_friends(request.user_id, not request.without_mutual_counts)
-        return pb.ListFriendsResponse(friends=[
-            pb.Friend(user_id=s.user_id, display_name=s.display_name, since_ms=since, mutual_friends=mutual)
-            for s, since, mutual in rows
-        ])
+        return pb.ListFriendsResponse(
+            friends=[
+                pb.Friend(user_id=s.user_id, display_name=s.display_name, since_ms=since, mutual_friends=mutual)
+                for s, since, mutual in rows
+            ]
+        )
 
     @maps_domain_errors
     async def GetRelationship(self, request: pb.GetRelationshipRequest, context: Context) -> pb.GetRelationshipResponse:
@@ -184,8 +203,12 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         me = request.user_id
         pending = "" if pair.request_from is None else ("outgoing" if pair.request_from == me else "incoming")
         return pb.GetRelationshipResponse(
-            friends=pair.friends, blocking=pair.blocks(me), blocked_by=pair.blocks(pair.other(me)),
-            pending_request=pending, mutual_friends=mutual, version=pair.version,
+            friends=pair.friends,
+            blocking=pair.blocks(me),
+            blocked_by=pair.blocks(pair.other(me)),
+            pending_request=pending,
+            mutual_friends=mutual,
+            version=pair.version,
         )
 
     @maps_domain_errors

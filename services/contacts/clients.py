@@ -21,12 +21,16 @@ class AuthPhones:
 
     async def __call__(self, user_id: str) -> list[tuple[str, int]]:
         try:
-            reply = await self._stub.ListThreepids(auth_pb2.ListThreepidsRequest(user_id=user_id),
-                                                   timeout=self._timeout)
+            reply = await self._stub.ListThreepids(
+                auth_pb2.ListThreepidsRequest(user_id=user_id), timeout=self._timeout
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return []
             log.warning("could not ask auth for verified phones", extra={"code": error.code().name})
             raise Conflict("could not check your verified phone number just now; try again") from None
-        return [(t.address if t.address.startswith("+") else f"+{t.address}", t.validated_at_ms)
-                for t in reply.threepids if t.medium == "msisdn" and t.validated_at_ms]
+        return [
+            (t.address if t.address.startswith("+") else f"+{t.address}", t.validated_at_ms)
+            for t in reply.threepids
+            if t.medium == "msisdn" and t.validated_at_ms
+        ]

@@ -325,9 +325,7 @@ def _prefix(digest: bytes) -> int:
 # Discoverability and the enumeration budget
 
 
-def may_reveal(
-    setting: Discoverability, subject_has_viewer: bool, blocked: bool, same_user: bool = False
-) -> bool:
+def may_reveal(setting: Discoverability, subject_has_viewer: bool, blocked: bool, same_user: bool = False) -> bool:
     """May a subject whose number is in the viewer's address book be revealed to the viewer?"""
     if same_user or blocked:
         return False
@@ -494,8 +492,13 @@ def accept_request(t: Transition, user: str, now_ms: int) -> None:
     if pair.request_from != pair.other(user):
         raise NotFound("there is no friend request from this user")
     t.apply(
-        PairEventKind.FRIENDSHIP_CREATED, now_ms,
-        friends=True, friends_since_ms=now_ms, request_from=None, request_message="", request_at_ms=0,
+        PairEventKind.FRIENDSHIP_CREATED,
+        now_ms,
+        friends=True,
+        friends_since_ms=now_ms,
+        request_from=None,
+        request_message="",
+        request_at_ms=0,
     )
 
 
@@ -530,8 +533,14 @@ def block(pair: Pair, blocker: str, now_ms: int) -> Transition:
         t.apply(PairEventKind.FRIENDSHIP_REMOVED, now_ms, friends=False, friends_since_ms=0)
     flag = "a_blocks_b" if blocker == pair.a else "b_blocks_a"
     t.apply(
-        PairEventKind.USER_BLOCKED, now_ms, blocker, pair.other(blocker),
-        request_from=None, request_message="", request_at_ms=0, **{flag: True},
+        PairEventKind.USER_BLOCKED,
+        now_ms,
+        blocker,
+        pair.other(blocker),
+        request_from=None,
+        request_message="",
+        request_at_ms=0,
+        **{flag: True},
     )
     return t
 

@@ -84,7 +84,10 @@ def encode(event: PairEvent) -> tuple[str, Message]:
         )
     else:
         message = contacts_events_pb2.UserUnblocked(
-            blocker=event.first, blocked=event.second, version=event.version, unblocked_at_ms=event.at_ms,
+            blocker=event.first,
+            blocked=event.second,
+            version=event.version,
+            unblocked_at_ms=event.at_ms,
             state=state,
         )
     return SUBJECT_PREFIX + event.kind.value, message

@@ -53,24 +53,41 @@ class ContactsRepository(Protocol):
     async def numbers_of(self, user_ids: Iterable[str]) -> dict[str, list[str]]: ...
     def all_phones(self) -> AsyncIterator[tuple[str, str]]: ...
     async def phones_changed_since(self, since: datetime) -> list[tuple[str, str | None, int]]: ...
-    async def upsert_profile(self, user_id: str, display_name: str | None = None,
-                             discoverability: Discoverability | None = None,
-                             deactivated: bool | None = None) -> dict[str, Any]: ...
+    async def upsert_profile(
+        self,
+        user_id: str,
+        display_name: str | None = None,
+        discoverability: Discoverability | None = None,
+        deactivated: bool | None = None,
+    ) -> dict[str, Any]: ...
     async def get_profile(self, user_id: str) -> dict[str, Any] | None: ...
     def all_profiles(self) -> AsyncIterator[dict[str, Any]]: ...
     async def profiles_changed_since(self, since: datetime) -> list[dict[str, Any]]: ...
     # address books and budgets
     async def load_book(self, owner: str) -> Book: ...
-    async def save_book(self, owner: str, expected_rev: int, keys_after: set[bytes], seen_after: set[bytes],
-                        added: Sequence[BookEntry], removed: Iterable[bytes], now_ms: int) -> None: ...
+    async def save_book(
+        self,
+        owner: str,
+        expected_rev: int,
+        keys_after: set[bytes],
+        seen_after: set[bytes],
+        added: Sequence[BookEntry],
+        removed: Iterable[bytes],
+        now_ms: int,
+    ) -> None: ...
     async def wait_or_take_over(self, owner: str, book: Book, now_ms: int) -> None: ...
     async def add_book_keys(self, owner: str, entries: Sequence[BookEntry], now_ms: int) -> None: ...
     async def load_budget(self, key: str) -> Budget: ...
     async def save_budget(self, before: Budget, tokens: float, at_ms: int) -> bool: ...
     async def holders(self, keys: Sequence[bytes]) -> list[tuple[str, bytes, int | None]]: ...
     async def has_entries(self, owner: str, keys: Sequence[bytes]) -> bool: ...
-    async def set_match(self, keys: Sequence[bytes], user_id: str | None, only_owners: Iterable[str] | None = None,
-                        previous: str | None = None) -> None: ...
+    async def set_match(
+        self,
+        keys: Sequence[bytes],
+        user_id: str | None,
+        only_owners: Iterable[str] | None = None,
+        previous: str | None = None,
+    ) -> None: ...
     async def matched_users(self, owner: str) -> list[str]: ...
     async def drop_generations_below(self, gen: int) -> int: ...
     # pairs and suggestions
@@ -109,8 +126,10 @@ class Settings:
 # not yet seen the PhoneVerified event (it is on its way), so an upload right after verifying works.
 VerifiedPhones = Callable[[str], Awaitable[list[tuple[str, int]]]]
 
-NO_PHONE = ("contact matching needs a verified phone number on your account: verify one "
-            "(POST /_matrix/client/v3/account/3pid/msisdn/requestToken, then submit_token and 3pid/add)")
+NO_PHONE = (
+    "contact matching needs a verified phone number on your account: verify one "
+    "(POST /_matrix/client/v3/account/3pid/msisdn/requestToken, then submit_token and 3pid/add)"
+)
 
 
 @dataclass(frozen=True)
@@ -314,7 +333,12 @@ class ContactsLogic:
 
     # ================================================================== address books
     async def upload(
-        self, user_id: str, replace_all: bool, add: Sequence[str], remove: Sequence[str], region: str,
+        self,
+        user_id: str,
+        replace_all: bool,
+        add: Sequence[str],
+        remove: Sequence[str],
+        region: str,
         client_address: str = "",
     ) -> BookResult:
         _check_user_id(user_id)
@@ -355,8 +379,14 @@ class ContactsLogic:
         return result
 
     async def lookup_hashes(
-        self, user_id: str, algorithm: str, pepper: str, addresses: Sequence[str], remove: Sequence[str],
-        replace_all: bool, client_address: str = "",
+        self,
+        user_id: str,
+        algorithm: str,
+        pepper: str,
+        addresses: Sequence[str],
+        remove: Sequence[str],
+        replace_all: bool,
+        client_address: str = "",
     ) -> BookResult:
         _check_user_id(user_id)
         if algorithm not in HASH_ALGORITHMS:
@@ -469,8 +499,9 @@ class ContactsLogic:
             aliases = {charge.aliases[k] for k in change.added if k in charge.aliases}
             seen_after = book.seen | change.added.keys() | aliases
             try:
-                await self.store.save_book(user_id, book.rev, change.keys_after, seen_after, entries, change.removed,
-                                           self._clock())
+                await self.store.save_book(
+                    user_id, book.rev, change.keys_after, seen_after, entries, change.removed, self._clock()
+                )
             except Conflict:
                 await self._refund(charge, len(fresh))
                 continue
@@ -543,7 +574,8 @@ class ContactsLogic:
         mutual = any(self.index.discoverability(c) is Discoverability.MUTUAL for c in candidates)
         have_viewer = await self._holders_of_user(viewer) if mutual else set()
         return {
-            c for c in candidates
+            c
+            for c in candidates
             if self.index.is_active(c)
             and may_reveal(self.index.discoverability(c), c in have_viewer, c in blocked, c == viewer)
         }

@@ -76,8 +76,16 @@ def build_logic(runtime: Runtime, env: Env | None = None) -> tuple[ContactsLogic
     producer = PairEventProducer(runtime.outbox)
     ask_auth = env.bool("CONTACTS_ASK_AUTH_FOR_PHONES", True)
     phones = AuthPhones(open_channel(env.address("AUTH_ADDR", "127.0.0.1:50051"))) if ask_auth else None
-    logic = ContactsLogic(store, PhoneIndex(), Keyring(hash_key(env)), normaliser, settings, producer.stage,
-                          producer.kick, verified_phones=phones)
+    logic = ContactsLogic(
+        store,
+        PhoneIndex(),
+        Keyring(hash_key(env)),
+        normaliser,
+        settings,
+        producer.stage,
+        producer.kick,
+        verified_phones=phones,
+    )
     return logic, store
 
 

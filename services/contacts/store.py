@@ -79,19 +79,34 @@ def _split_keys(blob: bytes) -> set[bytes]:
 
 def _pair_from(doc: dict[str, Any]) -> Pair:
     return Pair(
-        a=doc["a"], b=doc["b"], friends=doc.get("friends", False), friends_since_ms=doc.get("friends_since_ms", 0),
-        request_from=doc.get("request_from"), request_message=doc.get("request_message", ""),
-        request_at_ms=doc.get("request_at_ms", 0), a_blocks_b=doc.get("a_blocks_b", False),
-        b_blocks_a=doc.get("b_blocks_a", False), version=doc.get("version", 0),
+        a=doc["a"],
+        b=doc["b"],
+        friends=doc.get("friends", False),
+        friends_since_ms=doc.get("friends_since_ms", 0),
+        request_from=doc.get("request_from"),
+        request_message=doc.get("request_message", ""),
+        request_at_ms=doc.get("request_at_ms", 0),
+        a_blocks_b=doc.get("a_blocks_b", False),
+        b_blocks_a=doc.get("b_blocks_a", False),
+        version=doc.get("version", 0),
     )
 
 
 def _pair_doc(pair: Pair) -> dict[str, Any]:
     return {
-        "_id": pair.key, "a": pair.a, "b": pair.b, "friends": pair.friends, "friends_since_ms": pair.friends_since_ms,
-        "request_from": pair.request_from, "request_to": pair.request_to(), "request_message": pair.request_message,
-        "request_at_ms": pair.request_at_ms, "a_blocks_b": pair.a_blocks_b, "b_blocks_a": pair.b_blocks_a,
-        "blocked": pair.blocked, "version": pair.version,
+        "_id": pair.key,
+        "a": pair.a,
+        "b": pair.b,
+        "friends": pair.friends,
+        "friends_since_ms": pair.friends_since_ms,
+        "request_from": pair.request_from,
+        "request_to": pair.request_to(),
+        "request_message": pair.request_message,
+        "request_at_ms": pair.request_at_ms,
+        "a_blocks_b": pair.a_blocks_b,
+        "b_blocks_a": pair.b_blocks_a,
+        "blocked": pair.blocked,
+        "version": pair.version,
     }
 
 
@@ -165,7 +180,10 @@ class ContactsStore:
 
     # ------------------------------------------------------------------ profiles
     async def upsert_profile(
-        self, user_id: str, display_name: str | None = None, discoverability: Discoverability | None = None,
+        self,
+        user_id: str,
+        display_name: str | None = None,
+        discoverability: Discoverability | None = None,
         deactivated: bool | None = None,
     ) -> dict[str, Any]:
         """Write the changes and return the whole document as written, with its new version `v`."""
@@ -223,11 +241,19 @@ class ContactsStore:
         journal = {
             "rev": expected_rev + 1,
             "remove": [f"{owner}|{key.hex()}" for key in removed],
-            "add": [{"_id": f"{owner}|{e.key.hex()}", "owner": owner, "k": Binary(e.key), "gen": e.gen,
-                     "match": e.match} for e in added],
+            "add": [
+                {"_id": f"{owner}|{e.key.hex()}", "owner": owner, "k": Binary(e.key), "gen": e.gen, "match": e.match}
+                for e in added
+            ],
         }
-        fields = {"keys": Binary(b"".join(sorted(keys_after))), "seen": Binary(b"".join(sorted(seen_after))),
-                  "rev": expected_rev + 1, "updated_at": _now(), "pending": journal, "pending_at_ms": now_ms}
+        fields = {
+            "keys": Binary(b"".join(sorted(keys_after))),
+            "seen": Binary(b"".join(sorted(seen_after))),
+            "rev": expected_rev + 1,
+            "updated_at": _now(),
+            "pending": journal,
+            "pending_at_ms": now_ms,
+        }
         if expected_rev == 0:
             try:
                 await self.books.insert_one({"_id": owner, **fields})
@@ -235,7 +261,8 @@ class ContactsStore:
                 raise Conflict("address book changed concurrently") from None
         else:
             result = await self.books.update_one(
-                {"_id": owner, "rev": expected_rev, "pending_at_ms": None}, {"$set": fields})
+                {"_id": owner, "rev": expected_rev, "pending_at_ms": None}, {"$set": fields}
+            )
             if result.matched_count == 0:
                 raise Conflict("address book changed concurrently")
         # Committed: finish the rows even if the caller gives up (deadline, client gone), so the
@@ -252,8 +279,9 @@ class ContactsStore:
         # Removals first: a number the owner dropped stops counting as "theirs" before anything else.
         removals = list(journal["remove"])
         for start in range(0, len(removals), ENTRY_CHUNK):
-            await self.entries.bulk_write([DeleteOne({"_id": i}) for i in removals[start : start + ENTRY_CHUNK]],
-                                          ordered=False)
+            await self.entries.bulk_write(
+                [DeleteOne({"_id": i}) for i in removals[start : start + ENTRY_CHUNK]], ordered=False
+            )
         docs = list(journal["add"])
         for start in range(0, len(docs), ENTRY_CHUNK):
             try:
@@ -262,8 +290,9 @@ class ContactsStore:
                 # Re-applying a journal (takeover, retry) meets rows written the first time: fine.
                 if any(e.get("code") != 11000 for e in error.details.get("writeErrors", [])):
                     raise
-        await self.books.update_one({"_id": owner, "rev": journal["rev"]},
-                                    {"$set": {"pending_at_ms": None}, "$unset": {"pending": ""}})
+        await self.books.update_one(
+            {"_id": owner, "rev": journal["rev"]}, {"$set": {"pending_at_ms": None}, "$unset": {"pending": ""}}
+        )
 
     async def add_book_keys(self, owner: str, entries: Sequence[BookEntry], now_ms: int) -> None:
         """Add entries outside an upload (a hash-only entry resolved by a later registration)."""
@@ -325,8 +354,13 @@ class ContactsStore:
         ids = [f"{owner}|{k.hex()}" for k in keys]
         return await self.entries.find_one({"_id": {"$in": ids}}, {"_id": 1}) is not None
 
-    async def set_match(self, keys: Sequence[bytes], user_id: str | None, only_owners: Iterable[str] | None = None,
-                        previous: str | None = None) -> None:
+    async def set_match(
+        self,
+        keys: Sequence[bytes],
+        user_id: str | None,
+        only_owners: Iterable[str] | None = None,
+        previous: str | None = None,
+    ) -> None:
         query: dict[str, Any] = {"k": {"$in": [Binary(k) for k in keys]}}
         if only_owners is not None:
             query["owner"] = {"$in": list(only_owners)}
@@ -335,8 +369,9 @@ class ContactsStore:
         await self.entries.update_many(query, {"$set": {"match": user_id}})
 
     async def matched_users(self, owner: str) -> list[str]:
-        docs = await self.entries.find({"_id": {"$gte": f"{owner}|", "$lt": f"{owner}}}"}, "match": {"$ne": None}},
-                                       {"match": 1}).to_list()
+        docs = await self.entries.find(
+            {"_id": {"$gte": f"{owner}|", "$lt": f"{owner}}}"}, "match": {"$ne": None}}, {"match": 1}
+        ).to_list()
         return list(dict.fromkeys(d["match"] for d in docs))
 
     async def drop_generations_below(self, gen: int) -> int:
@@ -360,8 +395,9 @@ class ContactsStore:
                 except DuplicateKeyError:
                     raise Conflict("relationship changed concurrently") from None
             else:
-                result = await self.pairs.replace_one({"_id": after.key, "version": before.version}, doc,
-                                                      session=session)
+                result = await self.pairs.replace_one(
+                    {"_id": after.key, "version": before.version}, doc, session=session
+                )
                 if result.matched_count == 0:
                     raise Conflict("relationship changed concurrently")
             for event in events:
@@ -392,8 +428,11 @@ class ContactsStore:
     # ------------------------------------------------------------------ suggestions
     async def add_suggestions(self, pairs: Iterable[tuple[str, str]], now_ms: int) -> None:
         ops = [
-            UpdateOne({"_id": f"{owner}|{subject}"},
-                      {"$setOnInsert": {"owner": owner, "subject": subject, "created_at_ms": now_ms}}, upsert=True)
+            UpdateOne(
+                {"_id": f"{owner}|{subject}"},
+                {"$setOnInsert": {"owner": owner, "subject": subject, "created_at_ms": now_ms}},
+                upsert=True,
+            )
             for owner, subject in pairs
         ]
         if ops:

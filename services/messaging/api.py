@@ -14,11 +14,20 @@ from services.messaging.core import Messaging
 from services.messaging.rules import MessagingError, parse_content
 
 _ACTIONS = {
-    pb.MEMBERSHIP_ACTION_INVITE: "invite", pb.MEMBERSHIP_ACTION_JOIN: "join", pb.MEMBERSHIP_ACTION_LEAVE: "leave",
-    pb.MEMBERSHIP_ACTION_KICK: "kick", pb.MEMBERSHIP_ACTION_BAN: "ban", pb.MEMBERSHIP_ACTION_UNBAN: "unban",
+    pb.MEMBERSHIP_ACTION_INVITE: "invite",
+    pb.MEMBERSHIP_ACTION_JOIN: "join",
+    pb.MEMBERSHIP_ACTION_LEAVE: "leave",
+    pb.MEMBERSHIP_ACTION_KICK: "kick",
+    pb.MEMBERSHIP_ACTION_BAN: "ban",
+    pb.MEMBERSHIP_ACTION_UNBAN: "unban",
 }
-_MEMBERSHIPS = {pb.MEMBERSHIP_INVITE: "invite", pb.MEMBERSHIP_JOIN: "join", pb.MEMBERSHIP_LEAVE: "leave",
-                pb.MEMBERSHIP_BAN: "ban"}
+_MEMBERSHIPS = {
+    pb.MEMBERSHIP_INVITE: "invite",
+    pb.MEMBERSHIP_JOIN: "join",
+    pb.MEMBERSHIP_LEAVE: "leave",
+    pb.MEMBERSHIP_BAN: "ban",
+}
+
 
 def _requester(request: Any) -> tuple[str, str]:
     user_id = request.requester.user_id
@@ -46,36 +55,41 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         action = _ACTIONS.get(request.action)
         if action is None:
             raise MessagingError("M_INVALID_PARAM", "action is required")
-        event_id = await self._core.change_membership(user_id, request.room_id, action, request.target_user_id,
-                                                      request.reason)
+        event_id = await self._core.change_membership(
+            user_id, request.room_id, action, request.target_user_id, request.reason
+        )
         return pb.ChangeMembershipResponse(event_id=event_id)
 
     @maps_domain_errors
     async def SendEvent(self, request: pb.SendEventRequest, context: Any) -> pb.SendEventResponse:
         user_id, device_id = _requester(request)
-        event_id = await self._core.send_event(user_id, device_id, request.room_id, request.event_type,
-                                               request.txn_id, request.content_json)
+        event_id = await self._core.send_event(
+            user_id, device_id, request.room_id, request.event_type, request.txn_id, request.content_json
+        )
         return pb.SendEventResponse(event_id=event_id)
 
     @maps_domain_errors
     async def SetState(self, request: pb.SetStateRequest, context: Any) -> pb.SetStateResponse:
         user_id, _ = _requester(request)
-        event_id = await self._core.set_state(user_id, request.room_id, request.event_type, request.state_key,
-                                              request.content_json)
+        event_id = await self._core.set_state(
+            user_id, request.room_id, request.event_type, request.state_key, request.content_json
+        )
         return pb.SetStateResponse(event_id=event_id)
 
     @maps_domain_errors
     async def Redact(self, request: pb.RedactRequest, context: Any) -> pb.RedactResponse:
         user_id, device_id = _requester(request)
-        event_id = await self._core.redact(user_id, device_id, request.room_id, request.event_id, request.txn_id,
-                                           request.reason)
+        event_id = await self._core.redact(
+            user_id, device_id, request.room_id, request.event_id, request.txn_id, request.reason
+        )
         return pb.RedactResponse(event_id=event_id)
 
     @maps_domain_errors
     async def GetState(self, request: pb.GetStateRequest, context: Any) -> pb.GetStateResponse:
         user_id, _ = _requester(request)
-        body = await self._core.get_state(user_id, request.room_id, request.event_type, request.state_key,
-                                          request.single)
+        body = await self._core.get_state(
+            user_id, request.room_id, request.event_type, request.state_key, request.single
+        )
         return pb.GetStateResponse(body_json=orjson.dumps(body))
 
     @maps_domain_errors
@@ -91,16 +105,19 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
     @maps_domain_errors
     async def Sync(self, request: pb.SyncRequest, context: Any) -> pb.SyncResponse:
         user_id, device_id = _requester(request)
-        result = await self._core.sync(user_id, device_id, request.since, request.timeline_limit,
-                                       request.full_state, request.min_position)
-        return pb.SyncResponse(body_json=orjson.dumps(result.body), next_batch=result.next_batch,
-                               has_changes=result.has_changes)
+        result = await self._core.sync(
+            user_id, device_id, request.since, request.timeline_limit, request.full_state, request.min_position
+        )
+        return pb.SyncResponse(
+            body_json=orjson.dumps(result.body), next_batch=result.next_batch, has_changes=result.has_changes
+        )
 
     @maps_domain_errors
     async def Messages(self, request: pb.MessagesRequest, context: Any) -> pb.MessagesResponse:
         user_id, device_id = _requester(request)
-        body = await self._core.messages(user_id, device_id, request.room_id, getattr(request, "from"),
-                                         request.to, request.dir, request.limit)
+        body = await self._core.messages(
+            user_id, device_id, request.room_id, getattr(request, "from"), request.to, request.dir, request.limit
+        )
         return pb.MessagesResponse(body_json=orjson.dumps(body))
 
     @maps_domain_errors
@@ -116,24 +133,28 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         return pb.SetTypingResponse()
 
     @maps_domain_errors
-    async def ServiceCreateRoom(self, request: pb.ServiceCreateRoomRequest,
-                                context: Any) -> pb.ServiceCreateRoomResponse:
+    async def ServiceCreateRoom(
+        self, request: pb.ServiceCreateRoomRequest, context: Any
+    ) -> pb.ServiceCreateRoomResponse:
         if not request.service:
             raise MessagingError("M_INVALID_PARAM", "service is required")
         body: dict[str, Any] = {"invite": list(request.invite)}
         for key in ("preset", "name", "topic"):
             if getattr(request, key):
                 body[key] = getattr(request, key)
-        room_id = await self._core.create_room(request.creator_user_id, body, bypass_policy=True,
-                                               service=request.service)
+        room_id = await self._core.create_room(
+            request.creator_user_id, body, bypass_policy=True, service=request.service
+        )
         return pb.ServiceCreateRoomResponse(room_id=room_id)
 
     @maps_domain_errors
-    async def ServiceSetMembership(self, request: pb.ServiceSetMembershipRequest,
-                                   context: Any) -> pb.ServiceSetMembershipResponse:
+    async def ServiceSetMembership(
+        self, request: pb.ServiceSetMembershipRequest, context: Any
+    ) -> pb.ServiceSetMembershipResponse:
         membership = _MEMBERSHIPS.get(request.membership)
         if membership is None:
             raise MessagingError("M_INVALID_PARAM", "membership is required")
-        event_id = await self._core.service_set_membership(request.service, request.room_id, request.user_id,
-                                                           membership, request.reason)
+        event_id = await self._core.service_set_membership(
+            request.service, request.room_id, request.user_id, membership, request.reason
+        )
         return pb.ServiceSetMembershipResponse(event_id=event_id)

@@ -57,8 +57,9 @@ class Deps:
     writer: Writer
 
 
-async def perform_create_room(deps: Deps, creator: str, body: JSON, *, bypass_policy: bool = False,
-                      service: str = "") -> str:
+async def perform_create_room(
+    deps: Deps, creator: str, body: JSON, *, bypass_policy: bool = False, service: str = ""
+) -> str:
     check_canonical(body, "body")
     preset, is_direct, invites = create_options(creator, body)
     initial_state = checked_initial_state(body)
@@ -75,9 +76,16 @@ async def perform_create_room(deps: Deps, creator: str, body: JSON, *, bypass_po
             for invitee in invites:
                 if await batch.blocked(creator, invitee):
                     raise forbidden(f"{invitee} cannot be invited")
-        batch.add_room({"_id": room_id, "creator": creator, "is_direct": is_direct,
-                        "direct_pair": [creator, invites[0]] if is_direct else [],
-                        "created_ms": batch.ts, "service": service})
+        batch.add_room(
+            {
+                "_id": room_id,
+                "creator": creator,
+                "is_direct": is_direct,
+                "direct_pair": [creator, invites[0]] if is_direct else [],
+                "created_ms": batch.ts,
+                "service": service,
+            }
+        )
         batch.append_event(room_id, creator, CREATE, {"creator": creator, "room_version": "10"}, state_key="")
         batch.append_member(room_id, creator, creator, "join", ever_joined=True)
         users = {creator: 100}
@@ -99,8 +107,9 @@ async def perform_create_room(deps: Deps, creator: str, body: JSON, *, bypass_po
         if body.get("topic"):
             batch.append_event(room_id, creator, TOPIC, {"topic": body["topic"]}, state_key="")
         for invitee in invites:
-            batch.append_member(room_id, creator, invitee, "invite", ever_joined=False,
-                                extra={"is_direct": True} if is_direct else None)
+            batch.append_member(
+                room_id, creator, invitee, "invite", ever_joined=False, extra={"is_direct": True} if is_direct else None
+            )
         return room_id
 
     return await deps.writer.submit(op)
@@ -115,21 +124,34 @@ async def _check_invite_policy(deps: Deps, batch: Batch, inviter: str, invitee: 
         raise forbidden(f"{invitee} is not your friend; only friends can be invited")
 
 
-async def perform_membership(deps: Deps, sender: str, room_id: str, action: str, target: str = "",
-                             reason: str = "") -> str:
+async def perform_membership(
+    deps: Deps, sender: str, room_id: str, action: str, target: str = "", reason: str = ""
+) -> str:
     if action in ("join", "leave"):
         target = sender
     elif not valid_user_id(target):
         raise invalid("user_id is not a valid user id")
-    keys = {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, MEMBER, target),
-            state_key_id(room_id, POWER_LEVELS, "")}
+    keys = {
+        state_key_id(room_id, MEMBER, sender),
+        state_key_id(room_id, MEMBER, target),
+        state_key_id(room_id, POWER_LEVELS, ""),
+    }
 
     async def op(batch: Batch) -> str:
         await batch.existing_room(room_id)
         mine, _ = await batch.membership(room_id, sender)
         theirs, their_ever = await batch.membership(room_id, target)
-        change = _Change(batch, room_id, sender, target, reason, theirs, their_ever,
-                         await batch.state_entry(room_id, MEMBER, target), await batch.power_levels(room_id))
+        change = _Change(
+            batch,
+            room_id,
+            sender,
+            target,
+            reason,
+            theirs,
+            their_ever,
+            await batch.state_entry(room_id, MEMBER, target),
+            await batch.power_levels(room_id),
+        )
         if action == "join":
             return await _join(change)
         if action == "leave":
@@ -161,9 +183,14 @@ class _Change:
     pl: JSON
 
     def append(self, membership: str, *, ever_joined: bool | None = None) -> str:
-        entry = self.batch.append_member(self.room_id, self.sender, self.target, membership,
-                                         ever_joined=self.their_ever if ever_joined is None else ever_joined,
-                                         reason=self.reason)
+        entry = self.batch.append_member(
+            self.room_id,
+            self.sender,
+            self.target,
+            membership,
+            ever_joined=self.their_ever if ever_joined is None else ever_joined,
+            reason=self.reason,
+        )
         return str(entry["event"]["event_id"])
 
     def current_id(self) -> str:
@@ -173,7 +200,8 @@ class _Change:
     def outranks_target(self, action: str) -> bool:
         mine = user_level(self.pl, self.sender)
         return mine >= action_level(self.pl, action) and (
-            self.target == self.sender or user_level(self.pl, self.target) < mine)
+            self.target == self.sender or user_level(self.pl, self.target) < mine
+        )
 
 
 async def _join(c: _Change) -> str:
@@ -239,8 +267,9 @@ def _unban(c: _Change) -> str:
 _MODERATION: dict[str, Callable[[_Change], str]] = {"kick": _kick, "ban": _ban, "unban": _unban}
 
 
-async def perform_service_membership(deps: Deps, service: str, room_id: str, user_id: str, membership: str,
-                                 reason: str = "") -> str:
+async def perform_service_membership(
+    deps: Deps, service: str, room_id: str, user_id: str, membership: str, reason: str = ""
+) -> str:
     """Trusted services decide membership themselves (no invite policy, no power levels)."""
     if membership not in MEMBERSHIPS:
         raise invalid("membership must be invite, join, leave or ban")
@@ -256,15 +285,17 @@ async def perform_service_membership(deps: Deps, service: str, room_id: str, use
         if theirs == membership and current is not None:
             return str(current["event"]["event_id"])
         sender = user_id if membership in ("join", "leave") and theirs != "ban" else room["creator"]
-        entry = batch.append_member(room_id, sender, user_id, membership,
-                                    ever_joined=their_ever or membership == "join", reason=reason)
+        entry = batch.append_member(
+            room_id, sender, user_id, membership, ever_joined=their_ever or membership == "join", reason=reason
+        )
         return str(entry["event"]["event_id"])
 
     return await deps.writer.submit(op, {room_id}, {state_key_id(room_id, MEMBER, user_id)})
 
 
-async def perform_send(deps: Deps, sender: str, device_id: str, room_id: str, event_type: str, txn_id: str,
-                     raw_content: bytes) -> str:
+async def perform_send(
+    deps: Deps, sender: str, device_id: str, room_id: str, event_type: str, txn_id: str, raw_content: bytes
+) -> str:
     if not event_type or not txn_id:
         raise invalid("an event type and a transaction id are required")
     check_id_field(event_type, "event type")
@@ -278,8 +309,7 @@ async def perform_send(deps: Deps, sender: str, device_id: str, room_id: str, ev
         raise forbidden(f"{event_type} cannot be sent as a message")
     validate_message_content(event_type, content)
     relates = content.get("m.relates_to")
-    edit_of = relates.get("event_id") if isinstance(relates, dict) and relates.get("rel_type") == "m.replace" \
-        else None
+    edit_of = relates.get("event_id") if isinstance(relates, dict) and relates.get("rel_type") == "m.replace" else None
 
     async def op(batch: Batch) -> str:
         existing = await batch.known_txn(key)
@@ -295,20 +325,24 @@ async def perform_send(deps: Deps, sender: str, device_id: str, room_id: str, ev
                 raise forbidden("you can only edit your own messages")
             if "redacted_because" in event.get("unsigned", {}):
                 raise forbidden("a redacted event cannot be edited")
-        entry = batch.append_event(room_id, sender, event_type, content, event_id=txn_event_id(key),
-                                   device_id=device_id, txn_id=txn_id)
+        entry = batch.append_event(
+            room_id, sender, event_type, content, event_id=txn_event_id(key), device_id=device_id, txn_id=txn_id
+        )
         event_id = str(entry["event"]["event_id"])
         batch.record_txn(key, event_id)
         return event_id
 
     return await deps.writer.submit(
-        op, {room_id}, {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, POWER_LEVELS, "")},
+        op,
+        {room_id},
+        {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, POWER_LEVELS, "")},
         append_only=True,
     )
 
 
-async def _check_can_send(deps: Deps, batch: Batch, sender: str, room_id: str, event_type: str, *,
-                          is_state: bool) -> None:
+async def _check_can_send(
+    deps: Deps, batch: Batch, sender: str, room_id: str, event_type: str, *, is_state: bool
+) -> None:
     room = await batch.existing_room(room_id)
     membership, _ = await batch.membership(room_id, sender)
     if membership != "join":
@@ -323,8 +357,9 @@ async def _check_can_send(deps: Deps, batch: Batch, sender: str, room_id: str, e
             raise forbidden("messages between you and this user are blocked")
 
 
-async def perform_set_state(deps: Deps, sender: str, room_id: str, event_type: str, state_key: str,
-                    raw_content: bytes) -> str:
+async def perform_set_state(
+    deps: Deps, sender: str, room_id: str, event_type: str, state_key: str, raw_content: bytes
+) -> str:
     if not event_type:
         raise invalid("an event type is required")
     check_id_field(event_type, "event type")
@@ -354,17 +389,16 @@ async def _check_power_change(deps: Deps, batch: Batch, sender: str, room_id: st
         before, after = old_users.get(user_id), new_users.get(user_id)
         if before == after:
             continue
-        if (after is not None and after > mine) or (
-            user_id != sender and before is not None and before >= mine
-        ):
+        if (after is not None and after > mine) or (user_id != sender and before is not None and before >= mine):
             raise forbidden("you may not change that user's power level")
     for key in ("ban", "kick", "redact", "invite", "events_default", "state_default", "users_default"):
         if old.get(key) != new.get(key) and max(old.get(key, 0), new.get(key, 0)) > mine:
             raise forbidden(f"you may not change {key} above your own level")
 
 
-async def perform_redact(deps: Deps, sender: str, device_id: str, room_id: str, event_id: str, txn_id: str,
-                 reason: str = "") -> str:
+async def perform_redact(
+    deps: Deps, sender: str, device_id: str, room_id: str, event_id: str, txn_id: str, reason: str = ""
+) -> str:
     key = txn_key(sender, device_id, room_id, f"redact:{event_id}", txn_id)
     known = deps.writer.recent_txns.get(key)
     if known is not None:
@@ -386,8 +420,16 @@ async def perform_redact(deps: Deps, sender: str, device_id: str, room_id: str, 
         content: JSON = {"redacts": event_id}
         if reason:
             content["reason"] = reason
-        entry = batch.append_event(room_id, sender, REDACTION, content, redacts=event_id,
-                                   event_id=txn_event_id(key), device_id=device_id, txn_id=txn_id)
+        entry = batch.append_event(
+            room_id,
+            sender,
+            REDACTION,
+            content,
+            redacts=event_id,
+            event_id=txn_event_id(key),
+            device_id=device_id,
+            txn_id=txn_id,
+        )
         batch.add_redaction(event, entry["event"])
         batch.record_txn(key, entry["event"]["event_id"])
         return str(entry["event"]["event_id"])

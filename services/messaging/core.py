@@ -54,24 +54,36 @@ class Messaging:
     `on_commit` after every commit (the stream relay's kick), `on_applied` for every entry the cache
     applies, in order (the relay keeps recent ones)."""
 
-    def __init__(self, store: Store, notifier: Notifier | None = None, settings: Settings | None = None, *,
-                 on_commit: Callable[[], None] = lambda: None,
-                 on_applied: Callable[[JSON], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        notifier: Notifier | None = None,
+        settings: Settings | None = None,
+        *,
+        on_commit: Callable[[], None] = lambda: None,
+        on_applied: Callable[[JSON], None] | None = None,
+    ) -> None:
         self.store = store
         self.notifier = notifier or NullNotifier()
         self.settings = settings or Settings()
         if self.settings.invite_policy not in INVITE_POLICIES:
             raise ValueError(f"invite policy must be one of {INVITE_POLICIES}")
-        self.cache = LogCache(store, timeline_cap=self.settings.timeline_cap,
-                              max_rooms=self.settings.max_cached_rooms, max_users=self.settings.max_cached_users,
-                              on_applied=on_applied)
+        self.cache = LogCache(
+            store,
+            timeline_cap=self.settings.timeline_cap,
+            max_rooms=self.settings.max_cached_rooms,
+            max_users=self.settings.max_cached_users,
+            on_applied=on_applied,
+        )
         self.typing = Typing()
         self.relations = Relations(self.settings.relations_cache_seconds)
-        self.writer = Writer(store, self.cache, self.relations, self.notifier, max_batch=self.settings.max_batch,
-                             on_commit=on_commit)
+        self.writer = Writer(
+            store, self.cache, self.relations, self.notifier, max_batch=self.settings.max_batch, on_commit=on_commit
+        )
         self._recent_txns = self.writer.recent_txns
-        self._deps = Deps(self.settings.server_name, self.settings.invite_policy, self.cache, self.typing,
-                          self.notifier, self.writer)
+        self._deps = Deps(
+            self.settings.server_name, self.settings.invite_policy, self.cache, self.typing, self.notifier, self.writer
+        )
         self._reader = Reader(store, self.cache, self.typing)
 
     async def start(self) -> None:
@@ -86,31 +98,32 @@ class Messaging:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    async def create_room(self, creator: str, body: JSON, *, bypass_policy: bool = False,
-                          service: str = "") -> str:
-        return await commands.perform_create_room(self._deps, creator, body, bypass_policy=bypass_policy,
-                                                  service=service)
+    async def create_room(self, creator: str, body: JSON, *, bypass_policy: bool = False, service: str = "") -> str:
+        return await commands.perform_create_room(
+            self._deps, creator, body, bypass_policy=bypass_policy, service=service
+        )
 
-    async def change_membership(self, sender: str, room_id: str, action: str, target: str = "",
-                                reason: str = "") -> str:
+    async def change_membership(
+        self, sender: str, room_id: str, action: str, target: str = "", reason: str = ""
+    ) -> str:
         return await commands.perform_membership(self._deps, sender, room_id, action, target, reason)
 
-    async def service_set_membership(self, service: str, room_id: str, user_id: str, membership: str,
-                                     reason: str = "") -> str:
-        return await commands.perform_service_membership(self._deps, service, room_id, user_id, membership,
-                                                         reason)
+    async def service_set_membership(
+        self, service: str, room_id: str, user_id: str, membership: str, reason: str = ""
+    ) -> str:
+        return await commands.perform_service_membership(self._deps, service, room_id, user_id, membership, reason)
 
-    async def send_event(self, sender: str, device_id: str, room_id: str, event_type: str, txn_id: str,
-                         raw_content: bytes) -> str:
-        return await commands.perform_send(self._deps, sender, device_id, room_id, event_type, txn_id,
-                                           raw_content)
+    async def send_event(
+        self, sender: str, device_id: str, room_id: str, event_type: str, txn_id: str, raw_content: bytes
+    ) -> str:
+        return await commands.perform_send(self._deps, sender, device_id, room_id, event_type, txn_id, raw_content)
 
-    async def set_state(self, sender: str, room_id: str, event_type: str, state_key: str,
-                        raw_content: bytes) -> str:
+    async def set_state(self, sender: str, room_id: str, event_type: str, state_key: str, raw_content: bytes) -> str:
         return await commands.perform_set_state(self._deps, sender, room_id, event_type, state_key, raw_content)
 
-    async def redact(self, sender: str, device_id: str, room_id: str, event_id: str, txn_id: str,
-                     reason: str = "") -> str:
+    async def redact(
+        self, sender: str, device_id: str, room_id: str, event_id: str, txn_id: str, reason: str = ""
+    ) -> str:
         return await commands.perform_redact(self._deps, sender, device_id, room_id, event_id, txn_id, reason)
 
     async def send_receipt(self, user_id: str, room_id: str, receipt_type: str, event_id: str) -> None:
@@ -133,14 +146,23 @@ class Messaging:
     async def get_members(self, user_id: str, room_id: str) -> JSON:
         return await self._reader.get_members(user_id, room_id)
 
-    async def get_state(self, user_id: str, room_id: str, event_type: str = "", state_key: str = "",
-                        single: bool = False) -> Any:
+    async def get_state(
+        self, user_id: str, room_id: str, event_type: str = "", state_key: str = "", single: bool = False
+    ) -> Any:
         return await self._reader.get_state(user_id, room_id, event_type, state_key, single)
 
-    async def messages(self, user_id: str, device_id: str, room_id: str, from_token: str, to_token: str,
-                       direction: str, limit: int) -> JSON:
+    async def messages(
+        self, user_id: str, device_id: str, room_id: str, from_token: str, to_token: str, direction: str, limit: int
+    ) -> JSON:
         return await self._reader.messages(user_id, device_id, room_id, from_token, to_token, direction, limit)
 
-    async def sync(self, user_id: str, device_id: str, since: str, timeline_limit: int = 0,
-                   full_state: bool = False, min_position: int = 0) -> SyncResult:
+    async def sync(
+        self,
+        user_id: str,
+        device_id: str,
+        since: str,
+        timeline_limit: int = 0,
+        full_state: bool = False,
+        min_position: int = 0,
+    ) -> SyncResult:
         return await self._reader.sync(user_id, device_id, since, timeline_limit, full_state, min_position)

@@ -47,9 +47,14 @@ CONTACTS_CONSUMER = ConsumerSpec(CONTACTS, durable="messaging-relations", filter
 def encode_room_event(entry: JSON) -> messaging_events_pb2.RoomEventPersisted:
     event = entry["event"]
     message = messaging_events_pb2.RoomEventPersisted(
-        event_id=event["event_id"], room_id=event["room_id"], sender=event["sender"], type=event["type"],
-        origin_server_ts=event["origin_server_ts"], content_json=canonical_bytes(event["content"]),
-        stream_position=entry["pos"], redacts=event.get("redacts", ""),
+        event_id=event["event_id"],
+        room_id=event["room_id"],
+        sender=event["sender"],
+        type=event["type"],
+        origin_server_ts=event["origin_server_ts"],
+        content_json=canonical_bytes(event["content"]),
+        stream_position=entry["pos"],
+        redacts=event.get("redacts", ""),
         membership=event["content"].get("membership", "") if event["type"] == MEMBER else "",
     )
     if "state_key" in event:
@@ -70,8 +75,17 @@ class StreamRelay:
     for it.
     """
 
-    def __init__(self, store: MessagingStore, js: JetStreamContext, owner: str, *, delay_seconds: float = 0.05,
-                 poll_seconds: float = 1.0, lease_seconds: float = 10.0, memory: int = 20_000) -> None:
+    def __init__(
+        self,
+        store: MessagingStore,
+        js: JetStreamContext,
+        owner: str,
+        *,
+        delay_seconds: float = 0.05,
+        poll_seconds: float = 1.0,
+        lease_seconds: float = 10.0,
+        memory: int = 20_000,
+    ) -> None:
         self._store = store
         self._js = js
         self._owner = owner
@@ -279,11 +293,15 @@ def contacts_handler(store: MessagingStore, on_change: Callable[[str], Awaitable
             return
         pair = pair_id(state.user_a, state.user_b)
         applied = await store.apply_relation(
-            pair, event.version,
-            {"user_a": min(state.user_a, state.user_b), "user_b": max(state.user_a, state.user_b),
-             "friends": state.friends,
-             "a_blocks_b": state.a_blocks_b if state.user_a < state.user_b else state.b_blocks_a,
-             "b_blocks_a": state.b_blocks_a if state.user_a < state.user_b else state.a_blocks_b},
+            pair,
+            event.version,
+            {
+                "user_a": min(state.user_a, state.user_b),
+                "user_b": max(state.user_a, state.user_b),
+                "friends": state.friends,
+                "a_blocks_b": state.a_blocks_b if state.user_a < state.user_b else state.b_blocks_a,
+                "b_blocks_a": state.b_blocks_a if state.user_a < state.user_b else state.a_blocks_b,
+            },
         )
         log.debug("contacts %s v%d %s", kind, event.version, "applied" if applied else "ignored (not newer)")
         if applied and on_change is not None:

@@ -44,8 +44,9 @@ async def build(runtime: Runtime) -> ServiceParts:
     env = Env()
     store = MessagingStore(runtime.mongo, runtime.db)
     replica_id = uuid.uuid4().hex[:12]
-    relay = StreamRelay(store, runtime.js, replica_id,
-                        delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000)
+    relay = StreamRelay(
+        store, runtime.js, replica_id, delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000
+    )
     notifier = NatsNotifier(runtime.nats, replica_id)
     core = Messaging(store, notifier, settings, on_commit=relay.kick, on_applied=relay.remember)
     await core.start()

@@ -30,8 +30,6 @@ class PartialAppend(Exception):
         self.stale = stale
 
 
-
-
 @dataclass
 class Writes:
     """Everything one transaction writes, in bulk; positions are assigned before `Tx.write`."""

@@ -75,7 +75,6 @@ def invalid(message: str) -> MessagingError:
     return MessagingError("M_INVALID_PARAM", message)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Canonical JSON and content validation
 # ---------------------------------------------------------------------------------------------
@@ -132,8 +131,11 @@ def _check_text(value: str, path: str) -> None:
 
 def valid_user_id(user_id: str) -> bool:
     """A Matrix user id: historical localpart characters, a server name, at most 255 bytes."""
-    return isinstance(user_id, str) and len(user_id.encode(errors="replace")) <= MAX_ID_BYTES \
+    return (
+        isinstance(user_id, str)
+        and len(user_id.encode(errors="replace")) <= MAX_ID_BYTES
         and _USER_ID.fullmatch(user_id) is not None
+    )
 
 
 def check_id_field(value: str, what: str) -> None:
@@ -297,8 +299,17 @@ _KEEP_CONTENT = {
     MEMBER: ("membership", "join_authorised_via_users_server"),
     CREATE: None,  # everything (room version 11)
     JOIN_RULES: ("join_rule", "allow"),
-    POWER_LEVELS: ("ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users",
-                   "users_default"),
+    POWER_LEVELS: (
+        "ban",
+        "events",
+        "events_default",
+        "invite",
+        "kick",
+        "redact",
+        "state_default",
+        "users",
+        "users_default",
+    ),
     HISTORY_VISIBILITY: ("history_visibility",),
     REDACTION: ("redacts",),
 }
@@ -306,8 +317,11 @@ _KEEP_CONTENT = {
 
 def pruned(event: JSON, redaction: JSON) -> JSON:
     """The event as left after a redaction: envelope kept, content reduced to what the spec keeps."""
-    keep = {k: event[k] for k in ("event_id", "type", "room_id", "sender", "state_key", "origin_server_ts",
-                                   "redacts") if k in event}
+    keep = {
+        k: event[k]
+        for k in ("event_id", "type", "room_id", "sender", "state_key", "origin_server_ts", "redacts")
+        if k in event
+    }
     allowed = _KEEP_CONTENT.get(event["type"], ())
     content = event.get("content", {})
     keep["content"] = dict(content) if allowed is None else {k: content[k] for k in allowed if k in content}
@@ -420,8 +434,12 @@ def checked_initial_state(body: JSON) -> list[JSON]:
         raise bad_json("initial_state must be a list")
     checked = []
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not item["type"] or \
-                not isinstance(item.get("content"), dict):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("type"), str)
+            or not item["type"]
+            or not isinstance(item.get("content"), dict)
+        ):
             raise bad_json("initial_state entries need type and content")
         state_key = item.get("state_key", "")
         if not isinstance(state_key, str):

@@ -29,11 +29,13 @@ from services.messaging.rules import COUNTED_TYPES, JSON
 
 T = TypeVar("T")
 WRITE_SECONDS = Histogram(
-    "messaging_write_transaction_seconds", "Duration of one group-committed write transaction (retries included).",
+    "messaging_write_transaction_seconds",
+    "Duration of one group-committed write transaction (retries included).",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
 )
 ENTRIES_PER_WRITE = Histogram(
-    "messaging_entries_per_transaction", "Stream entries written by one transaction.",
+    "messaging_entries_per_transaction",
+    "Stream entries written by one transaction.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 RELAY_STATE = "relay"
@@ -73,8 +75,10 @@ class MongoTx:
         return await self._by_ids("state", keys)
 
     async def newer_than(self, pos: int) -> bool:
-        return await self._s.db.entries.find_one({"pos": {"$gt": pos}}, projection={"pos": 1},
-                                                 session=self._session) is not None
+        return (
+            await self._s.db.entries.find_one({"pos": {"$gt": pos}}, projection={"pos": 1}, session=self._session)
+            is not None
+        )
 
     async def relations(self, pair_ids: list[str]) -> dict[str, JSON]:
         return await self._by_ids("relations", pair_ids)
@@ -93,16 +97,21 @@ class MongoTx:
             ENTRIES_PER_WRITE.observe(len(writes.entries))
             await db.entries.insert_many(writes.entries, session=session)
         inserts = [doc for key, doc in writes.state.items() if key in writes.new_state]
-        replaces = [ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in writes.state.items()
-                    if key not in writes.new_state]
+        replaces = [
+            ReplaceOne({"_id": key}, doc, upsert=True)
+            for key, doc in writes.state.items()
+            if key not in writes.new_state
+        ]
         if inserts:
             await db.state.insert_many(inserts, session=session)
         if replaces:
             await db.state.bulk_write(replaces, session=session)
         if writes.receipts:
             await db.receipts.bulk_write(
-                [ReplaceOne({"_id": key}, {k: v for k, v in doc.items() if k != "entry"}, upsert=True)
-                 for key, doc in writes.receipts.items()],
+                [
+                    ReplaceOne({"_id": key}, {k: v for k, v in doc.items() if k != "entry"}, upsert=True)
+                    for key, doc in writes.receipts.items()
+                ],
                 session=session,
             )
         for event_id, pruned in writes.redactions.items():
@@ -174,8 +183,9 @@ class MessagingStore:
         """The highest stored position, read forward from `known_position` (tests and tools)."""
         head = await self.known_position()
         while True:
-            batch = await self.db.entries.find({"pos": {"$gt": head}}, projection={"pos": 1},
-                                               sort=[("pos", ASCENDING)], limit=1000).to_list()
+            batch = await self.db.entries.find(
+                {"pos": {"$gt": head}}, projection={"pos": 1}, sort=[("pos", ASCENDING)], limit=1000
+            ).to_list()
             if not batch:
                 return head
             head = int(batch[-1]["pos"])
@@ -186,15 +196,21 @@ class MessagingStore:
     async def room_entries(self, room_id: str, lo: int, hi: int, limit: int, descending: bool) -> list[JSON]:
         return await self.db.entries.find(
             {"room_id": room_id, "pos": {"$gt": lo, "$lte": hi}, "kind": "event"},
-            sort=[("pos", DESCENDING if descending else ASCENDING)], limit=limit,
+            sort=[("pos", DESCENDING if descending else ASCENDING)],
+            limit=limit,
         ).to_list()
 
     async def count_unread(self, room_id: str, lo: int, hi: int, user_id: str) -> int:
-        return await self.db.entries.count_documents({
-            "room_id": room_id, "pos": {"$gt": lo, "$lte": hi}, "kind": "event",
-            "event.type": {"$in": sorted(COUNTED_TYPES)}, "event.sender": {"$ne": user_id},
-            "event.state_key": {"$exists": False},
-        })
+        return await self.db.entries.count_documents(
+            {
+                "room_id": room_id,
+                "pos": {"$gt": lo, "$lte": hi},
+                "kind": "event",
+                "event.type": {"$in": sorted(COUNTED_TYPES)},
+                "event.sender": {"$ne": user_id},
+                "event.state_key": {"$exists": False},
+            }
+        )
 
     async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]:
         doc = await self.db.rooms.find_one({"_id": room_id})
@@ -243,7 +259,8 @@ class MessagingStore:
             doc = await self.db.counters.find_one_and_update(
                 {"_id": RELAY_STATE, "$or": [{"owner": owner}, {"expires_ms": {"$lt": now_ms}}]},
                 {"$set": {"owner": owner, "expires_ms": now_ms + lease_ms}},
-                upsert=True, return_document=ReturnDocument.AFTER,
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:
             return None  # another replica holds a live lease

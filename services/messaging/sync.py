@@ -86,8 +86,9 @@ class Reader:
                 as_of[entry["event"]["state_key"]] = entry["event"]
         return {"chunk": list(as_of.values())}
 
-    async def get_state(self, user_id: str, room_id: str, event_type: str = "", state_key: str = "",
-                        single: bool = False) -> Any:
+    async def get_state(
+        self, user_id: str, room_id: str, event_type: str = "", state_key: str = "", single: bool = False
+    ) -> Any:
         view, _ = await self._room_for_reader(user_id, room_id)
         if view.members[user_id].membership != "join":
             raise forbidden("you are not joined to this room")
@@ -98,8 +99,9 @@ class Reader:
             return entry["event"]["content"]
         return [e["event"] for e in view.state.values()]
 
-    async def messages(self, user_id: str, device_id: str, room_id: str, from_token: str, to_token: str,
-                       direction: str, limit: int) -> JSON:
+    async def messages(
+        self, user_id: str, device_id: str, room_id: str, from_token: str, to_token: str, direction: str, limit: int
+    ) -> JSON:
         if direction not in ("b", "f", ""):
             raise invalid("dir must be b or f")
         limit = max(1, min(limit or 10, 1000))
@@ -117,14 +119,23 @@ class Reader:
         hi = min(start if start is not None else upper, upper)
         lo = to if to is not None else 0
         entries = await self.cache.room_range(view, lo, hi, limit, descending=True)
-        body = {"start": page_token(start if start is not None else hi),
-                "chunk": [self._client_event(e, device_id) for e in entries]}
+        body = {
+            "start": page_token(start if start is not None else hi),
+            "chunk": [self._client_event(e, device_id) for e in entries],
+        }
         if len(entries) == limit and entries[-1]["pos"] - 1 > lo:
             body["end"] = page_token(entries[-1]["pos"] - 1)
         return body
 
-    async def sync(self, user_id: str, device_id: str, since: str, timeline_limit: int = 0,
-                   full_state: bool = False, min_position: int = 0) -> SyncResult:
+    async def sync(
+        self,
+        user_id: str,
+        device_id: str,
+        since: str,
+        timeline_limit: int = 0,
+        full_state: bool = False,
+        min_position: int = 0,
+    ) -> SyncResult:
         since_pos, since_typing = parse_sync_token(since)
         limit = max(1, min(timeline_limit or DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT))
         target = max(min_position, since_pos)
@@ -141,8 +152,9 @@ class Reader:
             if member.pos > head:
                 continue
             if member.membership == "join":
-                room = await self._sync_joined(room_id, user_id, device_id, member, since_pos, since_typing,
-                                               head, limit, initial)
+                room = await self._sync_joined(
+                    room_id, user_id, device_id, member, since_pos, since_typing, head, limit, initial
+                )
                 if room is not None:
                     join[room_id] = room
             elif member.membership == "invite":
@@ -161,9 +173,11 @@ class Reader:
                     if left_at < member.pos and own is not None and own["pos"] > since_pos:
                         entries.append(own)  # a later ban or re-invite: only their own membership event
                     leave[room_id] = {
-                        "timeline": {"events": [self._client_event(e, device_id) for e in entries],
-                                     "limited": limited,
-                                     "prev_batch": page_token(entries[0]["pos"] - 1 if entries else since_pos)},
+                        "timeline": {
+                            "events": [self._client_event(e, device_id) for e in entries],
+                            "limited": limited,
+                            "prev_batch": page_token(entries[0]["pos"] - 1 if entries else since_pos),
+                        },
                         "state": {"events": []},
                         "account_data": {"events": []},
                     }
@@ -180,8 +194,18 @@ class Reader:
         }
         return SyncResult(body, next_batch, has_changes)
 
-    async def _sync_joined(self, room_id: str, user_id: str, device_id: str, member: MemberInfo, since_pos: int,
-                           since_typing: int, head: int, limit: int, initial: bool) -> JSON | None:
+    async def _sync_joined(
+        self,
+        room_id: str,
+        user_id: str,
+        device_id: str,
+        member: MemberInfo,
+        since_pos: int,
+        since_typing: int,
+        head: int,
+        limit: int,
+        initial: bool,
+    ) -> JSON | None:
         view = await self.cache.room(room_id)
         if view is None:
             return None
@@ -197,8 +221,11 @@ class Reader:
         state: list[JSON] = []
         if newly or limited:
             in_timeline = {e["event"]["event_id"] for e in entries}
-            state = [e["event"] for e in view.state.values() if e["pos"] <= head and
-                     e["event"]["event_id"] not in in_timeline]
+            state = [
+                e["event"]
+                for e in view.state.values()
+                if e["pos"] <= head and e["event"]["event_id"] not in in_timeline
+            ]
         ephemeral: list[JSON] = []
         if typing_changed or (newly and self.typing.typers(room_id)):
             ephemeral.append({"type": "m.typing", "content": {"user_ids": self.typing.typers(room_id)}})
@@ -208,7 +235,8 @@ class Reader:
                 continue
             if (newly or receipt["pos"] > since_pos) and receipt["pos"] <= head:
                 receipts.setdefault(receipt["event_id"], {}).setdefault(receipt_type, {})[reader] = {
-                    "ts": receipt["ts"]}
+                    "ts": receipt["ts"]
+                }
         if receipts:
             ephemeral.append({"type": "m.receipt", "content": receipts})
         if not newly and not events and not ephemeral:
@@ -216,19 +244,32 @@ class Reader:
         unread = await self.cache.unread(view, user_id)
         joined = view.joined()
         return {
-            "timeline": {"events": events, "limited": limited,
-                         "prev_batch": page_token(entries[0]["pos"] - 1 if entries else head)},
+            "timeline": {
+                "events": events,
+                "limited": limited,
+                "prev_batch": page_token(entries[0]["pos"] - 1 if entries else head),
+            },
             "state": {"events": state},
             "ephemeral": {"events": ephemeral},
             "account_data": {"events": []},
             "unread_notifications": {"notification_count": unread, "highlight_count": 0},
-            "summary": {"m.joined_member_count": len(joined),
-                        "m.invited_member_count": sum(1 for m in view.members.values() if m.membership == "invite")},
+            "summary": {
+                "m.joined_member_count": len(joined),
+                "m.invited_member_count": sum(1 for m in view.members.values() if m.membership == "invite"),
+            },
         }
 
     def _stripped_state(self, view: RoomView, user_id: str) -> list[JSON]:
-        wanted = [(CREATE, ""), (JOIN_RULES, ""), (NAME, ""), (AVATAR, ""), (TOPIC, ""),
-                  ("m.room.canonical_alias", ""), ("m.room.encryption", ""), (MEMBER, user_id)]
+        wanted = [
+            (CREATE, ""),
+            (JOIN_RULES, ""),
+            (NAME, ""),
+            (AVATAR, ""),
+            (TOPIC, ""),
+            ("m.room.canonical_alias", ""),
+            ("m.room.encryption", ""),
+            (MEMBER, user_id),
+        ]
         invite = view.state.get((MEMBER, user_id))
         if invite is not None:
             wanted.append((MEMBER, invite["event"]["sender"]))
@@ -237,6 +278,12 @@ class Reader:
             entry = view.state.get(key)
             if entry is not None:
                 event = entry["event"]
-                stripped.append({"type": event["type"], "state_key": event["state_key"],
-                                 "content": event["content"], "sender": event["sender"]})
+                stripped.append(
+                    {
+                        "type": event["type"],
+                        "state_key": event["state_key"],
+                        "content": event["content"],
+                        "sender": event["sender"],
+                    }
+                )
         return stripped

@@ -26,8 +26,6 @@ from services.messaging.rules import (
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass
 class MemberInfo:
     membership: str
@@ -87,8 +85,15 @@ def _counts(entry: JSON, user_id: str) -> bool:
 class LogCache:
     """This replica's view of the stream, advanced strictly in position order (see module doc)."""
 
-    def __init__(self, store: Store, *, timeline_cap: int = 256, max_rooms: int = 20_000,
-                 max_users: int = 50_000, on_applied: Callable[[JSON], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeline_cap: int = 256,
+        max_rooms: int = 20_000,
+        max_users: int = 50_000,
+        on_applied: Callable[[JSON], None] | None = None,
+    ) -> None:
         self._store = store
         self._timeline_cap = timeline_cap
         self._max_rooms = max_rooms
@@ -208,9 +213,7 @@ class LogCache:
         if user_id in view.unread:
             read_pos = view.read_up_to(user_id)
             if read_pos >= view.floor:
-                view.unread[user_id] = sum(
-                    1 for e in view.timeline if e["pos"] > read_pos and _counts(e, user_id)
-                )
+                view.unread[user_id] = sum(1 for e in view.timeline if e["pos"] > read_pos and _counts(e, user_id))
             else:
                 del view.unread[user_id]  # recounted from the database when next needed
 
@@ -278,7 +281,8 @@ class LogCache:
                     for state in await self._store.load_users(wanted) if wanted else []:
                         pos = state["entry"]["pos"]
                         views[state["member_user"]].rooms[state["room_id"]] = MemberInfo(
-                            state["membership"], pos, bool(state.get("ever_joined")))
+                            state["membership"], pos, bool(state.get("ever_joined"))
+                        )
                         newest = max(newest, pos)
                     for user_id, view in views.items():
                         self.users[user_id] = view
@@ -326,9 +330,7 @@ class LogCache:
         if descending:
             result = newest_first[:limit]
             if len(result) < limit and floor > lo:
-                result += await self._store.room_entries(
-                    view.room_id, lo, min(hi, floor), limit - len(result), True
-                )
+                result += await self._store.room_entries(view.room_id, lo, min(hi, floor), limit - len(result), True)
             return result
         result = []
         if floor > lo:

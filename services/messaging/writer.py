@@ -82,8 +82,12 @@ class Batch:
         while len(self._journal) > journal:
             kind, key, previous = self._journal.pop()
             target: dict[str, Any] = {
-                "state": self.state, "writes.state": w.state, "receipts": w.receipts,
-                "redactions": w.redactions, "txn_map": self.txn_map, "room_docs": self.room_docs,
+                "state": self.state,
+                "writes.state": w.state,
+                "receipts": w.receipts,
+                "redactions": w.redactions,
+                "txn_map": self.txn_map,
+                "room_docs": self.room_docs,
             }[kind]
             if previous is _MISSING:
                 target.pop(key, None)
@@ -154,8 +158,10 @@ class Batch:
                 doc = {"entry": entry}
                 if event_type == MEMBER:
                     info = view.members[state_key] if view is not None else None
-                    doc.update(membership=info.membership if info else entry["event"]["content"]["membership"],
-                               ever_joined=bool(info and info.ever_joined))
+                    doc.update(
+                        membership=info.membership if info else entry["event"]["content"]["membership"],
+                        ever_joined=bool(info and info.ever_joined),
+                    )
         else:
             doc = (await self.tx.state_docs([key])).get(key)
         self.state[key] = doc
@@ -194,9 +200,20 @@ class Batch:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def append_event(self, room_id: str, sender: str, event_type: str, content: JSON, *,
-                     state_key: str | None = None, redacts: str | None = None, event_id: str = "",
-                     device_id: str = "", txn_id: str = "", ever_joined: bool = False) -> JSON:
+    def append_event(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: JSON,
+        *,
+        state_key: str | None = None,
+        redacts: str | None = None,
+        event_id: str = "",
+        device_id: str = "",
+        txn_id: str = "",
+        ever_joined: bool = False,
+    ) -> JSON:
         event: JSON = {
             "event_id": event_id or "$" + new_id(24),
             "room_id": room_id,
@@ -218,24 +235,33 @@ class Batch:
             entry["txn"] = txn_id
         if state_key is not None:
             key = state_key_id(room_id, event_type, state_key)
-            doc: JSON = {"_id": key, "room_id": room_id, "type": event_type, "state_key": state_key,
-                         "entry": entry}
+            doc: JSON = {"_id": key, "room_id": room_id, "type": event_type, "state_key": state_key, "entry": entry}
             if event_type == MEMBER:
                 membership = content["membership"]
                 ever = ever_joined or membership == "join"
                 entry["ever_joined"] = ever
                 doc.update(membership=membership, member_user=state_key, ever_joined=ever)
             previous = self.state.get(key, _MISSING)
-            if previous is None or (previous is _MISSING and self.room_docs.get(room_id) is not None
-                                    and room_id in self._created_rooms):
+            if previous is None or (
+                previous is _MISSING and self.room_docs.get(room_id) is not None and room_id in self._created_rooms
+            ):
                 self.writes.new_state.add(key)  # a plain insert is much cheaper than an upsert
             self._set("state", self.state, key, doc)
             self._set("writes.state", self.writes.state, key, doc)
         self.writes.entries.append(entry)
         return entry
 
-    def append_member(self, room_id: str, sender: str, target: str, membership: str, *, ever_joined: bool,
-                      reason: str = "", extra: JSON | None = None) -> JSON:
+    def append_member(
+        self,
+        room_id: str,
+        sender: str,
+        target: str,
+        membership: str,
+        *,
+        ever_joined: bool,
+        reason: str = "",
+        extra: JSON | None = None,
+    ) -> JSON:
         content: JSON = {"membership": membership, **(extra or {})}
         if reason:
             content["reason"] = reason
@@ -251,8 +277,7 @@ class Batch:
         self._set("txn_map", self.txn_map, key, event_id)
 
     def add_receipt(self, room_id: str, user_id: str, receipt_type: str, event_id: str, event_pos: int) -> None:
-        receipt = {"user": user_id, "type": receipt_type, "event_id": event_id, "event_pos": event_pos,
-                   "ts": self.ts}
+        receipt = {"user": user_id, "type": receipt_type, "event_id": event_id, "event_pos": event_pos, "ts": self.ts}
         entry: JSON = {"kind": "receipt", "room_id": room_id, "receipt": receipt, "pos": 0}
         self.writes.entries.append(entry)
         key = receipt_key(room_id, user_id, receipt_type)
@@ -312,8 +337,16 @@ class Writer:
     """The one writer of a replica. Its hooks are given here: `on_commit` (after every successful
     commit: the stream relay's kick) and the notifier (wake-ups and replication)."""
 
-    def __init__(self, store: Store, cache: LogCache, relations: Relations, notifier: Notifier, *,
-                 max_batch: int = 128, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: LogCache,
+        relations: Relations,
+        notifier: Notifier,
+        *,
+        max_batch: int = 128,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
         self.cache = cache
         self.relations = relations
@@ -334,8 +367,9 @@ class Writer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, op: Op, rooms: Iterable[str] = (), state_keys: Iterable[str] = (),
-                      append_only: bool = False) -> Any:
+    async def submit(
+        self, op: Op, rooms: Iterable[str] = (), state_keys: Iterable[str] = (), append_only: bool = False
+    ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(op, set(rooms), set(state_keys), future, append_only))
         return await future
@@ -376,8 +410,9 @@ class Writer:
         else:
             await self._run_transaction(pending)
 
-    async def _validate(self, batch: Batch, pending: list[_Pending], outcomes: list[tuple[bool, Any]],
-                        appended: list[int]) -> None:
+    async def _validate(
+        self, batch: Batch, pending: list[_Pending], outcomes: list[tuple[bool, Any]], appended: list[int]
+    ) -> None:
         rooms = set().union(*(p.rooms for p in pending))
         state_keys = set().union(*(p.state_keys for p in pending))
         outcomes.clear()
@@ -420,7 +455,7 @@ class Writer:
                     for item, outcome, count in zip(pending, outcomes, appended, strict=True):
                         (rest if count and stored < count else done).append((item, outcome))
                         stored -= count
-                    kept = batch.writes.entries[:partial.inserted]
+                    kept = batch.writes.entries[: partial.inserted]
                     kept_ids = {e["_id"] for e in kept}
                     batch.writes.entries[:] = kept
                     batch.writes.txn_ids[:] = [t for t in batch.writes.txn_ids if t[1] in kept_ids]

@@ -50,10 +50,12 @@ class ZhaduiApi(zhadui_pb2_grpc.ZhaduiServiceServicer):
         zhadui_pb2_grpc.add_ZhaduiServiceServicer_to_server(self, server)
 
     @maps_domain_errors
-    async def CreateZhadui(self, request: pb.CreateZhaduiRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.CreateZhaduiResponse:
-        draft = validate_draft(request.title, request.body, request.attachment.link_url,
-                               request.attachment.card_json, list(request.tags))
+    async def CreateZhadui(
+        self, request: pb.CreateZhaduiRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateZhaduiResponse:
+        draft = validate_draft(
+            request.title, request.body, request.attachment.link_url, request.attachment.card_json, list(request.tags)
+        )
         preview = await self._core.create(request.viewer_user_id, draft, _now_ms())
         return pb.CreateZhaduiResponse(zhadui=_preview(preview))
 
@@ -68,45 +70,53 @@ class ZhaduiApi(zhadui_pb2_grpc.ZhaduiServiceServicer):
         return pb.ListFeedResponse(items=[_preview(item) for item in items], next_cursor=next_cursor)
 
     @maps_domain_errors
-    async def JoinZhadui(self, request: pb.JoinZhaduiRequest, context: grpc.aio.ServicerContext
-                         ) -> pb.JoinZhaduiResponse:
+    async def JoinZhadui(
+        self, request: pb.JoinZhaduiRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinZhaduiResponse:
         preview = await self._core.join(request.viewer_user_id, request.zhadui_id, _now_ms())
         return pb.JoinZhaduiResponse(zhadui=_preview(preview), room_id=preview.zhadui.room_id)
 
     @maps_domain_errors
-    async def LeaveZhadui(self, request: pb.LeaveZhaduiRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.LeaveZhaduiResponse:
+    async def LeaveZhadui(
+        self, request: pb.LeaveZhaduiRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LeaveZhaduiResponse:
         await self._core.leave(request.viewer_user_id, request.zhadui_id, _now_ms())
         return pb.LeaveZhaduiResponse()
 
     @maps_domain_errors
-    async def MuteZhadui(self, request: pb.MuteZhaduiRequest, context: grpc.aio.ServicerContext
-                         ) -> pb.MuteZhaduiResponse:
+    async def MuteZhadui(
+        self, request: pb.MuteZhaduiRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MuteZhaduiResponse:
         await self._core.mute(request.viewer_user_id, request.zhadui_id, request.muted)
         return pb.MuteZhaduiResponse()
 
     @maps_domain_errors
-    async def CloseZhadui(self, request: pb.CloseZhaduiRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.CloseZhaduiResponse:
+    async def CloseZhadui(
+        self, request: pb.CloseZhaduiRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloseZhaduiResponse:
         await self._core.close(request.viewer_user_id, request.zhadui_id, _now_ms())
         return pb.CloseZhaduiResponse()
 
     @maps_domain_errors
-    async def RemoveParticipant(self, request: pb.RemoveParticipantRequest, context: grpc.aio.ServicerContext
-                                ) -> pb.RemoveParticipantResponse:
+    async def RemoveParticipant(
+        self, request: pb.RemoveParticipantRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveParticipantResponse:
         await self._core.remove(request.viewer_user_id, request.zhadui_id, request.user_id, _now_ms())
         return pb.RemoveParticipantResponse()
 
     @maps_domain_errors
-    async def GetDiscussion(self, request: pb.GetDiscussionRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.GetDiscussionResponse:
+    async def GetDiscussion(
+        self, request: pb.GetDiscussionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetDiscussionResponse:
         return pb.GetDiscussionResponse(room_id=await self._core.discussion(request.viewer_user_id, request.zhadui_id))
 
     @maps_domain_errors
-    async def ListNotices(self, request: pb.ListNoticesRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.ListNoticesResponse:
+    async def ListNotices(
+        self, request: pb.ListNoticesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNoticesResponse:
         notices = await self._core.notices(request.viewer_user_id, request.limit)
         return pb.ListNoticesResponse(
-            notices=[pb.Notice(zhadui_id=n.zhadui_id, title=n.title, actor_user_id=n.actor, at_ms=n.at_ms)
-                     for n in notices]
+            notices=[
+                pb.Notice(zhadui_id=n.zhadui_id, title=n.title, actor_user_id=n.actor, at_ms=n.at_ms) for n in notices
+            ]
         )

@@ -20,12 +20,18 @@ class MessagingRooms:
     async def create(self, creator: str, title: str) -> str:
         try:
             reply = await self._stub.ServiceCreateRoom(
-                mpb.ServiceCreateRoomRequest(service=SERVICE_NAME, creator_user_id=creator, preset="private_chat",
-                                             name=title, topic="扎堆 discussion")
+                mpb.ServiceCreateRoomRequest(
+                    service=SERVICE_NAME,
+                    creator_user_id=creator,
+                    preset="private_chat",
+                    name=title,
+                    topic="扎堆 discussion",
+                )
             )
         except grpc.aio.AioRpcError as error:
-            raise DomainError(ErrorKind.UNAVAILABLE, "M_UNKNOWN",
-                              f"could not create the discussion room: {error.code().name}") from None
+            raise DomainError(
+                ErrorKind.UNAVAILABLE, "M_UNKNOWN", f"could not create the discussion room: {error.code().name}"
+            ) from None
         return reply.room_id
 
     async def join(self, room_id: str, user: str) -> None:

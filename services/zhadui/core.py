@@ -222,7 +222,7 @@ def _rank_key(activity_ms: int, zhadui_id: str) -> str:
 
 
 def _from_rank_key(key: str) -> tuple[int, str]:
-    return int(key[:_KEY_DIGITS]), key[_KEY_DIGITS + 1:]
+    return int(key[:_KEY_DIGITS]), key[_KEY_DIGITS + 1 :]
 
 
 class AudienceIndex:
@@ -264,9 +264,7 @@ class AudienceIndex:
                     del self._blocks[user]
         return True
 
-    def apply_zhadui(
-        self, zhadui_id: str, creator: str, activity_ms: int, status: Status, room_id: str = ""
-    ) -> None:
+    def apply_zhadui(self, zhadui_id: str, creator: str, activity_ms: int, status: Status, room_id: str = "") -> None:
         zhadui_id, creator = sys.intern(zhadui_id), sys.intern(creator)
         if room_id:
             self._zhadui_of_room[room_id] = zhadui_id
@@ -456,9 +454,18 @@ class ZhaduiCore:
         # The room comes first, so a zhadui never exists without its discussion.
         room_id = await self.rooms.create(creator, draft.title)
         zhadui = Zhadui(
-            zhadui_id=self.new_id(), creator=creator, title=draft.title, body=draft.body,
-            link_url=draft.link_url, card_json=draft.card_json, tags=draft.tags, status=Status.OPEN,
-            created_ms=now_ms, last_activity_ms=now_ms, participant_count=1, room_id=room_id,
+            zhadui_id=self.new_id(),
+            creator=creator,
+            title=draft.title,
+            body=draft.body,
+            link_url=draft.link_url,
+            card_json=draft.card_json,
+            tags=draft.tags,
+            status=Status.OPEN,
+            created_ms=now_ms,
+            last_activity_ms=now_ms,
+            participant_count=1,
+            room_id=room_id,
         )
         await self.store.create(zhadui)
         self.index.apply_zhadui(zhadui.zhadui_id, creator, now_ms, Status.OPEN, room_id)

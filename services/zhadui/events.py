@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 OWN_EVENTS = ConsumerSpec(stream=streams.ZHADUI, durable="zhadui-own-events", filter_subject="laiwang.zhadui.>")
 FRIEND_GRAPH = ConsumerSpec(stream=streams.CONTACTS, durable="zhadui-friend-graph", filter_subject="laiwang.contacts.>")
-DISCUSSIONS = ConsumerSpec(stream=streams.MESSAGING, durable="zhadui-discussions",
-                           filter_subject="laiwang.messaging.room_event", batch=256)
+DISCUSSIONS = ConsumerSpec(
+    stream=streams.MESSAGING, durable="zhadui-discussions", filter_subject="laiwang.messaging.room_event", batch=256
+)
 # Posts count as activity; membership, state and redactions do not.
 _ACTIVITY_TYPES = frozenset({"m.room.message", "m.room.encrypted", "m.sticker"})
 
@@ -93,8 +94,9 @@ def apply_to_index(index: AudienceIndex, msg: Msg) -> None:
     kind = msg.subject.rsplit(".", 1)[-1]
     if kind == "created":
         created = zhadui_events.ZhaduiCreated.FromString(msg.data)
-        index.apply_zhadui(created.zhadui_id, created.creator_user_id, created.created_at_ms, Status.OPEN,
-                           created.room_id)
+        index.apply_zhadui(
+            created.zhadui_id, created.creator_user_id, created.created_at_ms, Status.OPEN, created.room_id
+        )
     elif kind == "joined":
         joined = zhadui_events.ZhaduiJoined.FromString(msg.data)
         index.apply_membership(joined.zhadui_id, joined.user_id, True, joined.joined_at_ms)

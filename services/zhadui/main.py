@@ -39,9 +39,15 @@ async def build(runtime: Runtime) -> ServiceParts:
     cursor_key = env.str("ZHADUI_CURSOR_KEY", DEV_CURSOR_KEY.decode()).encode()
 
     store = MongoZhaduiStore(runtime.db, runtime.outbox)
-    core = ZhaduiCore(store=store, rooms=MessagingRooms(open_channel(messaging)), index=AudienceIndex(),
-                      new_id=sortable_id, creations_per_hour=per_hour,
-                      activity_resolution_ms=int(activity_resolution * 1000), cursor_key=cursor_key)
+    core = ZhaduiCore(
+        store=store,
+        rooms=MessagingRooms(open_channel(messaging)),
+        index=AudienceIndex(),
+        new_id=sortable_id,
+        creations_per_hour=per_hour,
+        activity_resolution_ms=int(activity_resolution * 1000),
+        cursor_key=cursor_key,
+    )
     await IndexFollower(core, store, runtime.nats).start()
 
     async def archive_forever() -> None:

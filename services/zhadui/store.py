@@ -109,15 +109,31 @@ class MongoZhaduiStore:
                 session=session,
             )
             await self._participants.insert_one(
-                {"_id": f"{zhadui.zhadui_id}|{zhadui.creator}", "zid": zhadui.zhadui_id, "user": zhadui.creator,
-                 "state": "joined", "changed_ms": zhadui.created_ms},
+                {
+                    "_id": f"{zhadui.zhadui_id}|{zhadui.creator}",
+                    "zid": zhadui.zhadui_id,
+                    "user": zhadui.creator,
+                    "state": "joined",
+                    "changed_ms": zhadui.created_ms,
+                },
                 session=session,
             )
-            await self._emit(session, SUBJECT_CREATED, events.ZhaduiCreated(
-                zhadui_id=zhadui.zhadui_id, creator_user_id=zhadui.creator, title=zhadui.title,
-                created_at_ms=zhadui.created_ms, room_id=zhadui.room_id))
-            await self._emit(session, SUBJECT_JOINED, events.ZhaduiJoined(
-                zhadui_id=zhadui.zhadui_id, user_id=zhadui.creator, joined_at_ms=zhadui.created_ms))
+            await self._emit(
+                session,
+                SUBJECT_CREATED,
+                events.ZhaduiCreated(
+                    zhadui_id=zhadui.zhadui_id,
+                    creator_user_id=zhadui.creator,
+                    title=zhadui.title,
+                    created_at_ms=zhadui.created_ms,
+                    room_id=zhadui.room_id,
+                ),
+            )
+            await self._emit(
+                session,
+                SUBJECT_JOINED,
+                events.ZhaduiJoined(zhadui_id=zhadui.zhadui_id, user_id=zhadui.creator, joined_at_ms=zhadui.created_ms),
+            )
 
         await in_transaction(self._client, write)
         self._outbox.kick()
@@ -152,8 +168,9 @@ class MongoZhaduiStore:
                 {"$inc": {"participant_count": 1}, "$max": {"last_activity_ms": now_ms}},
                 session=session,
             )
-            await self._emit(session, SUBJECT_JOINED,
-                             events.ZhaduiJoined(zhadui_id=zhadui_id, user_id=user, joined_at_ms=now_ms))
+            await self._emit(
+                session, SUBJECT_JOINED, events.ZhaduiJoined(zhadui_id=zhadui_id, user_id=user, joined_at_ms=now_ms)
+            )
             return True
 
         try:
@@ -167,17 +184,23 @@ class MongoZhaduiStore:
         async def write(session: AsyncClientSession) -> bool:
             result = await self._participants.update_one(
                 {"_id": f"{zhadui_id}|{user}", "state": "joined"},
-                {"$set": {"state": "removed" if removed_by else "left", "removed_by": removed_by,
-                          "changed_ms": now_ms}},
+                {
+                    "$set": {
+                        "state": "removed" if removed_by else "left",
+                        "removed_by": removed_by,
+                        "changed_ms": now_ms,
+                    }
+                },
                 session=session,
             )
             if result.modified_count != 1:
                 return False
-            await self._zhaduis.update_one(
-                {"_id": zhadui_id}, {"$inc": {"participant_count": -1}}, session=session
+            await self._zhaduis.update_one({"_id": zhadui_id}, {"$inc": {"participant_count": -1}}, session=session)
+            await self._emit(
+                session,
+                SUBJECT_LEFT,
+                events.ZhaduiLeft(zhadui_id=zhadui_id, user_id=user, removed_by=removed_by, left_at_ms=now_ms),
             )
-            await self._emit(session, SUBJECT_LEFT, events.ZhaduiLeft(
-                zhadui_id=zhadui_id, user_id=user, removed_by=removed_by, left_at_ms=now_ms))
             return True
 
         left = await in_transaction(self._client, write)
@@ -196,8 +219,9 @@ class MongoZhaduiStore:
             if status is Status.CLOSED:
                 await self._emit(session, SUBJECT_CLOSED, events.ZhaduiClosed(zhadui_id=zhadui_id, closed_at_ms=now_ms))
             elif status is Status.ARCHIVED:
-                await self._emit(session, SUBJECT_ARCHIVED,
-                                 events.ZhaduiArchived(zhadui_id=zhadui_id, archived_at_ms=now_ms))
+                await self._emit(
+                    session, SUBJECT_ARCHIVED, events.ZhaduiArchived(zhadui_id=zhadui_id, archived_at_ms=now_ms)
+                )
             return True
 
         changed = await in_transaction(self._client, write)
@@ -207,7 +231,8 @@ class MongoZhaduiStore:
     async def record_activity(self, zhadui_id: str, at_ms: int) -> None:
         async def write(session: AsyncClientSession) -> None:
             result = await self._zhaduis.update_one(
-                {"_id": zhadui_id, "last_activity_ms": {"$lt": at_ms}}, {"$set": {"last_activity_ms": at_ms}},
+                {"_id": zhadui_id, "last_activity_ms": {"$lt": at_ms}},
+                {"$set": {"last_activity_ms": at_ms}},
                 session=session,
             )
             if result.modified_count == 1:
@@ -234,9 +259,16 @@ class MongoZhaduiStore:
 
     async def add_notices(self, users: Sequence[str], zhadui: Zhadui, actor: str, at_ms: int) -> None:
         documents = [
-            {"_id": f"{user}|{zhadui.zhadui_id}|{actor}", "user": user, "zid": zhadui.zhadui_id,
-             "title": zhadui.title, "actor": actor, "at_ms": at_ms}
-            for user in users if user != actor
+            {
+                "_id": f"{user}|{zhadui.zhadui_id}|{actor}",
+                "user": user,
+                "zid": zhadui.zhadui_id,
+                "title": zhadui.title,
+                "actor": actor,
+                "at_ms": at_ms,
+            }
+            for user in users
+            if user != actor
         ]
         if not documents:
             return
@@ -256,8 +288,14 @@ class MongoZhaduiStore:
     async def save_pair(self, state: PairState, version: int) -> bool:
         """Store contacts' pair state if `version` is newer than what is stored."""
         key, a, b = _pair_id(state.user_a, state.user_b)
-        document = {"a": a, "b": b, "friends": state.friends, "a_blocks_b": state.a_blocks_b,
-                    "b_blocks_a": state.b_blocks_a, "version": version}
+        document = {
+            "a": a,
+            "b": b,
+            "friends": state.friends,
+            "a_blocks_b": state.a_blocks_b,
+            "b_blocks_a": state.b_blocks_a,
+            "version": version,
+        }
         try:
             result = await self._pairs.update_one(
                 {"_id": key, "version": {"$lt": version}}, {"$set": document}, upsert=True
@@ -268,11 +306,13 @@ class MongoZhaduiStore:
 
     async def load_index(self, index: AudienceIndex) -> None:
         async for doc in self._pairs.find({}):
-            index.apply_pair(PairState(doc["a"], doc["b"], doc["friends"], doc["a_blocks_b"], doc["b_blocks_a"]),
-                             doc["version"])
+            index.apply_pair(
+                PairState(doc["a"], doc["b"], doc["friends"], doc["a_blocks_b"], doc["b_blocks_a"]), doc["version"]
+            )
         projection = {"creator": 1, "last_activity_ms": 1, "status": 1, "room_id": 1}
         async for doc in self._zhaduis.find({}, projection):
-            index.apply_zhadui(doc["_id"], doc["creator"], doc["last_activity_ms"], Status(doc["status"]),
-                               doc.get("room_id", ""))
+            index.apply_zhadui(
+                doc["_id"], doc["creator"], doc["last_activity_ms"], Status(doc["status"]), doc.get("room_id", "")
+            )
         async for doc in self._participants.find({}, {"zid": 1, "user": 1, "state": 1, "changed_ms": 1}):
             index.apply_membership(doc["zid"], doc["user"], doc["state"] == "joined", doc.get("changed_ms", 0))

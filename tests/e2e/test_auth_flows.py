@@ -47,8 +47,7 @@ class Flows:
     ) -> tuple[int, dict[str, Any]]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         url = f"{self.stack.base_url}{path if path.startswith('/_') else V3 + path}"
-        async with self.http.request(method, url, json=json, data=data, headers=headers,
-                                     allow_redirects=False) as r:
+        async with self.http.request(method, url, json=json, data=data, headers=headers, allow_redirects=False) as r:
             body = await r.json(content_type=None) if r.status != 302 else {"location": r.headers["Location"]}
             return r.status, body
 
@@ -65,17 +64,21 @@ class Flows:
     async def bind_phone(self, user: RegisteredUser) -> tuple[str, str]:
         national, msisdn = unique_cn_mobile()
         secret = secrets.token_hex(8)
-        status, body = await self.call("POST", "/account/3pid/msisdn/requestToken",
-                                       json={"client_secret": secret, "country": "CN", "phone_number": national,
-                                             "send_attempt": 1})
+        status, body = await self.call(
+            "POST",
+            "/account/3pid/msisdn/requestToken",
+            json={"client_secret": secret, "country": "CN", "phone_number": national, "send_attempt": 1},
+        )
         assert status == 200, body
         code = await wait_for_code(self.sms_log, msisdn)
         sid = body["sid"]
-        status, body = await self.call("POST", "/account/3pid/msisdn/submit_token",
-                                       json={"sid": sid, "client_secret": secret, "token": code})
+        status, body = await self.call(
+            "POST", "/account/3pid/msisdn/submit_token", json={"sid": sid, "client_secret": secret, "token": code}
+        )
         assert status == 200, body
-        status, body = await self.call("POST", "/account/3pid/add", token=user.access_token,
-                                       json={"sid": sid, "client_secret": secret})
+        status, body = await self.call(
+            "POST", "/account/3pid/add", token=user.access_token, json={"sid": sid, "client_secret": secret}
+        )
         assert status == 200, body
         return national, msisdn
 
@@ -112,19 +115,57 @@ async def flows(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
 async def test_every_error_body_has_errcode_and_error(flows: Flows) -> None:
     user = await register_user(flows.stack.base_url)
     cases = [
-        ("POST", "/login", {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
-                            "password": "wrong password!"}, None, 403, "M_FORBIDDEN"),
+        (
+            "POST",
+            "/login",
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user.user_id},
+                "password": "wrong password!",
+            },
+            None,
+            403,
+            "M_FORBIDDEN",
+        ),
         ("GET", "/account/whoami", None, "lwa_not-a-real-token", 401, "M_UNKNOWN_TOKEN"),
         ("GET", "/account/whoami", None, None, 401, "M_MISSING_TOKEN"),
-        ("POST", "/register", {"username": user.user_id.split(":")[0][1:], "password": "long enough pw",
-                               "auth": {"type": "m.login.dummy"}}, None, 400, "M_USER_IN_USE"),
-        ("POST", "/register", {"username": "Not Valid!", "password": "long enough pw",
-                               "auth": {"type": "m.login.dummy"}}, None, 400, "M_INVALID_USERNAME"),
-        ("POST", "/register", {"username": unique_localpart(), "password": "short",
-                               "auth": {"type": "m.login.dummy"}}, None, 400, "M_WEAK_PASSWORD"),
+        (
+            "POST",
+            "/register",
+            {
+                "username": user.user_id.split(":")[0][1:],
+                "password": "long enough pw",
+                "auth": {"type": "m.login.dummy"},
+            },
+            None,
+            400,
+            "M_USER_IN_USE",
+        ),
+        (
+            "POST",
+            "/register",
+            {"username": "Not Valid!", "password": "long enough pw", "auth": {"type": "m.login.dummy"}},
+            None,
+            400,
+            "M_INVALID_USERNAME",
+        ),
+        (
+            "POST",
+            "/register",
+            {"username": unique_localpart(), "password": "short", "auth": {"type": "m.login.dummy"}},
+            None,
+            400,
+            "M_WEAK_PASSWORD",
+        ),
         ("POST", "/login", ["not", "an", "object"], None, 400, "M_BAD_JSON"),
-        ("POST", "/login", {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": 7},
-                            "password": "x"}, None, 400, "M_BAD_JSON"),
+        (
+            "POST",
+            "/login",
+            {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": 7}, "password": "x"},
+            None,
+            400,
+            "M_BAD_JSON",
+        ),
         ("GET", "/profile/@nobody-here:laiwang.test", None, user.access_token, 404, "M_NOT_FOUND"),
     ]
     for method, path, body, token, status, errcode in cases:
@@ -179,23 +220,27 @@ async def test_phone_code_attempt_limit_resend_wait_and_expiry(flows: Flows) -> 
     assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED") and 0 < body["retry_after_ms"] <= RESEND_WAIT * 1000
 
     for attempt in range(5):
-        status, body = await flows.call("POST", "/account/3pid/msisdn/submit_token",
-                                        json={"sid": sid, "client_secret": secret, "token": wrong})
+        status, body = await flows.call(
+            "POST", "/account/3pid/msisdn/submit_token", json={"sid": sid, "client_secret": secret, "token": wrong}
+        )
         assert (status, body["errcode"]) == (400, "M_THREEPID_AUTH_FAILED"), (attempt, body)
     # After five wrong tries even the right code is refused.
-    status, body = await flows.call("POST", "/account/3pid/msisdn/submit_token",
-                                    json={"sid": sid, "client_secret": secret, "token": code})
+    status, body = await flows.call(
+        "POST", "/account/3pid/msisdn/submit_token", json={"sid": sid, "client_secret": secret, "token": code}
+    )
     assert (status, body["errcode"]) == (400, "M_THREEPID_AUTH_FAILED") and "request a new one" in body["error"]
 
     # Expiry: another number, wait out the (shortened) lifetime, then the right code is refused.
     national2, msisdn2 = unique_cn_mobile()
-    status, body = await flows.call("POST", "/account/3pid/msisdn/requestToken",
-                                    json={**request, "phone_number": national2})
+    status, body = await flows.call(
+        "POST", "/account/3pid/msisdn/requestToken", json={**request, "phone_number": national2}
+    )
     assert status == 200
     code2 = await wait_for_code(flows.sms_log, msisdn2)
     await asyncio.sleep(CODE_TTL + 0.5)
-    status, body = await flows.call("POST", "/account/3pid/msisdn/submit_token",
-                                    json={"sid": body["sid"], "client_secret": secret, "token": code2})
+    status, body = await flows.call(
+        "POST", "/account/3pid/msisdn/submit_token", json={"sid": body["sid"], "client_secret": secret, "token": code2}
+    )
     assert (status, body["errcode"]) == (400, "M_THREEPID_AUTH_FAILED") and "expired" in body["error"]
     # The code went to the dev SMS file only, never into a structured log line.
     assert sms_codes(flows.sms_log, msisdn2) == [code2]
@@ -205,40 +250,61 @@ async def test_phone_code_attempt_limit_resend_wait_and_expiry(flows: Flows) -> 
 async def test_a_phone_number_belongs_to_one_account_and_phone_login_works(flows: Flows) -> None:
     owner = await register_user(flows.stack.base_url)
     national, msisdn = await flows.bind_phone(owner)
-    status, body = await flows.call("POST", "/login", json={
-        "type": "m.login.password", "identifier": {"type": "m.id.thirdparty", "medium": "msisdn",
-                                                   "address": msisdn.lstrip("+")},
-        "password": owner.password})
+    status, body = await flows.call(
+        "POST",
+        "/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.thirdparty", "medium": "msisdn", "address": msisdn.lstrip("+")},
+            "password": owner.password,
+        },
+    )
     assert status == 200 and body["user_id"] == owner.user_id, body
 
     # Someone else verifies the same number (they can receive the SMS) but cannot bind it.
     other = await register_user(flows.stack.base_url)
     secret = secrets.token_hex(8)
-    status, body = await flows.call("POST", "/account/3pid/msisdn/requestToken",
-                                    json={"client_secret": secret, "country": "CN", "phone_number": national,
-                                          "send_attempt": 1})
+    status, body = await flows.call(
+        "POST",
+        "/account/3pid/msisdn/requestToken",
+        json={"client_secret": secret, "country": "CN", "phone_number": national, "send_attempt": 1},
+    )
     if status == 429:
         await asyncio.sleep(body["retry_after_ms"] / 1000 + 0.1)
-        status, body = await flows.call("POST", "/account/3pid/msisdn/requestToken",
-                                        json={"client_secret": secret, "country": "CN", "phone_number": national,
-                                              "send_attempt": 1})
+        status, body = await flows.call(
+            "POST",
+            "/account/3pid/msisdn/requestToken",
+            json={"client_secret": secret, "country": "CN", "phone_number": national, "send_attempt": 1},
+        )
     assert status == 200, body
     code = await wait_for_code(flows.sms_log, msisdn, count=2)
     sid = body["sid"]
-    status, _ = await flows.call("POST", "/account/3pid/msisdn/submit_token",
-                                 json={"sid": sid, "client_secret": secret, "token": code})
+    status, _ = await flows.call(
+        "POST", "/account/3pid/msisdn/submit_token", json={"sid": sid, "client_secret": secret, "token": code}
+    )
     assert status == 200
-    status, body = await flows.call("POST", "/account/3pid/add", token=other.access_token,
-                                    json={"sid": sid, "client_secret": secret})
+    status, body = await flows.call(
+        "POST", "/account/3pid/add", token=other.access_token, json={"sid": sid, "client_secret": secret}
+    )
     assert (status, body["errcode"]) == (400, "M_THREEPID_IN_USE")
 
     # Unbinding frees the number (and phone login stops working for it).
-    status, _ = await flows.call("POST", "/account/3pid/delete", token=owner.access_token,
-                                 json={"medium": "msisdn", "address": msisdn.lstrip("+")})
+    status, _ = await flows.call(
+        "POST",
+        "/account/3pid/delete",
+        token=owner.access_token,
+        json={"medium": "msisdn", "address": msisdn.lstrip("+")},
+    )
     assert status == 200
-    status, body = await flows.call("POST", "/login", json={
-        "type": "m.login.password", "identifier": {"type": "m.id.phone", "country": "CN", "phone": national},
-        "password": owner.password})
+    status, body = await flows.call(
+        "POST",
+        "/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.phone", "country": "CN", "phone": national},
+            "password": owner.password,
+        },
+    )
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
 
 
@@ -247,9 +313,16 @@ async def test_a_phone_number_belongs_to_one_account_and_phone_login_works(flows
 
 async def test_refresh_tokens_rotate_and_expired_access_tokens_soft_logout(flows: Flows) -> None:
     user = await register_user(flows.stack.base_url)
-    status, session = await flows.call("POST", "/login", json={
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
-        "password": user.password, "refresh_token": True})
+    status, session = await flows.call(
+        "POST",
+        "/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": user.password,
+            "refresh_token": True,
+        },
+    )
     assert status == 200 and session["refresh_token"] and session["expires_in_ms"] == ACCESS_TTL * 1000
 
     status, rotated = await flows.call("POST", "/refresh", json={"refresh_token": session["refresh_token"]})
@@ -301,8 +374,7 @@ async def test_revocation_reaches_the_gateway_cache(flows: Flows) -> None:
     # Revoke behind the gateway's back (straight to auth over gRPC): only the event can evict.
     async with grpc.aio.insecure_channel(flows.stack.grpc_address("auth")) as channel:
         await auth_pb2_grpc.AuthServiceStub(channel).DeleteDevices(
-            auth_pb2.DeleteDevicesRequest(user_id=user.user_id, device_ids=[second.device_id],
-                                          password=user.password)
+            auth_pb2.DeleteDevicesRequest(user_id=user.user_id, device_ids=[second.device_id], password=user.password)
         )
     started = time.monotonic()
     while True:
@@ -327,11 +399,19 @@ async def test_logout_all_and_password_change_revoke_other_devices(flows: Flows)
     change = {"new_password": "a brand new password", "logout_devices": True}
     status, body = await flows.call("POST", "/account/password", token=user.access_token, json=change)
     assert status == 401 and body["flows"] == [{"stages": ["m.login.password"]}]
-    status, body = await flows.call("POST", "/account/password", token=user.access_token, json={
-        **change, "auth": {"type": "m.login.password", "password": "not it at all"}})
+    status, body = await flows.call(
+        "POST",
+        "/account/password",
+        token=user.access_token,
+        json={**change, "auth": {"type": "m.login.password", "password": "not it at all"}},
+    )
     assert (status, body["errcode"]) == (401, "M_FORBIDDEN")
-    status, body = await flows.call("POST", "/account/password", token=user.access_token, json={
-        **change, "auth": {"type": "m.login.password", "password": user.password}})
+    status, body = await flows.call(
+        "POST",
+        "/account/password",
+        token=user.access_token,
+        json={**change, "auth": {"type": "m.login.password", "password": user.password}},
+    )
     assert (status, body) == (200, {})
     assert (await flows.call("GET", "/account/whoami", token=user.access_token))[0] == 200
     for session in (other, third):
@@ -352,10 +432,13 @@ async def test_devices_list_rename_delete(flows: Flows) -> None:
     laptop = await login_user(flows.stack.base_url, user.user_id, user.password)
     status, body = await flows.call("GET", "/devices", token=user.access_token)
     assert status == 200
-    assert {d["device_id"]: d["display_name"] for d in body["devices"]} == {user.device_id: "phone",
-                                                                             laptop.device_id: None}
-    status, _ = await flows.call("PUT", f"/devices/{laptop.device_id}", token=user.access_token,
-                                 json={"display_name": "work laptop"})
+    assert {d["device_id"]: d["display_name"] for d in body["devices"]} == {
+        user.device_id: "phone",
+        laptop.device_id: None,
+    }
+    status, _ = await flows.call(
+        "PUT", f"/devices/{laptop.device_id}", token=user.access_token, json={"display_name": "work laptop"}
+    )
     assert status == 200
     status, body = await flows.call("GET", f"/devices/{laptop.device_id}", token=user.access_token)
     assert body["display_name"] == "work laptop"
@@ -364,9 +447,18 @@ async def test_devices_list_rename_delete(flows: Flows) -> None:
 
     status, body = await flows.call("DELETE", f"/devices/{laptop.device_id}", token=user.access_token)
     assert status == 401 and "flows" in body
-    status, _ = await flows.call("DELETE", f"/devices/{laptop.device_id}", token=user.access_token, json={
-        "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
-                 "password": user.password}})
+    status, _ = await flows.call(
+        "DELETE",
+        f"/devices/{laptop.device_id}",
+        token=user.access_token,
+        json={
+            "auth": {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user.user_id},
+                "password": user.password,
+            }
+        },
+    )
     assert status == 200
     status, body = await flows.call("GET", "/account/whoami", token=laptop.access_token)
     assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
@@ -380,37 +472,58 @@ async def test_profiles(flows: Flows) -> None:
     path = f"/profile/{user.user_id}"
     status, body = await flows.call("GET", path, token=other.access_token)
     assert status == 200 and body["displayname"] == user.user_id[1:].split(":")[0]
-    status, _ = await flows.call("PUT", f"{path}/displayname", token=user.access_token,
-                                 json={"displayname": "小明"})
+    status, _ = await flows.call("PUT", f"{path}/displayname", token=user.access_token, json={"displayname": "小明"})
     assert status == 200
-    status, _ = await flows.call("PUT", f"{path}/avatar_url", token=user.access_token,
-                                 json={"avatar_url": "mxc://laiwang.test/abc"})
+    status, _ = await flows.call(
+        "PUT", f"{path}/avatar_url", token=user.access_token, json={"avatar_url": "mxc://laiwang.test/abc"}
+    )
     assert status == 200
     assert (await flows.call("GET", path, token=other.access_token))[1] == {
-        "displayname": "小明", "avatar_url": "mxc://laiwang.test/abc"}
+        "displayname": "小明",
+        "avatar_url": "mxc://laiwang.test/abc",
+    }
     assert (await flows.call("GET", f"{path}/displayname", token=other.access_token))[1] == {"displayname": "小明"}
-    status, body = await flows.call("PUT", f"{path}/displayname", token=other.access_token,
-                                    json={"displayname": "hijack"})
+    status, body = await flows.call(
+        "PUT", f"{path}/displayname", token=other.access_token, json={"displayname": "hijack"}
+    )
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
-    status, body = await flows.call("PUT", f"{path}/avatar_url", token=user.access_token,
-                                    json={"avatar_url": "javascript:alert(1)"})
+    status, body = await flows.call(
+        "PUT", f"{path}/avatar_url", token=user.access_token, json={"avatar_url": "javascript:alert(1)"}
+    )
     assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
 
 
 async def test_deactivation_signs_out_and_blocks_login(flows: Flows) -> None:
     user = await register_user(flows.stack.base_url)
     await flows.bind_phone(user)
-    status, body = await flows.call("POST", "/account/deactivate", token=user.access_token, json={
-        "auth": {"type": "m.login.password", "password": user.password}})
+    status, body = await flows.call(
+        "POST",
+        "/account/deactivate",
+        token=user.access_token,
+        json={"auth": {"type": "m.login.password", "password": user.password}},
+    )
     assert status == 200, body
     status, body = await flows.call("GET", "/account/whoami", token=user.access_token)
     assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
-    status, body = await flows.call("POST", "/login", json={
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
-        "password": user.password})
+    status, body = await flows.call(
+        "POST",
+        "/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": user.password,
+        },
+    )
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
-    status, body = await flows.call("POST", "/register", json={
-        "username": user.user_id[1:].split(":")[0], "password": "long enough pw", "auth": {"type": "m.login.dummy"}})
+    status, body = await flows.call(
+        "POST",
+        "/register",
+        json={
+            "username": user.user_id[1:].split(":")[0],
+            "password": "long enough pw",
+            "auth": {"type": "m.login.dummy"},
+        },
+    )
     assert (status, body["errcode"]) == (400, "M_USER_IN_USE")
 
 
@@ -426,21 +539,22 @@ async def test_link_an_external_account_then_sign_in_with_it(flows: Flows) -> No
     assert {"type": "m.login.sso", "identity_providers": [{"id": "taobao", "name": "Taobao"}]} in body["flows"]
 
     # Link: authorization-code flow with PKCE, started by the signed-in user.
-    status, body = await flows.call("POST", "/_laiwang/client/v1/account/external/taobao/link",
-                                    token=user.access_token, json={})
+    status, body = await flows.call(
+        "POST", "/_laiwang/client/v1/account/external/taobao/link", token=user.access_token, json={}
+    )
     assert status == 200, body
     authorization_url = body["authorization_url"]
     query = parse_qs(urlparse(authorization_url).query)
     assert authorization_url.startswith(flows.issuer)
     assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
     returned = await complete_provider_login(authorization_url, subject, stop_at=callback)
-    status, body = await flows.call("GET", returned[len(flows.stack.base_url):])
+    status, body = await flows.call("GET", returned[len(flows.stack.base_url) :])
     assert (status, body) == (200, {"linked": "taobao", "user_id": user.user_id})
     status, body = await flows.call("GET", "/_laiwang/client/v1/account/external", token=user.access_token)
     assert [(a["provider_id"], a["subject"]) for a in body["accounts"]] == [("taobao", subject)]
 
     # A replayed callback (same state) is refused: states are single-use.
-    status, body = await flows.call("GET", returned[len(flows.stack.base_url):])
+    status, body = await flows.call("GET", returned[len(flows.stack.base_url) :])
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
 
     # Sign in: Matrix SSO redirect -> provider -> callback -> client redirect with a loginToken.
@@ -448,7 +562,7 @@ async def test_link_an_external_account_then_sign_in_with_it(flows: Flows) -> No
     status, body = await flows.call("GET", f"/login/sso/redirect/taobao?redirectUrl={client_redirect}")
     assert status == 302
     returned = await complete_provider_login(body["location"], subject, stop_at=callback)
-    status, body = await flows.call("GET", returned[len(flows.stack.base_url):])
+    status, body = await flows.call("GET", returned[len(flows.stack.base_url) :])
     assert status == 302 and body["location"].startswith(client_redirect + "?loginToken=")
     login_token = parse_qs(urlparse(body["location"]).query)["loginToken"][0]
     status, session = await flows.call("POST", "/login", json={"type": "m.login.token", "token": login_token})
@@ -461,7 +575,7 @@ async def test_link_an_external_account_then_sign_in_with_it(flows: Flows) -> No
     # An external identity nobody linked cannot sign in; unknown redirect targets are refused.
     status, body = await flows.call("GET", f"/login/sso/redirect/taobao?redirectUrl={client_redirect}")
     returned = await complete_provider_login(body["location"], "someone-unlinked", stop_at=callback)
-    status, body = await flows.call("GET", returned[len(flows.stack.base_url):])
+    status, body = await flows.call("GET", returned[len(flows.stack.base_url) :])
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
     status, body = await flows.call("GET", "/login/sso/redirect/taobao?redirectUrl=https://evil.example/steal")
     assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
@@ -477,8 +591,15 @@ async def test_no_password_token_or_code_reaches_a_log_line_or_metric(flows: Flo
     password = f"pw-{secrets.token_hex(8)}"
     user = await register_user(flows.stack.base_url, password=password)
     session = await login_user(flows.stack.base_url, user.user_id, password)
-    await flows.call("POST", "/login", json={"type": "m.login.password", "password": password + "-wrong",
-                                             "identifier": {"type": "m.id.user", "user": user.user_id}})
+    await flows.call(
+        "POST",
+        "/login",
+        json={
+            "type": "m.login.password",
+            "password": password + "-wrong",
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+        },
+    )
     await flows.call("GET", f"/account/whoami?access_token={session.access_token}")
     _, msisdn = await flows.bind_phone(user)
     code = sms_codes(flows.sms_log, msisdn)[-1]

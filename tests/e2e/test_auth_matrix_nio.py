@@ -33,8 +33,9 @@ async def _code_from_log(stack, msisdn: str) -> str:
     import re
 
     for _ in range(200):
-        found = re.findall(rf"DEV-SMS \S+ to {re.escape(msisdn)}: Your Laiwang verification code is (\d{{6}})",
-                           stack.log_text())
+        found = re.findall(
+            rf"DEV-SMS \S+ to {re.escape(msisdn)}: Your Laiwang verification code is (\d{{6}})", stack.log_text()
+        )
         if found:
             return found[-1]
         await asyncio.sleep(0.05)
@@ -100,17 +101,20 @@ async def test_login_by_verified_phone_number_with_matrix_nio(stack) -> None:
     headers = {"Authorization": f"Bearer {registered.access_token}"}
     base = f"{stack.base_url}/_matrix/client/v3"
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base}/account/3pid/msisdn/requestToken",
-                             json={"client_secret": secret, "country": "CN", "phone_number": national,
-                                   "send_attempt": 1}) as r:
+        async with http.post(
+            f"{base}/account/3pid/msisdn/requestToken",
+            json={"client_secret": secret, "country": "CN", "phone_number": national, "send_attempt": 1},
+        ) as r:
             assert r.status == 200, await r.text()
             sid = (await r.json())["sid"]
         code = await _code_from_log(stack, msisdn)
-        async with http.post(f"{base}/account/3pid/msisdn/submit_token",
-                             json={"sid": sid, "client_secret": secret, "token": code}) as r:
+        async with http.post(
+            f"{base}/account/3pid/msisdn/submit_token", json={"sid": sid, "client_secret": secret, "token": code}
+        ) as r:
             assert r.status == 200 and (await r.json()) == {"success": True}
-        async with http.post(f"{base}/account/3pid/add", headers=headers,
-                             json={"sid": sid, "client_secret": secret}) as r:
+        async with http.post(
+            f"{base}/account/3pid/add", headers=headers, json={"sid": sid, "client_secret": secret}
+        ) as r:
             assert r.status == 200, await r.text()
         async with http.get(f"{base}/account/3pid", headers=headers) as r:
             assert (await r.json())["threepids"][0]["address"] == msisdn.lstrip("+")
@@ -118,8 +122,12 @@ async def test_login_by_verified_phone_number_with_matrix_nio(stack) -> None:
     # The phone number is a login identifier (m.id.phone), through nio's raw login API.
     phone_client = AsyncClient(stack.base_url)
     response = await phone_client.login_raw(
-        {"type": "m.login.password", "identifier": {"type": "m.id.phone", "country": "CN", "phone": national},
-         "password": PASSWORD, "initial_device_display_name": "phone login"}
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.phone", "country": "CN", "phone": national},
+            "password": PASSWORD,
+            "initial_device_display_name": "phone login",
+        }
     )
     assert isinstance(response, LoginResponse), response
     assert response.user_id == registered.user_id

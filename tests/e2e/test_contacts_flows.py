@@ -24,6 +24,7 @@ from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
+
 @pytest.fixture(scope="module")
 async def client(stack: Any) -> AsyncIterator[Client]:
     async with aiohttp.ClientSession() as http:
@@ -54,8 +55,9 @@ async def test_matching_discoverability_suggestions_friends_chat_and_blocks(clie
     hashes = [lookup_hash(alice.msisdn, pepper), lookup_hash(bob.msisdn, pepper), "not-a-hash"]
 
     async def carol_looks_up() -> tuple[int, Any]:
-        return await client.call("POST", f"{V1}/contacts/lookup", carol,
-                                 {"algorithm": "sha256", "pepper": pepper, "addresses": hashes})
+        return await client.call(
+            "POST", f"{V1}/contacts/lookup", carol, {"algorithm": "sha256", "pepper": pepper, "addresses": hashes}
+        )
 
     async def carol_indexed() -> bool:
         status, body = await carol_looks_up()
@@ -71,8 +73,9 @@ async def test_matching_discoverability_suggestions_friends_chat_and_blocks(clie
     assert [(e["index"], e["reason"]) for e in body["invalid"]] == [(2, "bad_hash")]
     # Now carol has alice's number, so carol (mutual) is revealed to alice.
     assert carol.user_id in await client.matched(alice, [carol.msisdn])
-    status, body = await client.call("POST", f"{V1}/contacts/lookup", carol,
-                                     {"algorithm": "sha256", "pepper": "stale", "addresses": hashes[:1]})
+    status, body = await client.call(
+        "POST", f"{V1}/contacts/lookup", carol, {"algorithm": "sha256", "pepper": "stale", "addresses": hashes[:1]}
+    )
     assert status == 400 and body["errcode"] == "M_INVALID_PEPPER" and body["lookup_pepper"] == pepper
 
     async with grpc.aio.insecure_channel(client.stack.grpc_address("contacts")) as channel:
@@ -80,9 +83,16 @@ async def test_matching_discoverability_suggestions_friends_chat_and_blocks(clie
     status, body = await carol_looks_up()
     assert status == 400 and body["errcode"] == "M_INVALID_PEPPER"
     assert body["lookup_pepper"] == rotated.lookup_pepper != pepper
-    status, body = await client.call("POST", f"{V1}/contacts/lookup", carol, {
-        "algorithm": "sha256", "pepper": rotated.lookup_pepper,
-        "addresses": [lookup_hash(alice.msisdn, rotated.lookup_pepper)]})
+    status, body = await client.call(
+        "POST",
+        f"{V1}/contacts/lookup",
+        carol,
+        {
+            "algorithm": "sha256",
+            "pepper": rotated.lookup_pepper,
+            "addresses": [lookup_hash(alice.msisdn, rotated.lookup_pepper)],
+        },
+    )
     assert status == 200 and list(body["mappings"].values()) == [alice.user_id] and body["added"] == 0
 
     # --- "nobody" hides bob from everyone; "everyone" brings him back --------------------------
@@ -123,8 +133,12 @@ async def test_matching_discoverability_suggestions_friends_chat_and_blocks(clie
 
     async def direct_chat_allowed() -> bool:
         nonlocal room_id
-        status, body = await client.call("POST", f"{V3}/createRoom", alice, {
-            "is_direct": True, "invite": [dave.user_id], "preset": "trusted_private_chat"})
+        status, body = await client.call(
+            "POST",
+            f"{V3}/createRoom",
+            alice,
+            {"is_direct": True, "invite": [dave.user_id], "preset": "trusted_private_chat"},
+        )
         room_id = body.get("room_id", "")
         return status == 200
 
@@ -156,8 +170,12 @@ async def test_matching_discoverability_suggestions_friends_chat_and_blocks(clie
     assert relationship["friends"] is False and relationship["blocked_by"] is True
 
     async def sending_refused(sender: Person, txn: str) -> bool:
-        status, body = await client.call("PUT", f"{V3}/rooms/{room_id}/send/m.room.message/{txn}", sender,
-                                         {"msgtype": "m.text", "body": "still there?"})
+        status, body = await client.call(
+            "PUT",
+            f"{V3}/rooms/{room_id}/send/m.room.message/{txn}",
+            sender,
+            {"msgtype": "m.text", "body": "still there?"},
+        )
         return status == 403 and body["errcode"] == "M_FORBIDDEN"
 
     await eventually(lambda: sending_refused(alice, f"a{time.monotonic_ns()}"))
@@ -181,8 +199,9 @@ async def test_enumeration_budget_trips_on_fresh_numbers_but_not_on_a_re_upload(
 
 async def test_matching_needs_a_verified_phone(client: Client) -> None:
     account = await register_user(client.stack.base_url, f"nophone{secrets.token_hex(4)}")
-    async with client.http.post(f"{client.stack.base_url}{V1}/contacts/sync", headers=account.headers,
-                                json={"add": ["+8613800138000"]}) as response:
+    async with client.http.post(
+        f"{client.stack.base_url}{V1}/contacts/sync", headers=account.headers, json={"add": ["+8613800138000"]}
+    ) as response:
         body = await response.json()
     assert response.status == 403 and body["errcode"] == "M_FORBIDDEN" and "verified phone" in body["error"]
 

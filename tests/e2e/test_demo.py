@@ -28,11 +28,15 @@ USER_LINE = re.compile(r"^(@\S+)\s+(\S+)\s+(\+\d+)$", re.MULTILINE)
 
 async def run_demo(stack: RunningStack) -> str:
     """The console script exactly as `make demo` runs it, told where the stack is as `make run` is."""
-    env = {**os.environ, "GATEWAY_PORT": str(stack.config.ports.gateway),
-           "LAIWANG_DATA_DIR": str(stack.config.data_dir)}
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(stack.config.ports.gateway),
+        "LAIWANG_DATA_DIR": str(stack.config.data_dir),
+    }
     env.pop("AUTH_DEV_SMS_LOG", None)
-    process = await asyncio.create_subprocess_exec(str(LAIWANG), "demo", env=env, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.STDOUT)
+    process = await asyncio.create_subprocess_exec(
+        str(LAIWANG), "demo", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     output, _ = await asyncio.wait_for(process.communicate(), 90)
     text = output.decode()
     assert process.returncode == 0, text
@@ -40,8 +44,10 @@ async def run_demo(stack: RunningStack) -> str:
 
 
 async def get(stack: RunningStack, path: str, token: str) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(
-            stack.base_url + path, headers={"Authorization": f"Bearer {token}"}) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(stack.base_url + path, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
         assert response.status == 200, (path, response.status, await response.text())
         return await response.json()
 
@@ -65,8 +71,11 @@ async def test_demo_twice_creates_everything_once_and_matrix_nio_sees_the_chat(s
         assert isinstance(login, LoginResponse), login
         synced = await bob.sync(timeout=0, full_state=True, sync_filter={"room": {"timeline": {"limit": 50}}})
         assert isinstance(synced, SyncResponse), synced
-        demo_rooms = [r for r, joined in synced.rooms.join.items()
-                      if any(getattr(e, "name", None) == ROOM_NAME for e in joined.state + joined.timeline.events)]
+        demo_rooms = [
+            r
+            for r, joined in synced.rooms.join.items()
+            if any(getattr(e, "name", None) == ROOM_NAME for e in joined.state + joined.timeline.events)
+        ]
         assert demo_rooms == [room_id]  # one room, though the demo ran twice
         texts = [e.body for e in synced.rooms.join[room_id].timeline.events if isinstance(e, RoomMessageText)]
         assert texts == [text for _, _, text in CHAT]  # each message once, in order
@@ -82,10 +91,12 @@ async def test_demo_twice_creates_everything_once_and_matrix_nio_sees_the_chat(s
         feed = await get(stack, "/_laiwang/client/v1/zhadui/feed?limit=50", alice.access_token)
         demo = [z for z in feed["items"] if z["title"] == ZHADUI_TITLE]
         assert len(demo) == 1 and demo[0]["participant_count"] == 2, feed
-        discussion = await get(stack, f"/_laiwang/client/v1/zhadui/{demo[0]['zhadui_id']}/discussion",
-                               alice.access_token)
-        history = await get(stack, f"/_matrix/client/v3/rooms/{discussion['room_id']}/messages?dir=b&limit=50",
-                            alice.access_token)
+        discussion = await get(
+            stack, f"/_laiwang/client/v1/zhadui/{demo[0]['zhadui_id']}/discussion", alice.access_token
+        )
+        history = await get(
+            stack, f"/_matrix/client/v3/rooms/{discussion['room_id']}/messages?dir=b&limit=50", alice.access_token
+        )
         posts = [e["content"]["body"] for e in history["chunk"] if e["type"] == "m.room.message"]
         assert posts == [DISCUSSION[2]]
     finally:

@@ -47,11 +47,21 @@ BODY_TIMEOUT = 1.5
 HOSTILE_ENV = {
     "GATEWAY_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
     "GATEWAY_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
-    **{name: "1000000" for name in (
-        "GATEWAY_SEND_BURST", "GATEWAY_SEND_RATE_PER_SECOND", "GATEWAY_ZHADUI_BURST", "GATEWAY_ZHADUI_RATE_PER_SECOND",
-        "GATEWAY_CONTACTS_BURST", "GATEWAY_CONTACTS_RATE_PER_SECOND", "GATEWAY_CONTACTS_UPLOAD_BURST",
-        "GATEWAY_CONTACTS_UPLOAD_RATE_PER_SECOND", "GATEWAY_CREDENTIAL_BURST", "GATEWAY_CREDENTIAL_RATE_PER_SECOND",
-    )},
+    **{
+        name: "1000000"
+        for name in (
+            "GATEWAY_SEND_BURST",
+            "GATEWAY_SEND_RATE_PER_SECOND",
+            "GATEWAY_ZHADUI_BURST",
+            "GATEWAY_ZHADUI_RATE_PER_SECOND",
+            "GATEWAY_CONTACTS_BURST",
+            "GATEWAY_CONTACTS_RATE_PER_SECOND",
+            "GATEWAY_CONTACTS_UPLOAD_BURST",
+            "GATEWAY_CONTACTS_UPLOAD_RATE_PER_SECOND",
+            "GATEWAY_CREDENTIAL_BURST",
+            "GATEWAY_CREDENTIAL_RATE_PER_SECOND",
+        )
+    },
 }
 
 
@@ -77,25 +87,37 @@ class World:
     event_id: str
     zhadui_id: str
 
-    async def call(self, method: str, path: str, who: RegisteredUser | None = None, *, json: Any = None,
-                   data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        who: RegisteredUser | None = None,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         all_headers = {**(who.headers if who else {}), **(headers or {})}
-        async with self.http.request(method, f"{self.base_url}{path}", json=json, data=data,
-                                     headers=all_headers) as response:
+        async with self.http.request(
+            method, f"{self.base_url}{path}", json=json, data=data, headers=all_headers
+        ) as response:
             return response.status, await response.json(content_type=None)
 
 
 @pytest.fixture(scope="module")
 async def world(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    async with launch_stack(mongo_uri, tmp_path_factory.mktemp("hostile"), HOSTILE_ENV) as running, \
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+    async with (
+        launch_stack(mongo_uri, tmp_path_factory.mktemp("hostile"), HOSTILE_ENV) as running,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
+    ):
         alice, bob = await register_user(running.base_url), await register_user(running.base_url)
         w = World(running.base_url, http, alice, bob, "", "", "")
         status, body = await w.call("POST", f"{V3}/createRoom", alice, json={"name": "hostile"})
         assert status == 200, body
         w.room_id = body["room_id"]
-        status, body = await w.call("PUT", f"{V3}/rooms/{w.room_id}/send/m.room.message/t1", alice,
-                                    json={"msgtype": "m.text", "body": "hello"})
+        status, body = await w.call(
+            "PUT", f"{V3}/rooms/{w.room_id}/send/m.room.message/t1", alice, json={"msgtype": "m.text", "body": "hello"}
+        )
         assert status == 200, body
         w.event_id = body["event_id"]
         status, body = await w.call("POST", Z, alice, json={"title": "hostile"})
@@ -113,27 +135,33 @@ def assert_matrix_error(status: int, body: Any, expected_status: int, errcode: s
 
 
 async def test_deep_json_in_a_filter_or_a_card_is_400_not_500(world: World) -> None:
-    status, body = await world.call("POST", f"{V3}/user/{quote(world.alice.user_id)}/filter", world.alice,
-                                    json=deep(300))
+    status, body = await world.call(
+        "POST", f"{V3}/user/{quote(world.alice.user_id)}/filter", world.alice, json=deep(300)
+    )
     assert_matrix_error(status, body, 400, "M_BAD_JSON")
     status, body = await world.call("POST", Z, world.alice, json={"title": "deep", "card": deep(300)})
     assert_matrix_error(status, body, 400, "M_BAD_JSON")
-    status, body = await world.call("POST", f"{V3}/user/{quote(world.alice.user_id)}/filter", world.alice,
-                                    json={"room": {"timeline": {"limit": 5}}})
+    status, body = await world.call(
+        "POST", f"{V3}/user/{quote(world.alice.user_id)}/filter", world.alice, json={"room": {"timeline": {"limit": 5}}}
+    )
     assert status == 200 and body["filter_id"]
 
 
 async def test_event_content_is_checked_as_canonical_json_at_the_edge(world: World) -> None:
     send = f"{V3}/rooms/{world.room_id}/send/m.room.message"
-    for index, content in enumerate([deep(300), {"body\u0000": "x", "msgtype": "m.text"},
-                                     {"msgtype": "m.text", "body": "x", "n": 2**60}]):
+    for index, content in enumerate(
+        [deep(300), {"body\u0000": "x", "msgtype": "m.text"}, {"msgtype": "m.text", "body": "x", "n": 2**60}]
+    ):
         status, body = await world.call("PUT", f"{send}/deep{index}", world.alice, json=content)
         assert_matrix_error(status, body, 400, "M_BAD_JSON")
-    status, body = await world.call("PUT", f"{V3}/rooms/{world.room_id}/state/m.custom/k", world.alice,
-                                    json=deep(300))
+    status, body = await world.call("PUT", f"{V3}/rooms/{world.room_id}/state/m.custom/k", world.alice, json=deep(300))
     assert_matrix_error(status, body, 400, "M_BAD_JSON")
-    status, body = await world.call("POST", f"{V3}/createRoom", world.alice,
-                                    json={"initial_state": [{"type": "m.x", "state_key": "", "content": deep(300)}]})
+    status, body = await world.call(
+        "POST",
+        f"{V3}/createRoom",
+        world.alice,
+        json={"initial_state": [{"type": "m.x", "state_key": "", "content": deep(300)}]},
+    )
     assert_matrix_error(status, body, 400, "M_BAD_JSON")
     # A filter id is the filter itself, echoed back: a forged deep one is simply unknown.
     forged = "f" + base64.urlsafe_b64encode(orjson.dumps(deep(100))).decode().rstrip("=")
@@ -146,16 +174,23 @@ async def test_event_content_is_checked_as_canonical_json_at_the_edge(world: Wor
 
 @pytest.mark.parametrize("limit", ["4294967296", "99999999999999999999", "2147483648"])
 async def test_huge_limits_are_clamped(world: World, limit: str) -> None:
-    for path in (f"{Z}/feed?limit={limit}", f"{Z}/notices?limit={limit}",
-                 f"{V3}/rooms/{world.room_id}/messages?limit={limit}"):
+    for path in (
+        f"{Z}/feed?limit={limit}",
+        f"{Z}/notices?limit={limit}",
+        f"{V3}/rooms/{world.room_id}/messages?limit={limit}",
+    ):
         status, body = await world.call("GET", path, world.alice)
         assert status == 200, (path, body)
 
 
 @pytest.mark.parametrize("value", ["²", "-1", "1e3", "0x10", " 5", "٣"])
 async def test_non_ascii_or_negative_integers_are_refused(world: World, value: str) -> None:
-    for path in (f"{Z}/feed?limit=", f"{Z}/notices?limit=", f"{V3}/rooms/{world.room_id}/messages?limit=",
-                 f"{V3}/sync?timeout="):
+    for path in (
+        f"{Z}/feed?limit=",
+        f"{Z}/notices?limit=",
+        f"{V3}/rooms/{world.room_id}/messages?limit=",
+        f"{V3}/sync?timeout=",
+    ):
         status, body = await world.call("GET", path + quote(value), world.alice)
         assert_matrix_error(status, body, 400, "M_INVALID_PARAM")
 
@@ -171,23 +206,39 @@ async def test_a_huge_timeline_limit_in_a_sync_filter_is_clamped(world: World) -
 # -- issue 9 item 11: ids, headers, methods, the HTTP parser -----------------------------------------
 
 
-@pytest.mark.parametrize("user_id", ["@用:localhost", "@a:b/../c", "alice", "@:localhost", "@a:", "@a:b:c:d",
-                                     "@a:-bad-.host", "@a b:localhost", "@" + "a" * 300 + ":localhost"])
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        "@用:localhost",
+        "@a:b/../c",
+        "alice",
+        "@:localhost",
+        "@a:",
+        "@a:b:c:d",
+        "@a:-bad-.host",
+        "@a b:localhost",
+        "@" + "a" * 300 + ":localhost",
+    ],
+)
 async def test_non_matrix_user_ids_are_refused_everywhere(world: World, user_id: str) -> None:
     quoted = quote(user_id, safe="")
-    for method, path in [("GET", f"/_laiwang/client/v1/relationship/{quoted}"),
-                         ("PUT", f"/_laiwang/client/v1/blocks/{quoted}"),
-                         ("DELETE", f"/_laiwang/client/v1/blocks/{quoted}"),
-                         ("DELETE", f"/_laiwang/client/v1/suggestions/{quoted}"),
-                         ("GET", f"/_laiwang/client/v1/friends/{quoted}/mutual"),
-                         ("GET", f"{V3}/profile/{quoted}")]:
+    for method, path in [
+        ("GET", f"/_laiwang/client/v1/relationship/{quoted}"),
+        ("PUT", f"/_laiwang/client/v1/blocks/{quoted}"),
+        ("DELETE", f"/_laiwang/client/v1/blocks/{quoted}"),
+        ("DELETE", f"/_laiwang/client/v1/suggestions/{quoted}"),
+        ("GET", f"/_laiwang/client/v1/friends/{quoted}/mutual"),
+        ("GET", f"{V3}/profile/{quoted}"),
+    ]:
         status, body = await world.call(method, path, world.alice)
         assert_matrix_error(status, body, 400, "M_INVALID_PARAM")
-    status, body = await world.call("POST", "/_laiwang/client/v1/friends/requests", world.alice,
-                                    json={"user_id": user_id})
+    status, body = await world.call(
+        "POST", "/_laiwang/client/v1/friends/requests", world.alice, json={"user_id": user_id}
+    )
     assert_matrix_error(status, body, 400, "M_INVALID_PARAM")
-    status, body = await world.call("POST", f"{V3}/rooms/{world.room_id}/invite", world.alice,
-                                    json={"user_id": user_id})
+    status, body = await world.call(
+        "POST", f"{V3}/rooms/{world.room_id}/invite", world.alice, json={"user_id": user_id}
+    )
     assert_matrix_error(status, body, 400, "M_INVALID_PARAM")
 
 
@@ -224,13 +275,16 @@ def status_and_body(raw: bytes) -> tuple[int, Any]:
     return int(head.split(b" ", 2)[1]), orjson.loads(body) if body else None
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"GARBAGE\r\n\r\n",
-    b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-    b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{}",
-    b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{}",
+        b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ],
+)
 async def test_requests_the_http_parser_refuses_get_matrix_json_errors(world: World, request_bytes: bytes) -> None:
     status, body = status_and_body(await raw_exchange(world.base_url, request_bytes))
     assert 400 <= status < 500 and body["errcode"] in ("M_UNRECOGNIZED", "M_NOT_JSON", "M_BAD_JSON"), body
@@ -241,10 +295,14 @@ async def test_requests_the_http_parser_refuses_get_matrix_json_errors(world: Wo
 
 async def test_a_huge_declared_content_length_is_413_at_once(world: World) -> None:
     started = time.monotonic()
-    raw = await raw_exchange(world.base_url, (
-        f"PUT {V3}/rooms/{world.room_id}/send/m.room.message/big HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {world.alice.access_token}\r\nContent-Length: 10000000000\r\n\r\n{{}}").encode(),
-        read_timeout=5.0)
+    raw = await raw_exchange(
+        world.base_url,
+        (
+            f"PUT {V3}/rooms/{world.room_id}/send/m.room.message/big HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {world.alice.access_token}\r\nContent-Length: 10000000000\r\n\r\n{{}}"
+        ).encode(),
+        read_timeout=5.0,
+    )
     status, body = status_and_body(raw)
     assert_matrix_error(status, body, 413, "M_TOO_LARGE")
     assert time.monotonic() - started < BODY_TIMEOUT  # not the body deadline: at once
@@ -316,29 +374,123 @@ def gateway_routes() -> list[tuple[str, str]]:
     deps = GatewayDeps(config=config, downstream=Downstream(config.service_addresses))
     modules = route_modules()
     app = create_app(deps, route_groups=[module.routes(deps) for module in modules])
-    found = {(route.method, route.resource.canonical) for route in app.router.routes()
-             if route.resource is not None and route.method not in ("HEAD", "*")}
+    found = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None and route.method not in ("HEAD", "*")
+    }
     return sorted(found)
 
 
 # Routes that end the sweep's session: they get their own, throwaway account.
 DESTRUCTIVE = re.compile(r"/logout|/deactivate|/account/password|/delete_devices|DELETE /_matrix/client/v3/devices")
-NASTY_STRINGS = ["", "\u0000", "x" * 70_000, "@用:localhost", "@a:b/../c", "../../etc/passwd", "\U0001f600" * 50,
-                 "%00", "$where", "a.b", "{}"]
-NASTY_VALUES: list[Any] = [None, True, -1, 2**31, 2**63, 2**64 + 1, 1.5, 1e308, [], {}, [[[]]], deep(80),
-                           {"\u0000": 1}, {"$gt": ""}, *NASTY_STRINGS]
-FIELDS = ["user_id", "reason", "room_version", "preset", "invite", "initial_state", "name", "topic", "visibility",
-          "power_level_content_override", "creation_content", "is_direct", "msgtype", "body", "typing", "timeout",
-          "m.read", "m.read.private", "username", "password", "auth", "device_id", "initial_device_display_name",
-          "inhibit_login", "refresh_token", "type", "identifier", "token", "new_password", "logout_devices",
-          "devices", "display_name", "displayname", "avatar_url", "client_secret", "country", "phone_number",
-          "send_attempt", "sid", "medium", "address", "redirect_url", "numbers", "region", "add", "remove",
-          "algorithm", "pepper", "addresses", "replace", "discoverability", "message", "search_term", "limit",
-          "title", "tags", "card", "link_url", "muted", "room", "presence"]
+NASTY_STRINGS = [
+    "",
+    "\u0000",
+    "x" * 70_000,
+    "@用:localhost",
+    "@a:b/../c",
+    "../../etc/passwd",
+    "\U0001f600" * 50,
+    "%00",
+    "$where",
+    "a.b",
+    "{}",
+]
+NASTY_VALUES: list[Any] = [
+    None,
+    True,
+    -1,
+    2**31,
+    2**63,
+    2**64 + 1,
+    1.5,
+    1e308,
+    [],
+    {},
+    [[[]]],
+    deep(80),
+    {"\u0000": 1},
+    {"$gt": ""},
+    *NASTY_STRINGS,
+]
+FIELDS = [
+    "user_id",
+    "reason",
+    "room_version",
+    "preset",
+    "invite",
+    "initial_state",
+    "name",
+    "topic",
+    "visibility",
+    "power_level_content_override",
+    "creation_content",
+    "is_direct",
+    "msgtype",
+    "body",
+    "typing",
+    "timeout",
+    "m.read",
+    "m.read.private",
+    "username",
+    "password",
+    "auth",
+    "device_id",
+    "initial_device_display_name",
+    "inhibit_login",
+    "refresh_token",
+    "type",
+    "identifier",
+    "token",
+    "new_password",
+    "logout_devices",
+    "devices",
+    "display_name",
+    "displayname",
+    "avatar_url",
+    "client_secret",
+    "country",
+    "phone_number",
+    "send_attempt",
+    "sid",
+    "medium",
+    "address",
+    "redirect_url",
+    "numbers",
+    "region",
+    "add",
+    "remove",
+    "algorithm",
+    "pepper",
+    "addresses",
+    "replace",
+    "discoverability",
+    "message",
+    "search_term",
+    "limit",
+    "title",
+    "tags",
+    "card",
+    "link_url",
+    "muted",
+    "room",
+    "presence",
+]
 BODIES: list[bytes] = [
-    deep_json(300), b"[" * 2000 + b"]" * 2000, b'{"a\\u0000b": 1}', b'{"n": 1e400}',
+    deep_json(300),
+    b"[" * 2000 + b"]" * 2000,
+    b'{"a\\u0000b": 1}',
+    b'{"n": 1e400}',
     b'{"n": 123456789012345678901234567890}',
-    b'{"s": "\\ud800"}', b"\xff\xfe\x00", b"not json", b"[1, 2]", b'"string"', b"null", b"", b"{" * 10,
+    b'{"s": "\\ud800"}',
+    b"\xff\xfe\x00",
+    b"not json",
+    b"[1, 2]",
+    b'"string"',
+    b"null",
+    b"",
+    b"{" * 10,
     orjson.dumps({"x": "y" * 900_000}),
 ]
 QUERIES = {
@@ -348,28 +500,55 @@ QUERIES = {
     "dir": ["x", "ff"],
     "since": ["s1_99999999999999999999", "s\u0663_1", "garbage"],
     "timeout": ["-1", "99999999999999999999", "²"],
-    "filter": [orjson.dumps({"room": {"timeline": {"limit": 2**31}}}).decode(), deep_json(300).decode(),
-               "{bad", "f" + "A" * 100, "fe30"],
+    "filter": [
+        orjson.dumps({"room": {"timeline": {"limit": 2**31}}}).decode(),
+        deep_json(300).decode(),
+        "{bad",
+        "f" + "A" * 100,
+        "fe30",
+    ],
     "full_state": ["maybe"],
     "cursor": ["x" * 3000, "\u0000", "1_" + "9" * 40],
     "mark_seen": ["yes"],
     "username": ["x" * 3000, "\u0000"],
     "kind": ["guest"],
     "redirectUrl": ["javascript:alert(1)", "http://127.0.0.1/" + "x" * 3000],
-    "state": ["x" * 3000], "code": ["\u0000"], "error": ["x"],
+    "state": ["x" * 3000],
+    "code": ["\u0000"],
+    "error": ["x"],
     "access_token": ["\u0000", "x" * 3000],
 }
 
 
 def path_values(w: World) -> dict[str, str]:
-    return {"room_id": w.room_id, "room_id_or_alias": w.room_id, "event_type": "m.room.message", "txn_id": "t",
-            "state_key": "", "event_id": w.event_id, "receipt_type": "m.read", "user_id": w.alice.user_id,
-            "filter_id": "fe30", "device_id": w.alice.device_id, "zhadui_id": w.zhadui_id, "provider_id": "none",
-            "idp_id": "none"}
+    return {
+        "room_id": w.room_id,
+        "room_id_or_alias": w.room_id,
+        "event_type": "m.room.message",
+        "txn_id": "t",
+        "state_key": "",
+        "event_id": w.event_id,
+        "receipt_type": "m.read",
+        "user_id": w.alice.user_id,
+        "filter_id": "fe30",
+        "device_id": w.alice.device_id,
+        "zhadui_id": w.zhadui_id,
+        "provider_id": "none",
+        "idp_id": "none",
+    }
 
 
-NASTY_PATH_VALUES = ["\u0000", "x" * 3000, "@用:localhost", "@a:b/../c", "..", "%", "!\u0000:localhost",
-                     "\U0001f600", "$1"]
+NASTY_PATH_VALUES = [
+    "\u0000",
+    "x" * 3000,
+    "@用:localhost",
+    "@a:b/../c",
+    "..",
+    "%",
+    "!\u0000:localhost",
+    "\U0001f600",
+    "$1",
+]
 
 
 def fill(template: str, values: dict[str, str], override: tuple[str, str] | None = None) -> str:
@@ -377,6 +556,7 @@ def fill(template: str, values: dict[str, str], override: tuple[str, str] | None
         name = match.group(1)
         value = override[1] if override and override[0] == name else values.get(name, "x")
         return quote(value, safe="")
+
     return re.sub(r"\{(\w+)\}", one, template)
 
 
@@ -389,20 +569,38 @@ def sweep_requests(w: World, routes: list[tuple[str, str]]) -> list[tuple[str, s
         path = fill(template, values)
         has_body = method in ("POST", "PUT", "DELETE")
         for name in re.findall(r"\{(\w+)\}", template):
-            out += [(method, fill(template, values, (name, nasty)), {}, b"{}" if has_body else None)
-                    for nasty in NASTY_PATH_VALUES]
+            out += [
+                (method, fill(template, values, (name, nasty)), {}, b"{}" if has_body else None)
+                for nasty in NASTY_PATH_VALUES
+            ]
         for name, nasty_values in QUERIES.items():
             out += [(method, f"{path}?{name}={quote(value, safe='')}", {}, None) for value in nasty_values]
-        out += [(method, path, {"Authorization": auth}, None)
-                for auth in ("Bearer", "Bearer x", "Basic eDp5", "Bearer " + "x" * 4000, "bearer  two words")]
-        out += [(method, path, {"Content-Type": "text/plain", "X-Request-Id": "x" * 4000,
-                                "X-Forwarded-For": "not-an-ip, 999.1.1.1"}, b"{}" if has_body else None)]
+        out += [
+            (method, path, {"Authorization": auth}, None)
+            for auth in ("Bearer", "Bearer x", "Basic eDp5", "Bearer " + "x" * 4000, "bearer  two words")
+        ]
+        out += [
+            (
+                method,
+                path,
+                {"Content-Type": "text/plain", "X-Request-Id": "x" * 4000, "X-Forwarded-For": "not-an-ip, 999.1.1.1"},
+                b"{}" if has_body else None,
+            )
+        ]
         if has_body:
             out += [(method, path, {"Content-Type": "application/json"}, body) for body in BODIES]
-            out += [(method, path, {"Content-Type": "application/json"}, json.dumps({field: next(cycle)}).encode())
-                    for field in FIELDS]
-            out += [(method, path, {"Content-Type": "application/json"},
-                     json.dumps({field: next(cycle) for field in FIELDS}).encode())]
+            out += [
+                (method, path, {"Content-Type": "application/json"}, json.dumps({field: next(cycle)}).encode())
+                for field in FIELDS
+            ]
+            out += [
+                (
+                    method,
+                    path,
+                    {"Content-Type": "application/json"},
+                    json.dumps({field: next(cycle) for field in FIELDS}).encode(),
+                )
+            ]
     return out
 
 
@@ -414,8 +612,7 @@ class SweepResult:
     not_json: list[str] | None = None
 
 
-async def run_sweep(w: World, requests: list[tuple[str, str, dict[str, str], bytes | None]],
-                    token: str) -> SweepResult:
+async def run_sweep(w: World, requests: list[tuple[str, str, dict[str, str], bytes | None]], token: str) -> SweepResult:
     result = SweepResult(server_errors=[], hangs=[], not_json=[])
     limit = asyncio.Semaphore(8)
 
@@ -424,8 +621,13 @@ async def run_sweep(w: World, requests: list[tuple[str, str, dict[str, str], byt
         all_headers = {"Authorization": f"Bearer {token}", **headers}
         async with limit:
             try:
-                async with w.http.request(method, f"{w.base_url}{path}", data=body, headers=all_headers,
-                                          timeout=aiohttp.ClientTimeout(total=15)) as response:
+                async with w.http.request(
+                    method,
+                    f"{w.base_url}{path}",
+                    data=body,
+                    headers=all_headers,
+                    timeout=aiohttp.ClientTimeout(total=15),
+                ) as response:
                     raw = await response.read()
                     status = response.status
             except TimeoutError:
@@ -502,9 +704,14 @@ def test_schemathesis_finds_no_server_error(world: World) -> None:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
                 @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-                @hypothesis.settings(max_examples=SCHEMATHESIS_EXAMPLES, deadline=None, database=None,
-                                     derandomize=True, suppress_health_check=list(hypothesis.HealthCheck),
-                                     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+                @hypothesis.settings(
+                    max_examples=SCHEMATHESIS_EXAMPLES,
+                    deadline=None,
+                    database=None,
+                    derandomize=True,
+                    suppress_health_check=list(hypothesis.HealthCheck),
+                    phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+                )
                 def run(case: Any) -> None:
                     nonlocal sent
                     response = case.call(base_url=world.base_url, session=session, headers=auth, timeout=15)

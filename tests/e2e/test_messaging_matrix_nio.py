@@ -96,13 +96,13 @@ async def test_direct_chat_fifty_messages_in_order_history_and_retried_txn(chat_
         loop = asyncio.create_task(sync_loop(start.next_batch))
         event_ids = []
         for i in range(50):
-            sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": f"msg {i}"},
-                                         tx_id=f"txn-{i}")
+            sent = await alice.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": f"msg {i}"}, tx_id=f"txn-{i}"
+            )
             assert isinstance(sent, RoomSendResponse), sent
             event_ids.append(sent.event_id)
         # A retransmission (same device, same txnId) answers the original event id and creates nothing.
-        again = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "msg 7"},
-                                      tx_id="txn-7")
+        again = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "msg 7"}, tx_id="txn-7")
         assert isinstance(again, RoomSendResponse)
         assert again.event_id == event_ids[7]
         await asyncio.wait_for(loop, 60)
@@ -136,8 +136,9 @@ async def test_direct_chat_fifty_messages_in_order_history_and_retried_txn(chat_
         await bob.close()
 
 
-async def _raw_send(stack: RunningStack, user: RegisteredUser, room_id: str, body: bytes, txn: str,
-                    event_type: str = "m.room.message") -> tuple[int, dict]:
+async def _raw_send(
+    stack: RunningStack, user: RegisteredUser, room_id: str, body: bytes, txn: str, event_type: str = "m.room.message"
+) -> tuple[int, dict]:
     url = f"{stack.base_url}/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn}"
     headers = {**user.headers, "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as http, http.put(url, data=body, headers=headers) as response:
@@ -163,14 +164,17 @@ async def test_refusals_non_member_missing_room_oversized_non_canonical_and_kick
         assert isinstance(missing, RoomSendError) and missing.status_code == "M_NOT_FOUND"
 
         # Oversized and non-canonical content: 400, and nothing stored.
-        status, body = await _raw_send(chat_stack, alice_user, room_id,
-                                       b'{"msgtype":"m.text","body":"' + b"x" * 70_000 + b'"}', "big")
+        status, body = await _raw_send(
+            chat_stack, alice_user, room_id, b'{"msgtype":"m.text","body":"' + b"x" * 70_000 + b'"}', "big"
+        )
         assert (status, body["errcode"]) == (400, "M_TOO_LARGE")
-        status, body = await _raw_send(chat_stack, alice_user, room_id, b'{"msgtype":"m.text","body":"a","n":1.5}',
-                                       "float")
+        status, body = await _raw_send(
+            chat_stack, alice_user, room_id, b'{"msgtype":"m.text","body":"a","n":1.5}', "float"
+        )
         assert (status, body["errcode"]) == (400, "M_BAD_JSON")
-        status, body = await _raw_send(chat_stack, alice_user, room_id,
-                                       b'{"msgtype":"m.text","body":"a","n":9007199254740993}', "bigint")
+        status, body = await _raw_send(
+            chat_stack, alice_user, room_id, b'{"msgtype":"m.text","body":"a","n":9007199254740993}', "bigint"
+        )
         assert (status, body["errcode"]) == (400, "M_BAD_JSON")
         status, body = await _raw_send(chat_stack, carol_user, room_id, b'{"msgtype":"m.text","body":"x"}', "c1")
         assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
@@ -227,8 +231,13 @@ async def test_invite_answers_exactly_empty_object_and_state_endpoints(chat_stac
                 assert r.status == 200 and (await r.json())["event_id"].startswith("$")
             async with http.get(f"{base}/state") as r:
                 state = await r.json()
-            assert {e["type"] for e in state} >= {"m.room.create", "m.room.power_levels", "m.room.member",
-                                                    "m.room.name", "m.room.topic"}
+            assert {e["type"] for e in state} >= {
+                "m.room.create",
+                "m.room.power_levels",
+                "m.room.member",
+                "m.room.name",
+                "m.room.topic",
+            }
             async with http.get(f"{base}/members") as r:
                 members = {e["state_key"]: e["content"]["membership"] for e in (await r.json())["chunk"]}
             assert members == {alice_user.user_id: "join", bob_user.user_id: "invite"}
@@ -315,8 +324,9 @@ async def test_every_device_is_woken_from_its_long_poll(chat_stack: RunningStack
             await client.close()
 
 
-async def _api(http: aiohttp.ClientSession, method: str, url: str, user: RegisteredUser,
-               body: bytes | None = None) -> tuple[int, dict]:
+async def _api(
+    http: aiohttp.ClientSession, method: str, url: str, user: RegisteredUser, body: bytes | None = None
+) -> tuple[int, dict]:
     async with http.request(method, url, data=body, headers=user.headers) as response:
         return response.status, await response.json(content_type=None)
 
@@ -372,15 +382,18 @@ async def test_a_kicked_member_reads_nothing_after_the_kick(chat_stack: RunningS
         assert (await _api(http, "POST", f"{base}/kick", a, orjson.dumps({"user_id": c.user_id})))[0] == 200
         assert (await _api(http, "POST", f"{base}/join", d, b"{}"))[0] == 200
         assert (await _api(http, "PUT", f"{base}/send/m.room.message/2", a, later))[0] == 200
-        assert (await _api(http, "POST", f"{base}/ban", a, orjson.dumps({"user_id": c.user_id, "reason": "r"})))[0] \
-            == 200
+        assert (await _api(http, "POST", f"{base}/ban", a, orjson.dumps({"user_id": c.user_id, "reason": "r"})))[
+            0
+        ] == 200
 
         status, joined = await _api(http, "GET", f"{base}/joined_members", c)
         assert status == 200 and set(joined["joined"]) == {a.user_id}, joined
         status, members = await _api(http, "GET", f"{base}/members", c)
         assert status == 200
-        assert {e["state_key"]: e["content"]["membership"] for e in members["chunk"]} == \
-            {a.user_id: "join", c.user_id: "leave"}
+        assert {e["state_key"]: e["content"]["membership"] for e in members["chunk"]} == {
+            a.user_id: "join",
+            c.user_id: "leave",
+        }
         for path in ("state", "state/m.room.join_rules", "state/m.room.member/" + d.user_id):
             status, reply = await _api(http, "GET", f"{base}/{path}", c)
             assert (status, reply["errcode"]) == (403, "M_FORBIDDEN"), (path, reply)

@@ -36,9 +36,21 @@ class Store:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            with_parent_death([str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(self.port),
-                               "--storage-path", str(self.data), "--log-level", "WARNING"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            with_parent_death(
+                [
+                    str(BIN / "secantusd-py"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--storage-path",
+                    str(self.data),
+                    "--log-level",
+                    "WARNING",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_for_port(self.port, self.process, "secantusd-py")
 

@@ -60,8 +60,17 @@ async def people(stack: Any) -> AsyncIterator[tuple[Api, dict[str, Person]]]:
 
 async def test_a_topic_spreads_through_friends_and_never_reaches_strangers(people) -> None:
     api, p = people
-    created = await api.ok("POST", Z, p["A"], {"title": "Hotpot on Friday?", "body": "Chongqing style",
-                                                "tags": ["food"], "link_url": "https://example.com/menu"})
+    created = await api.ok(
+        "POST",
+        Z,
+        p["A"],
+        {
+            "title": "Hotpot on Friday?",
+            "body": "Chongqing style",
+            "tags": ["food"],
+            "link_url": "https://example.com/menu",
+        },
+    )
     z = created["zhadui_id"]
     assert created["joined"] is True and created["participant_count"] == 1
 
@@ -180,8 +189,12 @@ async def test_talk_in_the_discussion_counts_as_activity(people) -> None:
         await sees_eventually(api, p["B"], zhadui_id, True)
         await api.ok("GET", f"{Z}/{zhadui_id}?mark_seen=true", p["B"])
     room = (await api.ok("GET", f"{Z}/{talk}/discussion", p["A"]))["room_id"]
-    await api.ok("PUT", f"{V3}/rooms/{room}/send/m.room.message/hike1", p["A"],
-                 {"msgtype": "m.text", "body": "Xiangshan on Saturday?"})
+    await api.ok(
+        "PUT",
+        f"{V3}/rooms/{room}/send/m.room.message/hike1",
+        p["A"],
+        {"msgtype": "m.text", "body": "Xiangshan on Saturday?"},
+    )
 
     async def talk_on_top_and_unread() -> bool:
         feed = await api.ok("GET", f"{Z}/feed?limit=100", p["B"])

@@ -45,8 +45,13 @@ async def provider() -> AsyncIterator[Scripted]:
     scripted.issuer = f"http://127.0.0.1:{port}"
 
     async def discovery(_: web.Request) -> web.Response:
-        return web.json_response({"issuer": scripted.issuer, "authorization_endpoint": f"{scripted.issuer}/auth",
-                                  "token_endpoint": f"{scripted.issuer}/token"})
+        return web.json_response(
+            {
+                "issuer": scripted.issuer,
+                "authorization_endpoint": f"{scripted.issuer}/auth",
+                "token_endpoint": f"{scripted.issuer}/token",
+            }
+        )
 
     async def token(request: web.Request) -> web.Response:
         scripted.seen_form = dict(await request.post())  # type: ignore[arg-type]
@@ -68,18 +73,27 @@ def _client(issuer: str) -> OidcClient:
 
 async def test_authorization_url_carries_pkce_state_and_nonce(provider: Scripted) -> None:
     url = await _client(provider.issuer).authorization_url(
-        "taobao", state="st", nonce="no", code_challenge="ch", redirect_uri="http://127.0.0.1:1/cb")
+        "taobao", state="st", nonce="no", code_challenge="ch", redirect_uri="http://127.0.0.1:1/cb"
+    )
     query = parse_qs(urlparse(url).query)
     assert url.startswith(f"{provider.issuer}/auth?")
     assert {k: v[0] for k, v in query.items()} == {
-        "response_type": "code", "client_id": "laiwang", "redirect_uri": "http://127.0.0.1:1/cb", "scope": "openid",
-        "state": "st", "nonce": "no", "code_challenge": "ch", "code_challenge_method": "S256"}
+        "response_type": "code",
+        "client_id": "laiwang",
+        "redirect_uri": "http://127.0.0.1:1/cb",
+        "scope": "openid",
+        "state": "st",
+        "nonce": "no",
+        "code_challenge": "ch",
+        "code_challenge_method": "S256",
+    }
 
 
 async def test_exchange_sends_the_verifier_and_accepts_valid_claims(provider: Scripted) -> None:
     provider.claims = {"iss": provider.issuer, "aud": "laiwang", "exp": time.time() + 60, "nonce": "n1", "sub": "u42"}
     identity = await _client(provider.issuer).exchange(
-        "taobao", code="c", code_verifier="v" * 50, redirect_uri="http://127.0.0.1:1/cb", nonce="n1")
+        "taobao", code="c", code_verifier="v" * 50, redirect_uri="http://127.0.0.1:1/cb", nonce="n1"
+    )
     assert identity.subject == "u42"
     assert provider.seen_form["code_verifier"] == "v" * 50 and provider.seen_form["grant_type"] == "authorization_code"
     assert provider.seen_auth == "Basic " + base64.b64encode(b"laiwang:s3cret").decode()
@@ -97,16 +111,24 @@ async def test_exchange_sends_the_verifier_and_accepts_valid_claims(provider: Sc
     ],
 )
 async def test_bad_id_tokens_are_refused(provider: Scripted, change: dict[str, Any], reason: str) -> None:
-    provider.claims = {"iss": provider.issuer, "aud": "laiwang", "exp": time.time() + 60, "nonce": "n1", "sub": "u",
-                       **change}
+    provider.claims = {
+        "iss": provider.issuer,
+        "aud": "laiwang",
+        "exp": time.time() + 60,
+        "nonce": "n1",
+        "sub": "u",
+        **change,
+    }
     with pytest.raises(AuthError) as caught:
         await _client(provider.issuer).exchange(
-            "taobao", code="c", code_verifier="v", redirect_uri="http://127.0.0.1:1/cb", nonce="n1")
+            "taobao", code="c", code_verifier="v", redirect_uri="http://127.0.0.1:1/cb", nonce="n1"
+        )
     assert caught.value.code == ErrorCode.FORBIDDEN and reason in caught.value.message
 
 
 async def test_an_unreachable_provider_is_unavailable_not_a_crash() -> None:
     with pytest.raises(AuthError) as caught:
         await _client(f"http://127.0.0.1:{free_port()}").authorization_url(
-            "taobao", state="s", nonce="n", code_challenge="c", redirect_uri="http://127.0.0.1:1/cb")
+            "taobao", state="s", nonce="n", code_challenge="c", redirect_uri="http://127.0.0.1:1/cb"
+        )
     assert caught.value.code == ErrorCode.UNAVAILABLE

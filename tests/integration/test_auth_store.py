@@ -44,8 +44,12 @@ async def wiring(mongo_uri: str, nats_url: str, fresh_db_name: str) -> AsyncIter
     await ensure_indexes(db, {**OUTBOX_INDEXES, **store.indexes()})
     outbox.start()
     sms = FakeSms()
-    core = AuthCore(store, AuthSettings(server_name=fresh_db_name + ".test", argon2=FAST_ARGON2), sms=sms,
-                    hasher=PasswordHasher(FAST_ARGON2))
+    core = AuthCore(
+        store,
+        AuthSettings(server_name=fresh_db_name + ".test", argon2=FAST_ARGON2),
+        sms=sms,
+        hasher=PasswordHasher(FAST_ARGON2),
+    )
     try:
         yield Wiring(core, store, sms, js, outbox, fresh_db_name)
     finally:
@@ -80,8 +84,9 @@ async def test_registration_and_phone_binding_reach_jetstream_through_the_outbox
 
     registered = await _events(wiring.js, "laiwang.auth.user_registered", user_id, 1)
     assert ev.UserRegistered.FromString(registered[0]).user_id == user_id
-    verified = [ev.PhoneVerified.FromString(d) for d in await _events(wiring.js, "laiwang.auth.phone_verified",
-                                                                         user_id, 1)]
+    verified = [
+        ev.PhoneVerified.FromString(d) for d in await _events(wiring.js, "laiwang.auth.phone_verified", user_id, 1)
+    ]
     assert (verified[0].user_id, verified[0].msisdn) == (user_id, "+8613800138000")
     assert verified[0].verified_at_ms > 0
 
@@ -96,7 +101,8 @@ async def test_one_number_one_account_is_enforced_by_the_database(wiring: Wiring
         sessions.append((s.sid, secret))
         await wiring.store.send_slots.delete_many({})  # skip the resend wait for this test
     results = await asyncio.gather(
-        wiring.core.bind_phone(first, *sessions[0]), wiring.core.bind_phone(second, *sessions[1]),
+        wiring.core.bind_phone(first, *sessions[0]),
+        wiring.core.bind_phone(second, *sessions[1]),
         return_exceptions=True,
     )
     wins = [r for r in results if r == "+8613900139000"]
@@ -146,7 +152,11 @@ async def test_revocation_event_names_the_revoked_tokens(wiring: Wiring) -> None
     revoked = ev.TokenRevoked.FromString(payloads[0])
     assert first is not None
     assert (revoked.user_id, revoked.device_id, list(revoked.token_ids), revoked.reason) == (
-        user_id, "ONE", [first.token_id], "logout")
+        user_id,
+        "ONE",
+        [first.token_id],
+        "logout",
+    )
     assert await wiring.store.devices.count_documents({"user_id": user_id}) == 0
 
 

@@ -19,8 +19,9 @@ DEADLINE = 10.0  # the gateway's deadline for a contacts call; past it the clien
 
 
 @pytest.fixture
-async def big(nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
-        tuple[Contacts, str]]:
+async def big(
+    nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Contacts, str]]:
     db = f"contacts_big_{uuid.uuid4().hex[:8]}"
     settings = {"MONGO_DB": db, "CONTACTS_BUDGET_INITIAL": "40000"}
     async with start_contacts(nats_url, mongo_uri, tmp_path_factory.mktemp("big") / "contacts.log", settings) as c:
@@ -48,12 +49,16 @@ async def test_replacing_a_big_book_neither_times_out_nor_stalls_others(big, mon
 
     async def bystander() -> None:
         for i in range(10):
-            await contacts.stub.UploadContacts(pb.UploadContactsRequest(
-                user_id=other, mode=pb.UPLOAD_MODE_MERGE, add=[f"+86151{i:08d}"]), timeout=DEADLINE)
+            await contacts.stub.UploadContacts(
+                pb.UploadContactsRequest(user_id=other, mode=pb.UPLOAD_MODE_MERGE, add=[f"+86151{i:08d}"]),
+                timeout=DEADLINE,
+            )
 
     replaced, _ = await asyncio.gather(
-        contacts.stub.UploadContacts(pb.UploadContactsRequest(user_id=owner, mode=pb.UPLOAD_MODE_REPLACE,
-                                                              add=numbers(152, 5_000)), timeout=DEADLINE),
+        contacts.stub.UploadContacts(
+            pb.UploadContactsRequest(user_id=owner, mode=pb.UPLOAD_MODE_REPLACE, add=numbers(152, 5_000)),
+            timeout=DEADLINE,
+        ),
         bystander(),
     )
     assert (replaced.added, replaced.removed) == (5_000, 5_000)

@@ -32,19 +32,31 @@ SERVER = "laiwang.test"
 
 
 @pytest.fixture
-async def replicas(nats_url: str, mongo_uri: str, fresh_db_name: str) -> AsyncIterator[
-        list[contacts_pb2_grpc.ContactsServiceStub]]:
+async def replicas(
+    nats_url: str, mongo_uri: str, fresh_db_name: str
+) -> AsyncIterator[list[contacts_pb2_grpc.ContactsServiceStub]]:
     processes, channels, stubs = [], [], []
     try:
         for _ in range(2):
             port = free_port()
-            env = {**os.environ, "GRPC_PORT": str(port), "METRICS_PORT": str(free_port()), "MONGO_URI": mongo_uri,
-                   "MONGO_DB": fresh_db_name, "NATS_URL": nats_url, "SERVER_NAME": SERVER, "LOG_LEVEL": "WARNING",
-                   "CONTACTS_HASH_KEY": "replica-test-hash-key-0123456789",
-                   "AUTH_ADDR": f"127.0.0.1:{free_port()}"}
+            env = {
+                **os.environ,
+                "GRPC_PORT": str(port),
+                "METRICS_PORT": str(free_port()),
+                "MONGO_URI": mongo_uri,
+                "MONGO_DB": fresh_db_name,
+                "NATS_URL": nats_url,
+                "SERVER_NAME": SERVER,
+                "LOG_LEVEL": "WARNING",
+                "CONTACTS_HASH_KEY": "replica-test-hash-key-0123456789",
+                "AUTH_ADDR": f"127.0.0.1:{free_port()}",
+            }
             process = subprocess.Popen(  # noqa: ASYNC220 - long-lived children, started once per test
-                [sys.executable, "-m", "services.contacts"], env=env, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
+                [sys.executable, "-m", "services.contacts"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             processes.append(process)
             deadline = time.monotonic() + 60
             while not await _serving(port):
@@ -76,22 +88,35 @@ async def test_every_replica_matches_every_verified_number(replicas, nats_url: s
         user = f"@r{i}-{uuid.uuid4().hex[:6]}:{SERVER}"
         number = f"+86137{int(uuid.uuid4().int % 100_000_000):08d}"
         people[number] = user
-        await replicas[0].SetDiscoverability(pb.SetDiscoverabilityRequest(
-            user_id=user, discoverability=pb.DISCOVERABILITY_EVERYONE))
-        await js.publish("laiwang.auth.phone_verified", auth_events_pb2.PhoneVerified(
-            user_id=user, msisdn=number, verified_at_ms=int(time.time() * 1000)).SerializeToString(),
-            headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        await replicas[0].SetDiscoverability(
+            pb.SetDiscoverabilityRequest(user_id=user, discoverability=pb.DISCOVERABILITY_EVERYONE)
+        )
+        await js.publish(
+            "laiwang.auth.phone_verified",
+            auth_events_pb2.PhoneVerified(
+                user_id=user, msisdn=number, verified_at_ms=int(time.time() * 1000)
+            ).SerializeToString(),
+            headers={"Nats-Msg-Id": uuid.uuid4().hex},
+        )
     viewer = f"@viewer-{uuid.uuid4().hex[:6]}:{SERVER}"
-    await js.publish("laiwang.auth.phone_verified", auth_events_pb2.PhoneVerified(
-        user_id=viewer, msisdn=f"+86136{int(uuid.uuid4().int % 100_000_000):08d}",
-        verified_at_ms=int(time.time() * 1000)).SerializeToString(), headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    await js.publish(
+        "laiwang.auth.phone_verified",
+        auth_events_pb2.PhoneVerified(
+            user_id=viewer,
+            msisdn=f"+86136{int(uuid.uuid4().int % 100_000_000):08d}",
+            verified_at_ms=int(time.time() * 1000),
+        ).SerializeToString(),
+        headers={"Nats-Msg-Id": uuid.uuid4().hex},
+    )
     await nc.close()
 
     for stub in replicas:
+
         async def all_matched(stub=stub) -> bool:
             try:
-                reply = await stub.UploadContacts(pb.UploadContactsRequest(
-                    user_id=viewer, mode=pb.UPLOAD_MODE_REPLACE, add=list(people)))
+                reply = await stub.UploadContacts(
+                    pb.UploadContactsRequest(user_id=viewer, mode=pb.UPLOAD_MODE_REPLACE, add=list(people))
+                )
             except grpc.aio.AioRpcError as error:  # the viewer's own phone is still on its way
                 if error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE):
                     return False
@@ -109,6 +134,7 @@ async def test_every_replica_matches_every_verified_number(replicas, nats_url: s
     await eventually(second_adopted)
     hashes = {lookup_hash(number, rotated): user for number, user in people.items()}
     for stub in replicas:
-        reply = await stub.LookupHashes(pb.LookupHashesRequest(
-            user_id=viewer, algorithm="sha256", pepper=rotated, addresses=list(hashes)))
+        reply = await stub.LookupHashes(
+            pb.LookupHashesRequest(user_id=viewer, algorithm="sha256", pepper=rotated, addresses=list(hashes))
+        )
         assert {m.address: m.user_id for m in reply.matches} == hashes

@@ -71,18 +71,25 @@ async def _serving(port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def start_contacts(nats_url: str, mongo_uri: str, log_path: Path,
-                         settings: dict[str, str] | None = None) -> AsyncIterator[Contacts]:
+async def start_contacts(
+    nats_url: str, mongo_uri: str, log_path: Path, settings: dict[str, str] | None = None
+) -> AsyncIterator[Contacts]:
     """One contacts process on its own database, with auth's events published by the test."""
     port, metrics = free_port(), free_port()
     env = {
         **os.environ,
-        "GRPC_PORT": str(port), "METRICS_PORT": str(metrics), "MONGO_URI": mongo_uri,
-        "MONGO_DB": f"contacts_{uuid.uuid4().hex[:8]}", "NATS_URL": nats_url, "SERVER_NAME": SERVER,
-        "CONTACTS_BUDGET_INITIAL": "40", "CONTACTS_BUDGET_REFILL_PER_HOUR": "1",
+        "GRPC_PORT": str(port),
+        "METRICS_PORT": str(metrics),
+        "MONGO_URI": mongo_uri,
+        "MONGO_DB": f"contacts_{uuid.uuid4().hex[:8]}",
+        "NATS_URL": nats_url,
+        "SERVER_NAME": SERVER,
+        "CONTACTS_BUDGET_INITIAL": "40",
+        "CONTACTS_BUDGET_REFILL_PER_HOUR": "1",
         "CONTACTS_HASH_KEY": "integration-test-hash-key-0123456789",
         "CONTACTS_ASK_AUTH_FOR_PHONES": "false",  # no auth here: every uploader's phone arrives as an event
-        "CONTACTS_ADDRESS_BUDGET_INITIAL": "60", "CONTACTS_ADDRESS_BUDGET_REFILL_PER_HOUR": "1",
+        "CONTACTS_ADDRESS_BUDGET_INITIAL": "60",
+        "CONTACTS_ADDRESS_BUDGET_REFILL_PER_HOUR": "1",
         **(settings or {}),
     }
     with open(log_path, "wb") as log:  # noqa: ASYNC230 - once per module
@@ -94,9 +101,12 @@ async def start_contacts(nats_url: str, mongo_uri: str, log_path: Path,
     await ensure_stream(js, streams.AUTH)
     await ensure_stream(js, streams.CONTACTS)
     seen: list[tuple[str, Any]] = []
-    kinds = {"friendship_created": contacts_events_pb2.FriendshipCreated,
-             "friendship_removed": contacts_events_pb2.FriendshipRemoved,
-             "user_blocked": contacts_events_pb2.UserBlocked, "user_unblocked": contacts_events_pb2.UserUnblocked}
+    kinds = {
+        "friendship_created": contacts_events_pb2.FriendshipCreated,
+        "friendship_removed": contacts_events_pb2.FriendshipRemoved,
+        "user_blocked": contacts_events_pb2.UserBlocked,
+        "user_unblocked": contacts_events_pb2.UserUnblocked,
+    }
 
     async def on_event(msg: Any) -> None:
         name = msg.subject.rsplit(".", 1)[-1]
@@ -108,8 +118,7 @@ async def start_contacts(nats_url: str, mongo_uri: str, log_path: Path,
 
     async def publish(name: str, event: Any) -> None:
         published[0] += 1
-        await js.publish(f"laiwang.auth.{name}", event.SerializeToString(),
-                         headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        await js.publish(f"laiwang.auth.{name}", event.SerializeToString(), headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
     try:
         deadline = time.monotonic() + 60
@@ -118,8 +127,14 @@ async def start_contacts(nats_url: str, mongo_uri: str, log_path: Path,
                 raise RuntimeError("contacts did not start:\n" + log_path.read_text()[-5000:])  # noqa: ASYNC240
             await asyncio.sleep(0.1)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Contacts(contacts_pb2_grpc.ContactsServiceStub(channel), publish, seen, process,
-                           f"http://127.0.0.1:{metrics}/metrics", published)
+            yield Contacts(
+                contacts_pb2_grpc.ContactsServiceStub(channel),
+                publish,
+                seen,
+                process,
+                f"http://127.0.0.1:{metrics}/metrics",
+                published,
+            )
     finally:
         await subscription.unsubscribe()
         await nc.close()
@@ -144,16 +159,20 @@ async def new_user(c: Contacts, name: str, number: str | None = None) -> tuple[s
     user_id = f"@{name}-{uuid.uuid4().hex[:6]}:{SERVER}"
     await c.publish("user_registered", auth_events_pb2.UserRegistered(user_id=user_id, display_name=name.title()))
     number = number or new_number()
-    await c.publish("phone_verified", auth_events_pb2.PhoneVerified(user_id=user_id, msisdn=number,
-                                                                    verified_at_ms=int(time.time() * 1000)))
+    await c.publish(
+        "phone_verified",
+        auth_events_pb2.PhoneVerified(user_id=user_id, msisdn=number, verified_at_ms=int(time.time() * 1000)),
+    )
     await c.settled()  # matching needs the uploader's verified phone known to contacts
     return user_id, number
 
 
-async def upload(c: Contacts, user: str, numbers: list[str], mode: int = pb.UPLOAD_MODE_REPLACE,
-                 remove: list[str] | None = None) -> pb.UploadContactsResponse:
-    return await c.stub.UploadContacts(pb.UploadContactsRequest(user_id=user, mode=mode, add=numbers,
-                                                                remove=remove or []))
+async def upload(
+    c: Contacts, user: str, numbers: list[str], mode: int = pb.UPLOAD_MODE_REPLACE, remove: list[str] | None = None
+) -> pb.UploadContactsResponse:
+    return await c.stub.UploadContacts(
+        pb.UploadContactsRequest(user_id=user, mode=mode, add=numbers, remove=remove or [])
+    )
 
 
 async def matched(c: Contacts, user: str, numbers: list[str]) -> set[str]:
@@ -173,25 +192,31 @@ def errcode(error: grpc.aio.AioRpcError) -> str:
 async def test_a_verified_number_is_matchable_and_hidden_by_discoverability(contacts: Contacts) -> None:
     alice, alice_no = await new_user(contacts, "alice")
     bob, bob_no = await new_user(contacts, "bob")
-    await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
-        user_id=bob, discoverability=pb.DISCOVERABILITY_EVERYONE))
+    await contacts.stub.SetDiscoverability(
+        pb.SetDiscoverabilityRequest(user_id=bob, discoverability=pb.DISCOVERABILITY_EVERYONE)
+    )
     await wait_matchable(contacts, alice, bob_no, bob)
 
     reply = await upload(contacts, alice, [bob_no, "12345", "not a number", "138 0000"])
     assert [(m.user_id, m.display_name, m.address) for m in reply.matches] == [(bob, "Bob", bob_no)]
-    assert [(e.index, e.reason) for e in reply.invalid] == [(1, "invalid_number"), (2, "not_a_number"),
-                                                             (3, "invalid_number")]
+    assert [(e.index, e.reason) for e in reply.invalid] == [
+        (1, "invalid_number"),
+        (2, "not_a_number"),
+        (3, "invalid_number"),
+    ]
 
     # Default (mutual): hidden until bob's book has alice's number too.
-    await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
-        user_id=bob, discoverability=pb.DISCOVERABILITY_MUTUAL))
+    await contacts.stub.SetDiscoverability(
+        pb.SetDiscoverabilityRequest(user_id=bob, discoverability=pb.DISCOVERABILITY_MUTUAL)
+    )
     assert bob not in await matched(contacts, alice, [bob_no])
     # National format with the default region (CN) normalises to the same E.164 number.
     await upload(contacts, bob, [alice_no[3:]])
     assert bob in await matched(contacts, alice, [bob_no])
 
-    await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
-        user_id=bob, discoverability=pb.DISCOVERABILITY_NOBODY))
+    await contacts.stub.SetDiscoverability(
+        pb.SetDiscoverabilityRequest(user_id=bob, discoverability=pb.DISCOVERABILITY_NOBODY)
+    )
     assert bob not in await matched(contacts, alice, [bob_no])
     got = await contacts.stub.GetDiscoverability(pb.GetDiscoverabilityRequest(user_id=bob))
     assert got.discoverability == pb.DISCOVERABILITY_NOBODY
@@ -200,29 +225,37 @@ async def test_a_verified_number_is_matchable_and_hidden_by_discoverability(cont
 async def test_hashed_lookup_with_pepper_rotation(contacts: Contacts) -> None:
     carol, _ = await new_user(contacts, "carol")
     dave, dave_no = await new_user(contacts, "dave")
-    await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
-        user_id=dave, discoverability=pb.DISCOVERABILITY_EVERYONE))
+    await contacts.stub.SetDiscoverability(
+        pb.SetDiscoverabilityRequest(user_id=dave, discoverability=pb.DISCOVERABILITY_EVERYONE)
+    )
     await wait_matchable(contacts, carol, dave_no, dave)
 
     details = await contacts.stub.GetHashDetails(pb.GetHashDetailsRequest())
     assert "sha256" in details.algorithms
     pepper = details.lookup_pepper
     hashed = lookup_hash(dave_no, pepper)
-    reply = await contacts.stub.LookupHashes(pb.LookupHashesRequest(
-        user_id=carol, algorithm="sha256", pepper=pepper,
-        addresses=[hashed, "bad!", lookup_hash(new_number(), pepper)]))
+    reply = await contacts.stub.LookupHashes(
+        pb.LookupHashesRequest(
+            user_id=carol,
+            algorithm="sha256",
+            pepper=pepper,
+            addresses=[hashed, "bad!", lookup_hash(new_number(), pepper)],
+        )
+    )
     assert [(m.address, m.user_id) for m in reply.matches] == [(hashed, dave)]
     assert [(e.index, e.reason) for e in reply.invalid] == [(1, "bad_hash")]
 
     rotated = await contacts.stub.RotatePepper(pb.RotatePepperRequest())
     assert rotated.lookup_pepper != pepper
     with pytest.raises(grpc.aio.AioRpcError) as stale:
-        await contacts.stub.LookupHashes(pb.LookupHashesRequest(
-            user_id=carol, algorithm="sha256", pepper=pepper, addresses=[hashed]))
+        await contacts.stub.LookupHashes(
+            pb.LookupHashesRequest(user_id=carol, algorithm="sha256", pepper=pepper, addresses=[hashed])
+        )
     assert errcode(stale.value) == "M_INVALID_PEPPER"
     fresh = lookup_hash(dave_no, rotated.lookup_pepper)
-    reply = await contacts.stub.LookupHashes(pb.LookupHashesRequest(
-        user_id=carol, algorithm="sha256", pepper=rotated.lookup_pepper, addresses=[fresh]))
+    reply = await contacts.stub.LookupHashes(
+        pb.LookupHashesRequest(user_id=carol, algorithm="sha256", pepper=rotated.lookup_pepper, addresses=[fresh])
+    )
     assert [m.user_id for m in reply.matches] == [dave]
     assert reply.added == 0  # the number is known from the first lookup: no new entry, no charge
 
@@ -233,14 +266,19 @@ async def test_later_registration_produces_a_suggestion_for_plain_and_hashed_boo
     later_no, hashed_later_no = new_number(), new_number()
     await upload(contacts, erin, [later_no])
     pepper = (await contacts.stub.GetHashDetails(pb.GetHashDetailsRequest())).lookup_pepper
-    await contacts.stub.LookupHashes(pb.LookupHashesRequest(
-        user_id=frank, algorithm="sha256", pepper=pepper, addresses=[lookup_hash(hashed_later_no, pepper)]))
+    await contacts.stub.LookupHashes(
+        pb.LookupHashesRequest(
+            user_id=frank, algorithm="sha256", pepper=pepper, addresses=[lookup_hash(hashed_later_no, pepper)]
+        )
+    )
 
     # The newcomer chooses "everyone": whoever had the number hears about it.
     gina = f"@gina-{uuid.uuid4().hex[:6]}:{SERVER}"
     await contacts.publish("user_registered", auth_events_pb2.UserRegistered(user_id=gina, display_name="Gina"))
-    await contacts.publish("phone_verified", auth_events_pb2.PhoneVerified(
-        user_id=gina, msisdn=hashed_later_no, verified_at_ms=int(time.time() * 1000)))
+    await contacts.publish(
+        "phone_verified",
+        auth_events_pb2.PhoneVerified(user_id=gina, msisdn=hashed_later_no, verified_at_ms=int(time.time() * 1000)),
+    )
 
     async def frank_suggested() -> bool:
         reply = await contacts.stub.ListSuggestions(pb.ListSuggestionsRequest(user_id=frank))
@@ -249,8 +287,9 @@ async def test_later_registration_produces_a_suggestion_for_plain_and_hashed_boo
     # Gina is "mutual" by default and has no book yet: no suggestion for frank so far.
     await contacts.settled()
     assert not (await contacts.stub.ListSuggestions(pb.ListSuggestionsRequest(user_id=frank))).suggestions
-    await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
-        user_id=gina, discoverability=pb.DISCOVERABILITY_EVERYONE))
+    await contacts.stub.SetDiscoverability(
+        pb.SetDiscoverabilityRequest(user_id=gina, discoverability=pb.DISCOVERABILITY_EVERYONE)
+    )
     await eventually(frank_suggested)
 
     # Default discoverability: the suggestion appears once the newcomer's own book has erin's number.
@@ -287,8 +326,9 @@ async def test_friends_blocks_and_their_events(contacts: Contacts) -> None:
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and errcode(refused.value) == "M_FORBIDDEN"
 
     for a, b in ((ivy, jack), (ivy, kate), (jack, kate)):
-        sent = await contacts.stub.SendFriendRequest(pb.SendFriendRequestRequest(user_id=a, other_user_id=b,
-                                                                                 message="hi"))
+        sent = await contacts.stub.SendFriendRequest(
+            pb.SendFriendRequestRequest(user_id=a, other_user_id=b, message="hi")
+        )
         assert sent.state == "pending"
         requests = await contacts.stub.ListFriendRequests(pb.ListFriendRequestsRequest(user_id=b))
         assert [(r.from_user_id, r.message) for r in requests.incoming] == [(a, "hi")]
@@ -323,7 +363,7 @@ async def test_friends_blocks_and_their_events(contacts: Contacts) -> None:
     assert [e.version for e in mine] == sorted(e.version for e in mine) and len({e.version for e in mine}) == 4
     blocked_event = next(e for n, e in contacts.events if n == "user_blocked" and e.blocker == ivy)
     assert blocked_event.blocked == jack and not blocked_event.state.friends
-    assert (blocked_event.state.a_blocks_b if pair[0] == ivy else blocked_event.state.b_blocks_a)
+    assert blocked_event.state.a_blocks_b if pair[0] == ivy else blocked_event.state.b_blocks_a
 
     await contacts.stub.RemoveFriend(pb.RemoveFriendRequest(user_id=kate, other_user_id=ivy))
     assert [f.user_id for f in (await contacts.stub.ListFriends(pb.ListFriendsRequest(user_id=ivy))).friends] == []
@@ -356,28 +396,32 @@ async def test_too_large_and_bad_requests(contacts: Contacts) -> None:
         await upload(contacts, user, ["+8613800000000"] * 10_001)
     assert errcode(large.value) == "M_TOO_LARGE"
     with pytest.raises(grpc.aio.AioRpcError) as bad_region:
-        await contacts.stub.UploadContacts(pb.UploadContactsRequest(user_id=user, mode=pb.UPLOAD_MODE_REPLACE,
-                                                                    add=["1"], default_region="XX"))
+        await contacts.stub.UploadContacts(
+            pb.UploadContactsRequest(user_id=user, mode=pb.UPLOAD_MODE_REPLACE, add=["1"], default_region="XX")
+        )
     assert bad_region.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_unbinding_and_stale_redelivery(contacts: Contacts) -> None:
     owner, _ = await new_user(contacts, "owner")
     lee, lee_no = await new_user(contacts, "lee")
-    await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
-        user_id=lee, discoverability=pb.DISCOVERABILITY_EVERYONE))
+    await contacts.stub.SetDiscoverability(
+        pb.SetDiscoverabilityRequest(user_id=lee, discoverability=pb.DISCOVERABILITY_EVERYONE)
+    )
     await wait_matchable(contacts, owner, lee_no, lee)
     now = int(time.time() * 1000)
-    await contacts.publish("phone_unbound", auth_events_pb2.PhoneUnbound(user_id=lee, msisdn=lee_no,
-                                                                        unbound_at_ms=now + 1000))
+    await contacts.publish(
+        "phone_unbound", auth_events_pb2.PhoneUnbound(user_id=lee, msisdn=lee_no, unbound_at_ms=now + 1000)
+    )
 
     async def gone() -> bool:
         return lee not in await matched(contacts, owner, [lee_no])
 
     await eventually(gone)
     # An old PhoneVerified delivered again must not resurrect the binding.
-    await contacts.publish("phone_verified", auth_events_pb2.PhoneVerified(user_id=lee, msisdn=lee_no,
-                                                                          verified_at_ms=now - 1000))
+    await contacts.publish(
+        "phone_verified", auth_events_pb2.PhoneVerified(user_id=lee, msisdn=lee_no, verified_at_ms=now - 1000)
+    )
     await contacts.settled()
     assert await gone()
 
@@ -387,8 +431,9 @@ async def test_profile_changes_replacement_and_deactivation(contacts: Contacts) 
     mia, mia_no = await new_user(contacts, "mia")
     ned, ned_no = await new_user(contacts, "ned")
     for user in (mia, ned):
-        await contacts.stub.SetDiscoverability(pb.SetDiscoverabilityRequest(
-            user_id=user, discoverability=pb.DISCOVERABILITY_EVERYONE))
+        await contacts.stub.SetDiscoverability(
+            pb.SetDiscoverabilityRequest(user_id=user, discoverability=pb.DISCOVERABILITY_EVERYONE)
+        )
     await contacts.publish("profile_changed", auth_events_pb2.ProfileChanged(user_id=mia, display_name="Mia Wong"))
     await contacts.settled()
 
@@ -403,8 +448,10 @@ async def test_profile_changes_replacement_and_deactivation(contacts: Contacts) 
     listed = await contacts.stub.ListMatches(pb.ListMatchesRequest(user_id=viewer))
     assert [u.user_id for u in listed.users] == [mia]
 
-    await contacts.publish("account_deactivated", auth_events_pb2.AccountDeactivated(
-        user_id=mia, deactivated_at_ms=int(time.time() * 1000)))
+    await contacts.publish(
+        "account_deactivated",
+        auth_events_pb2.AccountDeactivated(user_id=mia, deactivated_at_ms=int(time.time() * 1000)),
+    )
     await contacts.settled()
     assert mia not in await matched(contacts, viewer, [mia_no])
     assert (await contacts.stub.ListMatches(pb.ListMatchesRequest(user_id=viewer))).users == []
@@ -416,9 +463,17 @@ async def test_matching_needs_a_verified_phone(contacts: Contacts) -> None:
     nobody = f"@nophone-{uuid.uuid4().hex[:6]}:{SERVER}"
     await contacts.publish("user_registered", auth_events_pb2.UserRegistered(user_id=nobody, display_name="No"))
     await contacts.settled()
-    for call in (upload(contacts, nobody, [new_number()]), contacts.stub.LookupHashes(pb.LookupHashesRequest(
-            user_id=nobody, algorithm="sha256", pepper=(await contacts.stub.GetHashDetails(
-                pb.GetHashDetailsRequest())).lookup_pepper, addresses=[lookup_hash(new_number(), "x")]))):
+    for call in (
+        upload(contacts, nobody, [new_number()]),
+        contacts.stub.LookupHashes(
+            pb.LookupHashesRequest(
+                user_id=nobody,
+                algorithm="sha256",
+                pepper=(await contacts.stub.GetHashDetails(pb.GetHashDetailsRequest())).lookup_pepper,
+                addresses=[lookup_hash(new_number(), "x")],
+            )
+        ),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -430,8 +485,9 @@ async def test_the_budget_belongs_to_the_number_across_its_accounts(contacts: Co
     assert (await upload(contacts, first, [new_number() for _ in range(30)])).budget_remaining == 10
     # The number leaves the first account and is verified by a fresh one: the budget stays spent.
     now = int(time.time() * 1000)
-    await contacts.publish("phone_unbound", auth_events_pb2.PhoneUnbound(user_id=first, msisdn=number,
-                                                                        unbound_at_ms=now))
+    await contacts.publish(
+        "phone_unbound", auth_events_pb2.PhoneUnbound(user_id=first, msisdn=number, unbound_at_ms=now)
+    )
     second, _ = await new_user(contacts, "second", number)
     with pytest.raises(grpc.aio.AioRpcError) as tripped:
         await upload(contacts, second, [new_number() for _ in range(11)])
@@ -444,9 +500,14 @@ async def test_one_client_address_has_a_ceiling_over_all_its_numbers(contacts: C
     users = [(await new_user(contacts, f"addr{i}"))[0] for i in range(2)]
 
     async def upload_from(user: str, count: int) -> pb.UploadContactsResponse:
-        return await contacts.stub.UploadContacts(pb.UploadContactsRequest(
-            user_id=user, mode=pb.UPLOAD_MODE_MERGE, add=[new_number() for _ in range(count)],
-            client_address=address))
+        return await contacts.stub.UploadContacts(
+            pb.UploadContactsRequest(
+                user_id=user,
+                mode=pb.UPLOAD_MODE_MERGE,
+                add=[new_number() for _ in range(count)],
+                client_address=address,
+            )
+        )
 
     await upload_from(users[0], 40)  # that number's whole budget; the address (60) has 20 left
     with pytest.raises(grpc.aio.AioRpcError) as tripped:
@@ -455,8 +516,9 @@ async def test_one_client_address_has_a_ceiling_over_all_its_numbers(contacts: C
     # Refused as a whole: the second number's own budget was not spent either.
     assert (await upload_from(users[1], 20)).budget_remaining == 20
     # Without an address (an internal caller) only the number's budget applies.
-    assert (await upload(contacts, users[1], [new_number() for _ in range(20)],
-                         mode=pb.UPLOAD_MODE_MERGE)).budget_remaining == 0
+    assert (
+        await upload(contacts, users[1], [new_number() for _ in range(20)], mode=pb.UPLOAD_MODE_MERGE)
+    ).budget_remaining == 0
 
 
 async def test_a_hashed_lookup_of_numbers_uploaded_in_plain_is_free(contacts: Contacts) -> None:
@@ -464,6 +526,9 @@ async def test_a_hashed_lookup_of_numbers_uploaded_in_plain_is_free(contacts: Co
     unregistered = [new_number() for _ in range(5)]
     assert (await upload(contacts, user, unregistered)).budget_remaining == 35
     pepper = (await contacts.stub.GetHashDetails(pb.GetHashDetailsRequest())).lookup_pepper
-    reply = await contacts.stub.LookupHashes(pb.LookupHashesRequest(
-        user_id=user, algorithm="sha256", pepper=pepper, addresses=[lookup_hash(n, pepper) for n in unregistered]))
+    reply = await contacts.stub.LookupHashes(
+        pb.LookupHashesRequest(
+            user_id=user, algorithm="sha256", pepper=pepper, addresses=[lookup_hash(n, pepper) for n in unregistered]
+        )
+    )
     assert reply.budget_remaining == 35

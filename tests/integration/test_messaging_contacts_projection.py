@@ -42,8 +42,11 @@ async def setup(nats_url: str, mongo_uri: str, fresh_db_name: str) -> AsyncItera
     async def on_change(pair: str) -> None:
         changed.append(pair)
 
-    consumer = DurableConsumer(js, ConsumerSpec(stream, durable=f"m{tag}", filter_subject=f"t{tag}.contacts.>"),
-                               contacts_handler(store, on_change))
+    consumer = DurableConsumer(
+        js,
+        ConsumerSpec(stream, durable=f"m{tag}", filter_subject=f"t{tag}.contacts.>"),
+        contacts_handler(store, on_change),
+    )
     await consumer.start()
     core = Messaging(store, settings=Settings(server_name="t", invite_policy="friends", relations_cache_seconds=0))
     await core.start()

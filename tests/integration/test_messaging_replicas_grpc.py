@@ -37,9 +37,20 @@ ALICE, BOB = "@alice:t", "@bob:t"
 def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A NATS of our own: the replicas' durable consumers must not meet other tests' streams."""
     port = free_port()
-    process = subprocess.Popen([str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
-                                str(tmp_path_factory.mktemp("nats-replicas"))],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            str(BIN / "nats-server"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(tmp_path_factory.mktemp("nats-replicas")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     yield f"nats://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
@@ -65,9 +76,17 @@ async def replicas(own_nats: str, mongo_uri: str, fresh_db_name: str) -> AsyncIt
     processes, stubs, channels = [], [], []
     for _ in range(2):
         port = free_port()
-        env = {**os.environ, "GRPC_PORT": str(port), "METRICS_PORT": str(free_port()), "MONGO_URI": mongo_uri,
-               "MONGO_DB": fresh_db_name, "NATS_URL": own_nats, "SERVER_NAME": "t", "LOG_LEVEL": "WARNING",
-               "MESSAGING_INVITE_POLICY": "anyone"}
+        env = {
+            **os.environ,
+            "GRPC_PORT": str(port),
+            "METRICS_PORT": str(free_port()),
+            "MONGO_URI": mongo_uri,
+            "MONGO_DB": fresh_db_name,
+            "NATS_URL": own_nats,
+            "SERVER_NAME": "t",
+            "LOG_LEVEL": "WARNING",
+            "MESSAGING_INVITE_POLICY": "anyone",
+        }
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.messaging", env=env)
         processes.append(process)
         await _serving(port, process)
@@ -87,8 +106,13 @@ def _who(user_id: str) -> pb.Requester:
 
 
 def _send(user_id: str, room_id: str, txn: str, body: str) -> pb.SendEventRequest:
-    return pb.SendEventRequest(requester=_who(user_id), room_id=room_id, event_type="m.room.message", txn_id=txn,
-                               content_json=orjson.dumps({"msgtype": "m.text", "body": body}))
+    return pb.SendEventRequest(
+        requester=_who(user_id),
+        room_id=room_id,
+        event_type="m.room.message",
+        txn_id=txn,
+        content_json=orjson.dumps({"msgtype": "m.text", "body": body}),
+    )
 
 
 async def test_two_replicas_agree_on_one_order_and_publish_everything(replicas, own_nats: str) -> None:
@@ -102,11 +126,13 @@ async def test_two_replicas_agree_on_one_order_and_publish_everything(replicas, 
     await nc.subscribe(wake_subject(BOB), cb=on_wake)
     await nc.flush()
 
-    created = await one.CreateRoom(pb.CreateRoomRequest(requester=_who(ALICE),
-                                                        body_json=orjson.dumps({"invite": [BOB]})))
+    created = await one.CreateRoom(
+        pb.CreateRoomRequest(requester=_who(ALICE), body_json=orjson.dumps({"invite": [BOB]}))
+    )
     room = created.room_id
-    await two.ChangeMembership(pb.ChangeMembershipRequest(requester=_who(BOB), room_id=room,
-                                                          action=pb.MEMBERSHIP_ACTION_JOIN))
+    await two.ChangeMembership(
+        pb.ChangeMembershipRequest(requester=_who(BOB), room_id=room, action=pb.MEMBERSHIP_ACTION_JOIN)
+    )
     first = await two.Sync(pb.SyncRequest(requester=_who(BOB), timeline_limit=100))
 
     # 40 messages, alternating replicas, all in flight at once; a retried txn on the other replica.
@@ -119,8 +145,9 @@ async def test_two_replicas_agree_on_one_order_and_publish_everything(replicas, 
     head = max(woken) if woken else 0
     views = []
     for stub in (one, two):
-        reply = await stub.Sync(pb.SyncRequest(requester=_who(BOB), since=first.next_batch, timeline_limit=100,
-                                               min_position=head))
+        reply = await stub.Sync(
+            pb.SyncRequest(requester=_who(BOB), since=first.next_batch, timeline_limit=100, min_position=head)
+        )
         body = orjson.loads(reply.body_json)
         events = body["rooms"]["join"][room]["timeline"]["events"]
         views.append([e["event_id"] for e in events if e["type"] == "m.room.message"])
@@ -162,8 +189,15 @@ async def test_errors_carry_the_matrix_errcode(replicas) -> None:
     assert ("laiwang-errcode", "M_NOT_FOUND") in tuple(caught.value.trailing_metadata())
     room = (await one.CreateRoom(pb.CreateRoomRequest(requester=_who(ALICE), body_json=b"{}"))).room_id
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await one.SendEvent(pb.SendEventRequest(requester=_who(ALICE), room_id=room, event_type="m.room.message",
-                                                txn_id="f", content_json=b'{"msgtype":"m.text","body":"x","v":0.1}'))
+        await one.SendEvent(
+            pb.SendEventRequest(
+                requester=_who(ALICE),
+                room_id=room,
+                event_type="m.room.message",
+                txn_id="f",
+                content_json=b'{"msgtype":"m.text","body":"x","v":0.1}',
+            )
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ("laiwang-errcode", "M_BAD_JSON") in tuple(caught.value.trailing_metadata())
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -171,8 +205,9 @@ async def test_errors_carry_the_matrix_errcode(replicas) -> None:
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_stream_relay_is_leased_resumes_from_its_cursor_and_never_duplicates(own_nats: str, mongo_uri: str,
-                                                                                     fresh_db_name: str) -> None:
+async def test_stream_relay_is_leased_resumes_from_its_cursor_and_never_duplicates(
+    own_nats: str, mongo_uri: str, fresh_db_name: str
+) -> None:
     from pymongo import AsyncMongoClient
 
     from plumbing.jetstream import ensure_stream

@@ -146,7 +146,6 @@ async def test_a_taken_port_is_a_clear_startup_error(server) -> None:
         await second.start()
 
 
-
 def test_every_channel_arg_we_set_is_one_grpc_core_reads() -> None:
     """Regression: an unknown channel-arg name is silently ignored (the server once kept its
     5-minute ping minimum and sent GOAWAY "too_many_pings" to idle channels)."""

@@ -96,6 +96,7 @@ async def test_relay_kick_publishes_promptly(bus, mongo, stream) -> None:
     outbox = Outbox(db, EventPublisher(bus), poll_seconds=30)  # polling alone would be far too slow
     outbox.start()
     try:
+
         async def change(session) -> None:
             await outbox.add(session, stream.subjects[0].replace(">", "kicked"), StringValue(value="k"))
 

@@ -44,12 +44,23 @@ async def _fake_messaging(port: int) -> grpc.aio.Server:
 
 async def test_zhadui_is_ready_only_while_messaging_serves(nats_url: str, mongo_uri: str, tmp_path: Path) -> None:
     port, messaging_port = free_port(), free_port()
-    env = {**os.environ, "GRPC_PORT": str(port), "METRICS_PORT": str(free_port()), "MONGO_URI": mongo_uri,
-           "MONGO_DB": f"zhadui_{uuid.uuid4().hex[:8]}", "NATS_URL": nats_url, "SERVER_NAME": "laiwang.test",
-           "MESSAGING_ADDR": f"127.0.0.1:{messaging_port}"}  # nothing listens there yet: a wrong address
+    env = {
+        **os.environ,
+        "GRPC_PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "MONGO_URI": mongo_uri,
+        "MONGO_DB": f"zhadui_{uuid.uuid4().hex[:8]}",
+        "NATS_URL": nats_url,
+        "SERVER_NAME": "laiwang.test",
+        "MESSAGING_ADDR": f"127.0.0.1:{messaging_port}",
+    }  # nothing listens there yet: a wrong address
     with open(tmp_path / "zhadui.log", "wb") as log:  # noqa: ASYNC230 - once
-        process = subprocess.Popen([sys.executable, "-m", "services.zhadui"], env=env,  # noqa: ASYNC220
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "services.zhadui"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     messaging: grpc.aio.Server | None = None
     try:
         deadline = time.monotonic() + 60

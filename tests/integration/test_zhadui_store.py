@@ -38,8 +38,14 @@ def zhadui(zid: str = "z1", creator: str = "@a:t", at: int = 1000) -> Zhadui:
 
 
 async def outbox_events(db) -> list[tuple[str, Message]]:
-    kinds = {"created": events.ZhaduiCreated, "joined": events.ZhaduiJoined, "left": events.ZhaduiLeft,
-             "closed": events.ZhaduiClosed, "archived": events.ZhaduiArchived, "active": events.ZhaduiActive}
+    kinds = {
+        "created": events.ZhaduiCreated,
+        "joined": events.ZhaduiJoined,
+        "left": events.ZhaduiLeft,
+        "closed": events.ZhaduiClosed,
+        "archived": events.ZhaduiArchived,
+        "active": events.ZhaduiActive,
+    }
     found = []
     async for doc in db.outbox.find({}, sort=[("_id", 1)]):
         kind = doc["subject"].rsplit(".", 1)[-1]

@@ -127,11 +127,17 @@ class FakeStore:
         return except_device is None or record.device_id != except_device
 
     async def delete_access_tokens(
-        self, user_id: str, *, device_ids: Sequence[str] | None = None, except_device: str | None = None,
-        token_ids: Sequence[str] | None = None, tx: Tx,
+        self,
+        user_id: str,
+        *,
+        device_ids: Sequence[str] | None = None,
+        except_device: str | None = None,
+        token_ids: Sequence[str] | None = None,
+        tx: Tx,
     ) -> list[AccessToken]:
         removed = [
-            t for t in self.access.values()
+            t
+            for t in self.access.values()
             if self._matches(t, user_id, device_ids, except_device) and (token_ids is None or t.token_id in token_ids)
         ]
         for token in removed:
@@ -176,8 +182,9 @@ class FakeStore:
         return [t for t in self.threepids.values() if t.user_id == user_id]
 
     async def delete_threepids(self, user_id: str, addresses: Sequence[str] | None, tx: Tx) -> list[Threepid]:
-        removed = [t for t in self.threepids.values()
-                   if t.user_id == user_id and (addresses is None or t.address in addresses)]
+        removed = [
+            t for t in self.threepids.values() if t.user_id == user_id and (addresses is None or t.address in addresses)
+        ]
         for threepid in removed:
             del self.threepids[threepid.address]
         return removed
@@ -241,8 +248,11 @@ class FakeStore:
         return [a for a in self.external.values() if a.user_id == user_id]
 
     async def delete_external_accounts(self, user_id: str, provider_id: str | None, tx: Tx | None = None) -> int:
-        keys = [k for k, a in self.external.items()
-                if a.user_id == user_id and (provider_id is None or a.provider_id == provider_id)]
+        keys = [
+            k
+            for k, a in self.external.items()
+            if a.user_id == user_id and (provider_id is None or a.provider_id == provider_id)
+        ]
         for key in keys:
             del self.external[key]
         return len(keys)

@@ -55,12 +55,19 @@ class FakeContactsStore:
     async def phones_changed_since(self, since: datetime) -> list[tuple[str, str | None, int]]:
         return [(n, u, ms) for n, (u, ms) in self.phones.items()]
 
-    async def upsert_profile(self, user_id: str, display_name: str | None = None,
-                             discoverability: Discoverability | None = None,
-                             deactivated: bool | None = None) -> dict[str, Any]:
+    async def upsert_profile(
+        self,
+        user_id: str,
+        display_name: str | None = None,
+        discoverability: Discoverability | None = None,
+        deactivated: bool | None = None,
+    ) -> dict[str, Any]:
         doc = self.profiles.setdefault(user_id, {"_id": user_id, "v": 0})
-        for field, value in (("display_name", display_name), ("deactivated", deactivated),
-                             ("discoverability", discoverability.value if discoverability else None)):
+        for field, value in (
+            ("display_name", display_name),
+            ("deactivated", deactivated),
+            ("discoverability", discoverability.value if discoverability else None),
+        ):
             if value is not None:
                 doc[field] = value
         doc["v"] += 1
@@ -82,8 +89,16 @@ class FakeContactsStore:
     async def load_book(self, owner: str) -> Book:
         return self.books.get(owner, Book(set(), set(), 0))
 
-    async def save_book(self, owner: str, expected_rev: int, keys_after: set[bytes], seen_after: set[bytes],
-                        added: Sequence[BookEntry], removed: Iterable[bytes], now_ms: int) -> None:
+    async def save_book(
+        self,
+        owner: str,
+        expected_rev: int,
+        keys_after: set[bytes],
+        seen_after: set[bytes],
+        added: Sequence[BookEntry],
+        removed: Iterable[bytes],
+        now_ms: int,
+    ) -> None:
         if self.books.get(owner, Book(set(), set(), 0)).rev != expected_rev:
             raise Conflict("address book changed concurrently")
         self.books[owner] = Book(set(keys_after), set(seen_after), expected_rev + 1)
@@ -117,8 +132,13 @@ class FakeContactsStore:
     async def has_entries(self, owner: str, keys: Sequence[bytes]) -> bool:
         return any((owner, key) in self.entries for key in keys)
 
-    async def set_match(self, keys: Sequence[bytes], user_id: str | None, only_owners: Iterable[str] | None = None,
-                        previous: str | None = None) -> None:
+    async def set_match(
+        self,
+        keys: Sequence[bytes],
+        user_id: str | None,
+        only_owners: Iterable[str] | None = None,
+        previous: str | None = None,
+    ) -> None:
         owners = set(only_owners) if only_owners is not None else None
         for (owner, key), entry in list(self.entries.items()):
             if key in keys and (owners is None or owner in owners) and (previous is None or entry.match == previous):
@@ -145,8 +165,12 @@ class FakeContactsStore:
 
     async def pairs_of(self, user: str, query: dict[str, Any]) -> list[Pair]:
         def fits(pair: Pair) -> bool:
-            fields = {"friends": pair.friends, "blocked": pair.blocked, "request_from": pair.request_from,
-                      "request_to": pair.request_to()}
+            fields = {
+                "friends": pair.friends,
+                "blocked": pair.blocked,
+                "request_from": pair.request_from,
+                "request_to": pair.request_to(),
+            }
             return all(fields[k] == v for k, v in query.items())
 
         return [p for p in self.pairs.values() if user in (p.a, p.b) and fits(p)]

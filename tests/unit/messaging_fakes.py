@@ -105,17 +105,20 @@ class FakeStore:
         return (found[::-1] if descending else found)[:limit]
 
     async def count_unread(self, room_id: str, lo: int, hi: int, user_id: str) -> int:
-        return sum(1 for e in await self.room_entries(room_id, lo, hi, 10**9, False)
-                   if e["event"]["type"] in COUNTED_TYPES and e["event"]["sender"] != user_id
-                   and "state_key" not in e["event"])
+        return sum(
+            1
+            for e in await self.room_entries(room_id, lo, hi, 10**9, False)
+            if e["event"]["type"] in COUNTED_TYPES and e["event"]["sender"] != user_id and "state_key" not in e["event"]
+        )
 
     async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]:
         room = self.rooms.get(room_id)
         if room is None:
             return None, [], []
         state = [copy.deepcopy(d) for d in self.state.values() if d["room_id"] == room_id]
-        receipts = [{k: v for k, v in d.items() if k != "entry"} for d in self.receipts.values()
-                    if d["room_id"] == room_id]
+        receipts = [
+            {k: v for k, v in d.items() if k != "entry"} for d in self.receipts.values() if d["room_id"] == room_id
+        ]
         return room, state, receipts
 
     async def load_users(self, user_ids: list[str]) -> list[JSON]:
@@ -125,8 +128,11 @@ class FakeStore:
         return self.entries.get(event_id)
 
     async def state_events_upto(self, room_id: str, pos: int) -> list[JSON]:
-        return [e for e in self._sorted() if e["room_id"] == room_id and e["kind"] == "event"
-                and "state_key" in e["event"] and e["pos"] <= pos]
+        return [
+            e
+            for e in self._sorted()
+            if e["room_id"] == room_id and e["kind"] == "event" and "state_key" in e["event"] and e["pos"] <= pos
+        ]
 
     @staticmethod
     def is_outage(exc: BaseException) -> bool:

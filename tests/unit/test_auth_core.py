@@ -40,8 +40,10 @@ def test_valid_usernames(username: str) -> None:
     assert parse_username(username, "laiwang.test").endswith(":laiwang.test")
 
 
-@pytest.mark.parametrize("username", ["Alice", "al ice", "@alice:elsewhere.org", "_reserved", "", "ali#ce", "x" * 300,
-                                      "@:laiwang.test", "名字"])
+@pytest.mark.parametrize(
+    "username",
+    ["Alice", "al ice", "@alice:elsewhere.org", "_reserved", "", "ali#ce", "x" * 300, "@:laiwang.test", "名字"],
+)
 def test_invalid_usernames(username: str) -> None:
     with pytest.raises(AuthError) as caught:
         parse_username(username, "laiwang.test")
@@ -113,22 +115,27 @@ async def test_login_by_user_id_or_localpart_and_wrong_password() -> None:
 
 
 async def test_password_guessing_is_limited_per_account_and_per_address() -> None:
-    core, _, _, clock = make_core(login_failures_per_account=3, login_failures_per_address=5,
-                                  login_failure_window_seconds=600)
+    core, _, _, clock = make_core(
+        login_failures_per_account=3, login_failures_per_address=5, login_failure_window_seconds=600
+    )
     await core.register("erin", PW)
     await core.register("frank", PW)
     for _ in range(3):
-        await _code_error(core.login_password(user="erin", password="guess!!!", client_address="10.0.0.1"),
-                          ErrorCode.FORBIDDEN)
-    limited = await _code_error(core.login_password(user="erin", password=PW, client_address="10.0.0.2"),
-                                ErrorCode.LIMIT_EXCEEDED)
+        await _code_error(
+            core.login_password(user="erin", password="guess!!!", client_address="10.0.0.1"), ErrorCode.FORBIDDEN
+        )
+    limited = await _code_error(
+        core.login_password(user="erin", password=PW, client_address="10.0.0.2"), ErrorCode.LIMIT_EXCEEDED
+    )
     assert 0 < limited.retry_after_ms <= 600_000
     # Per address: two more failures on another account exhaust 10.0.0.1's budget of 5.
     for _ in range(2):
-        await _code_error(core.login_password(user="frank", password="guess!!!", client_address="10.0.0.1"),
-                          ErrorCode.FORBIDDEN)
-    await _code_error(core.login_password(user="frank", password=PW, client_address="10.0.0.1"),
-                      ErrorCode.LIMIT_EXCEEDED)
+        await _code_error(
+            core.login_password(user="frank", password="guess!!!", client_address="10.0.0.1"), ErrorCode.FORBIDDEN
+        )
+    await _code_error(
+        core.login_password(user="frank", password=PW, client_address="10.0.0.1"), ErrorCode.LIMIT_EXCEEDED
+    )
     assert (await core.login_password(user="frank", password=PW, client_address="10.0.0.3")).user_id
     clock.advance(601)
     assert (await core.login_password(user="erin", password=PW, client_address="10.0.0.1")).user_id
@@ -189,8 +196,12 @@ async def test_logout_logout_all_and_password_change_revoke_and_announce() -> No
     event = store.events[-1]
     assert isinstance(event, TokenRevokedEvent) and event.token_ids == (b.token_id,) and not event.all_devices
 
-    await _code_error(core.change_password("@jack:laiwang.test", "wrong!!!", "new password 1", logout_devices=True,
-                                           keep_device_id="A"), ErrorCode.FORBIDDEN)
+    await _code_error(
+        core.change_password(
+            "@jack:laiwang.test", "wrong!!!", "new password 1", logout_devices=True, keep_device_id="A"
+        ),
+        ErrorCode.FORBIDDEN,
+    )
     await core.change_password("@jack:laiwang.test", PW, "new password 1", logout_devices=True, keep_device_id="A")
     assert (await core.introspect(a.access_token)).active
     assert not (await core.introspect(c.access_token)).active
@@ -250,8 +261,9 @@ async def test_resend_waits_sixty_seconds_and_numbers_and_addresses_are_limited(
     # Per client address: 4 per hour across numbers.
     for n in range(4):
         await core.request_phone_code("CN", f"1390013800{n}", "s", 1, client_address="10.1.1.1")
-    await _code_error(core.request_phone_code("CN", "13900138009", "s", 1, client_address="10.1.1.1"),
-                      ErrorCode.LIMIT_EXCEEDED)
+    await _code_error(
+        core.request_phone_code("CN", "13900138009", "s", 1, client_address="10.1.1.1"), ErrorCode.LIMIT_EXCEEDED
+    )
 
 
 async def test_five_attempts_then_the_code_is_dead() -> None:
@@ -261,8 +273,11 @@ async def test_five_attempts_then_the_code_is_dead() -> None:
     wrong = f"{(int(code) + 1) % 1_000_000:06d}"
     messages = []
     for _ in range(5):
-        messages.append((await _code_error(core.submit_phone_code(session.sid, "s3cret", wrong),
-                                           ErrorCode.THREEPID_AUTH_FAILED)).message)
+        messages.append(
+            (
+                await _code_error(core.submit_phone_code(session.sid, "s3cret", wrong), ErrorCode.THREEPID_AUTH_FAILED)
+            ).message
+        )
     assert "4 attempts left" in messages[0] and "no attempts left" in messages[-1]
     await _code_error(core.submit_phone_code(session.sid, "s3cret", code), ErrorCode.THREEPID_AUTH_FAILED)
 
@@ -318,8 +333,9 @@ async def test_profile_changes_are_validated_and_announced() -> None:
     user = await core.get_profile("@olga:laiwang.test")
     assert (user.display_name, user.avatar_url) == ("Olga", "mxc://laiwang.test/x")
     assert store.events[-1] == ProfileChangedEvent("@olga:laiwang.test", "Olga", "mxc://laiwang.test/x")
-    await _code_error(core.set_profile("@olga:laiwang.test", display_name="x" * 300, avatar_url=None),
-                      ErrorCode.INVALID_PARAM)
+    await _code_error(
+        core.set_profile("@olga:laiwang.test", display_name="x" * 300, avatar_url=None), ErrorCode.INVALID_PARAM
+    )
     await _code_error(core.get_profile("@ghost:laiwang.test"), ErrorCode.NOT_FOUND)
 
 

@@ -35,12 +35,21 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
 
 def test_oidc_needs_https_unless_allowed_and_a_client_id() -> None:
     with pytest.raises(ConfigError, match="AUTH_OIDC_ISSUER"):
-        oidc_from_env(Env({"AUTH_OIDC_ISSUER": "http://idp.example", "AUTH_OIDC_CLIENT_ID": "c",
-                           "AUTH_OIDC_CLIENT_SECRET": "s"}))
+        oidc_from_env(
+            Env({"AUTH_OIDC_ISSUER": "http://idp.example", "AUTH_OIDC_CLIENT_ID": "c", "AUTH_OIDC_CLIENT_SECRET": "s"})
+        )
     with pytest.raises(ConfigError, match="AUTH_OIDC_CLIENT_ID"):
         oidc_from_env(Env({"AUTH_OIDC_ISSUER": "https://idp.example"}))
-    client = oidc_from_env(Env({"AUTH_OIDC_ISSUER": "http://127.0.0.1:9/", "AUTH_OIDC_ALLOW_HTTP": "true",
-                                "AUTH_OIDC_CLIENT_ID": "c", "AUTH_OIDC_CLIENT_SECRET": "s"}))
+    client = oidc_from_env(
+        Env(
+            {
+                "AUTH_OIDC_ISSUER": "http://127.0.0.1:9/",
+                "AUTH_OIDC_ALLOW_HTTP": "true",
+                "AUTH_OIDC_CLIENT_ID": "c",
+                "AUTH_OIDC_CLIENT_SECRET": "s",
+            }
+        )
+    )
     assert client is not None and client.issuer == "http://127.0.0.1:9" and client.providers() == [("taobao", "Taobao")]
 
 

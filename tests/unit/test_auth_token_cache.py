@@ -45,11 +45,15 @@ def test_negative_answers_are_cached_briefly() -> None:
 
 def test_token_revoked_event_evicts_by_token_id_device_or_user() -> None:
     cache = _filled()
-    handle_revocation(cache, TOKEN_REVOKED_SUBJECT,
-                      ev.TokenRevoked(user_id="@alice:t", device_id="PHONE", token_ids=["T1"]).SerializeToString())
+    handle_revocation(
+        cache,
+        TOKEN_REVOKED_SUBJECT,
+        ev.TokenRevoked(user_id="@alice:t", device_id="PHONE", token_ids=["T1"]).SerializeToString(),
+    )
     assert cache.get("k1") is None and cache.get("k2") == ALICE_LAPTOP
-    handle_revocation(cache, TOKEN_REVOKED_SUBJECT,
-                      ev.TokenRevoked(user_id="@alice:t", all_devices=True).SerializeToString())
+    handle_revocation(
+        cache, TOKEN_REVOKED_SUBJECT, ev.TokenRevoked(user_id="@alice:t", all_devices=True).SerializeToString()
+    )
     assert cache.get("k2") is None and cache.get("k3") == BOB
     handle_revocation(cache, ACCOUNT_DEACTIVATED_SUBJECT, ev.AccountDeactivated(user_id="@bob:t").SerializeToString())
     assert len(cache) == 0
@@ -57,8 +61,9 @@ def test_token_revoked_event_evicts_by_token_id_device_or_user() -> None:
 
 def test_device_eviction_spares_other_devices() -> None:
     cache = _filled()
-    handle_revocation(cache, TOKEN_REVOKED_SUBJECT,
-                      ev.TokenRevoked(user_id="@alice:t", device_id="LAPTOP").SerializeToString())
+    handle_revocation(
+        cache, TOKEN_REVOKED_SUBJECT, ev.TokenRevoked(user_id="@alice:t", device_id="LAPTOP").SerializeToString()
+    )
     assert cache.get("k1") == ALICE_PHONE and cache.get("k2") is None
 
 

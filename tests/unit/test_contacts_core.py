@@ -44,8 +44,10 @@ def test_normalises_to_e164_with_the_region(raw: str, region: str, expected: str
     assert Normaliser("CN").normalise(raw, region).e164 == expected
 
 
-@pytest.mark.parametrize(("raw", "reason"), [("12345", "invalid_number"), ("hello", "not_a_number"),
-                                             ("1" * 65, "too_long"), ("", "not_a_number")])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [("12345", "invalid_number"), ("hello", "not_a_number"), ("1" * 65, "too_long"), ("", "not_a_number")],
+)
 def test_invalid_entries_carry_a_reason(raw: str, reason: str) -> None:
     result = Normaliser("CN").normalise(raw, "CN")
     assert (result.e164, result.reason) == (None, reason)
@@ -58,8 +60,9 @@ def test_unknown_region_is_refused() -> None:
 
 
 def test_lookup_hash_follows_the_matrix_identity_service_scheme() -> None:
-    expected = base64.urlsafe_b64encode(
-        hashlib.sha256(b"8613800138000 msisdn matrixrocks").digest()).rstrip(b"=").decode()
+    expected = (
+        base64.urlsafe_b64encode(hashlib.sha256(b"8613800138000 msisdn matrixrocks").digest()).rstrip(b"=").decode()
+    )
     assert core.lookup_hash("+8613800138000", "matrixrocks") == expected
     assert "=" not in expected and len(expected) == 43
     assert core.decode_lookup_hash(expected) == hashlib.sha256(b"8613800138000 msisdn matrixrocks").digest()

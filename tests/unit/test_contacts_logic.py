@@ -21,10 +21,22 @@ def fresh(n: int, start: int = 0) -> list[str]:
 
 @pytest.fixture
 async def logic() -> ContactsLogic:
-    settings = Settings(budget=BudgetPolicy(initial=10, refill_per_hour=0), pepper_rotate_seconds=3600,
-                        pepper_keep=2, address_budget=BudgetPolicy(initial=15, refill_per_hour=0))
-    logic = ContactsLogic(FakeContactsStore(), core.PhoneIndex(), Keyring(b"k" * 16), Normaliser("CN"), settings,
-                          stage=_no_stage, after_commit=lambda: None, clock=lambda: 1_000_000)
+    settings = Settings(
+        budget=BudgetPolicy(initial=10, refill_per_hour=0),
+        pepper_rotate_seconds=3600,
+        pepper_keep=2,
+        address_budget=BudgetPolicy(initial=15, refill_per_hour=0),
+    )
+    logic = ContactsLogic(
+        FakeContactsStore(),
+        core.PhoneIndex(),
+        Keyring(b"k" * 16),
+        Normaliser("CN"),
+        settings,
+        stage=_no_stage,
+        after_commit=lambda: None,
+        clock=lambda: 1_000_000,
+    )
     await logic.load()
     await logic.phone_verified(ALICE, ALICE_NO, 1)
     await logic.phone_verified(BOB, BOB_NO, 1)
@@ -63,8 +75,9 @@ async def test_hashed_lookup_after_plain_upload_is_free(logic: ContactsLogic) ->
     numbers = fresh(4)
     assert (await logic.upload(ALICE, True, numbers, [], "CN")).budget_remaining == 6
     pepper = logic.index.pepper
-    reply = await logic.lookup_hashes(ALICE, "sha256", pepper, [core.lookup_hash(n, pepper) for n in numbers], [],
-                                      False)
+    reply = await logic.lookup_hashes(
+        ALICE, "sha256", pepper, [core.lookup_hash(n, pepper) for n in numbers], [], False
+    )
     assert (reply.added, reply.budget_remaining) == (4, 6)
 
 

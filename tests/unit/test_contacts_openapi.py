@@ -32,8 +32,9 @@ def _registered() -> set[tuple[str, str]]:
 
 def _documented() -> set[tuple[str, str]]:
     document = json.loads(OPENAPI_PATH.read_text())
-    return {(method, path) for path, item in document["paths"].items() for method in item
-            if path.startswith("/_laiwang/")}
+    return {
+        (method, path) for path, item in document["paths"].items() for method in item if path.startswith("/_laiwang/")
+    }
 
 
 def test_every_laiwang_route_is_documented() -> None:

@@ -34,8 +34,10 @@ def query(value: str) -> object:
     return make_mocked_request("GET", f"/x?limit={quote(value)}")
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("7", 7), ("0", 0), ("", 5), ("4294967296", 1000),
-                                               ("99999999999999999999", 1000), ("9" * 5000, 1000)])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("7", 7), ("0", 0), ("", 5), ("4294967296", 1000), ("99999999999999999999", 1000), ("9" * 5000, 1000)],
+)
 def test_query_int_reads_ascii_digits_and_clamps(raw: str, expected: int) -> None:
     assert query_int(query(raw), "limit", 5, maximum=1000) == expected
 
@@ -75,22 +77,44 @@ def test_check_json_depth_nul_keys_and_canonical_numbers() -> None:
 
 def test_parse_json_object() -> None:
     assert parse_json_object(b"  ", allow_empty=True) == {}
-    for raw, errcode in [(b"", "M_NOT_JSON"), (b"{", "M_NOT_JSON"), (b"[1]", "M_BAD_JSON"),
-                         (b'{"a": 1e400}', "M_NOT_JSON"), (b'{"s": "\\ud800"}', "M_NOT_JSON"),
-                         (b'{"a":' * 300 + b"1" + b"}" * 300, "M_BAD_JSON")]:
+    for raw, errcode in [
+        (b"", "M_NOT_JSON"),
+        (b"{", "M_NOT_JSON"),
+        (b"[1]", "M_BAD_JSON"),
+        (b'{"a": 1e400}', "M_NOT_JSON"),
+        (b'{"s": "\\ud800"}', "M_NOT_JSON"),
+        (b'{"a":' * 300 + b"1" + b"}" * 300, "M_BAD_JSON"),
+    ]:
         with pytest.raises(MatrixError) as caught:
             parse_json_object(raw)
         assert caught.value.errcode == errcode, raw[:20]
 
 
-@pytest.mark.parametrize("user_id", ["@alice:example.org", "@a:localhost:8008", "@x=y/z+q.-_:1.2.3.4",
-                                     "@a:[::1]:8448", "@Historic!#:example.org"])
+@pytest.mark.parametrize(
+    "user_id",
+    ["@alice:example.org", "@a:localhost:8008", "@x=y/z+q.-_:1.2.3.4", "@a:[::1]:8448", "@Historic!#:example.org"],
+)
 def test_user_ids_of_the_matrix_grammar(user_id: str) -> None:
     assert is_user_id(user_id)
 
 
-@pytest.mark.parametrize("user_id", ["@用:localhost", "@a:b/../c", "alice", "@:x", "@a:", "@a:b:c:d", "@a b:x",
-                                     "@a:-x", "@a:x-", "@a\u0000:x", "@" + "a" * 250 + ":example.org", "@a:x:123456"])
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        "@用:localhost",
+        "@a:b/../c",
+        "alice",
+        "@:x",
+        "@a:",
+        "@a:b:c:d",
+        "@a b:x",
+        "@a:-x",
+        "@a:x-",
+        "@a\u0000:x",
+        "@" + "a" * 250 + ":example.org",
+        "@a:x:123456",
+    ],
+)
 def test_other_user_ids_are_refused(user_id: str) -> None:
     assert not is_user_id(user_id)
     with pytest.raises(MatrixError) as caught:

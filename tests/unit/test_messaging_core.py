@@ -31,8 +31,14 @@ def text(body: str) -> bytes:
 
 def befriend(store: FakeStore, x: str, y: str, *, friends: bool = True, blocks: tuple[bool, bool] = (False, False)):
     a, b = sorted((x, y))
-    store.relations[pair_id(x, y)] = {"user_a": a, "user_b": b, "friends": friends, "a_blocks_b": blocks[0],
-                                      "b_blocks_a": blocks[1], "version": 1}
+    store.relations[pair_id(x, y)] = {
+        "user_a": a,
+        "user_b": b,
+        "friends": friends,
+        "a_blocks_b": blocks[0],
+        "b_blocks_a": blocks[1],
+        "version": 1,
+    }
 
 
 @pytest.fixture
@@ -138,8 +144,12 @@ async def test_state_needs_power_and_is_readable(world) -> None:
     assert await errcode(core.get_state(B, room, "m.room.nothing", "", single=True)) == "M_NOT_FOUND"
     assert await errcode(core.set_state(A, room, "m.room.member", A, b'{"membership":"join"}')) == "M_FORBIDDEN"
     pl = await core.get_state(A, room, "m.room.power_levels", "", single=True)
-    assert await errcode(core.set_state(B, room, "m.room.power_levels", "",
-                                        orjson.dumps({**pl, "users": {**pl["users"], B: 100}}))) == "M_FORBIDDEN"
+    assert (
+        await errcode(
+            core.set_state(B, room, "m.room.power_levels", "", orjson.dumps({**pl, "users": {**pl["users"], B: 100}}))
+        )
+        == "M_FORBIDDEN"
+    )
 
 
 # -- events -------------------------------------------------------------------------------------------
@@ -183,8 +193,10 @@ async def test_send_refusals_leave_nothing_behind(world) -> None:
     core, store, _ = world
     room = await core.create_room(A, {"name": "g"})
     before = (store.counter, len(store.entries))
-    assert await errcode(core.send_event(A, "d", room, "m.room.message", "1", b'{"msgtype":"m.text","body":"x",'
-                                         b'"f":0.5}')) == "M_BAD_JSON"
+    assert (
+        await errcode(core.send_event(A, "d", room, "m.room.message", "1", b'{"msgtype":"m.text","body":"x","f":0.5}'))
+        == "M_BAD_JSON"
+    )
     big = orjson.dumps({"msgtype": "m.text", "body": "x" * 65_500})
     assert await errcode(core.send_event(A, "d", room, "m.room.message", "2", big)) == "M_TOO_LARGE"
     assert await errcode(core.send_event(A, "d", room, "m.room.message", "3", b"[1]")) == "M_BAD_JSON"
@@ -210,8 +222,9 @@ async def test_concurrent_sends_share_transactions_and_keep_one_order(world) -> 
     core, store, _ = world
     room = await core.create_room(A, {"name": "g"})
     before = store.transactions
-    ids = await asyncio.gather(*(core.send_event(A, "d", room, "m.room.message", f"t{i}", text(str(i)))
-                                 for i in range(40)))
+    ids = await asyncio.gather(
+        *(core.send_event(A, "d", room, "m.room.message", f"t{i}", text(str(i))) for i in range(40))
+    )
     assert len(set(ids)) == 40
     assert store.transactions - before < 40  # group commit
     positions = sorted(e["pos"] for e in store.entries.values())
@@ -224,8 +237,12 @@ async def test_edits_and_redactions(world) -> None:
     room = await core.create_room(A, {"name": "g", "invite": [B]})
     await core.change_membership(B, room, "join")
     original = await core.send_event(A, "d", room, "m.room.message", "1", text("helo"))
-    edit = {"msgtype": "m.text", "body": "* hello", "m.new_content": {"msgtype": "m.text", "body": "hello"},
-            "m.relates_to": {"rel_type": "m.replace", "event_id": original}}
+    edit = {
+        "msgtype": "m.text",
+        "body": "* hello",
+        "m.new_content": {"msgtype": "m.text", "body": "hello"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+    }
     await core.send_event(A, "d", room, "m.room.message", "2", orjson.dumps(edit))
     assert await errcode(core.send_event(B, "d", room, "m.room.message", "3", orjson.dumps(edit))) == "M_FORBIDDEN"
     assert await errcode(core.redact(B, "d", room, original, "r1")) == "M_FORBIDDEN"
@@ -271,8 +288,10 @@ async def test_sync_initial_incremental_limited_and_the_sending_device_sees_its_
     echoes = [e for e in mine.body["rooms"]["join"][room]["timeline"]["events"] if e["type"] == "m.room.message"]
     assert echoes[0]["unsigned"]["transaction_id"] == "t0"
     other_device = await core.sync(A, "a-laptop", first.next_batch, timeline_limit=50)
-    assert all("transaction_id" not in e.get("unsigned", {})
-               for e in other_device.body["rooms"]["join"][room]["timeline"]["events"])
+    assert all(
+        "transaction_id" not in e.get("unsigned", {})
+        for e in other_device.body["rooms"]["join"][room]["timeline"]["events"]
+    )
 
 
 async def test_kicked_user_gets_leave_and_nothing_after(world) -> None:
@@ -336,7 +355,8 @@ async def test_a_second_replica_catches_up_from_the_store(world) -> None:
         assert not stale.has_changes
         fresh = await replica.sync(B, "d", since, min_position=store.counter)  # a wake-up names the position
         assert [e["content"]["body"] for e in fresh.body["rooms"]["join"][room]["timeline"]["events"]] == [
-            "via the other replica"]
+            "via the other replica"
+        ]
     finally:
         await replica.stop()
 

@@ -77,11 +77,21 @@ async def core() -> AsyncIterator[Messaging]:
 # -- the validation rules ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [
-    nested(MAX_DEPTH + 1), [[[[]]]] * 2 + [nested(MAX_DEPTH)],  # too deep (as object, inside an array)
-    {"a\x00b": 1}, {1: "x"}, {"k": "\ud800"}, {"\udfff": 1},  # NUL in a key, non-str key, lone surrogates
-    {"n": 2**53}, {"n": -(2**53)}, {"f": 1.5}, {"s": {1, 2}},  # out of range, float, not JSON
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        nested(MAX_DEPTH + 1),
+        [[[[]]]] * 2 + [nested(MAX_DEPTH)],  # too deep (as object, inside an array)
+        {"a\x00b": 1},
+        {1: "x"},
+        {"k": "\ud800"},
+        {"\udfff": 1},  # NUL in a key, non-str key, lone surrogates
+        {"n": 2**53},
+        {"n": -(2**53)},
+        {"f": 1.5},
+        {"s": {1, 2}},  # out of range, float, not JSON
+    ],
+)
 def test_check_canonical_refuses_what_serialisation_or_storage_would(value) -> None:
     with pytest.raises(MessagingError) as caught:
         check_canonical(value)
@@ -92,11 +102,22 @@ def test_check_canonical_accepts_the_limits() -> None:
     check_canonical({"deep": nested(MAX_DEPTH - 1), "n": 2**53 - 1, "m": -(2**53) + 1, "$k": "a.b", "k.v": None})
 
 
-@pytest.mark.parametrize("user_id, ok", [
-    ("@a:t", True), ("@Alice_1=x/y:example.org:8448", True), ("@a:[::1]:8008", True),
-    ("@用:localhost", False), ("@a:b/../c", False), ("@a\x00:t", False), ("a:t", False), ("@:t", False),
-    ("@a:t\n", False), ("@a b:t", False), ("@" + "a" * 260 + ":t", False),
-])
+@pytest.mark.parametrize(
+    "user_id, ok",
+    [
+        ("@a:t", True),
+        ("@Alice_1=x/y:example.org:8448", True),
+        ("@a:[::1]:8008", True),
+        ("@用:localhost", False),
+        ("@a:b/../c", False),
+        ("@a\x00:t", False),
+        ("a:t", False),
+        ("@:t", False),
+        ("@a:t\n", False),
+        ("@a b:t", False),
+        ("@" + "a" * 260 + ":t", False),
+    ],
+)
 def test_valid_user_id(user_id: str, ok: bool) -> None:
     assert valid_user_id(user_id) is ok
 
@@ -114,10 +135,12 @@ async def test_bad_content_gets_400_on_every_write_path(core: Messaging) -> None
     assert await errcode(core.set_state(A, room, "m.x", "", nul)) == "M_BAD_JSON"
     bad_state = [{"type": "m.x", "state_key": "", "content": orjson.loads(deep_bytes(300))}]
     assert await errcode(core.create_room(A, {"initial_state": bad_state})) == "M_BAD_JSON"
-    assert await errcode(core.create_room(A, {"initial_state": [{"type": "m.x", "content": {"\x00": 1}}]})) \
-        == "M_BAD_JSON"
-    assert await errcode(core.create_room(A, {"power_level_content_override": {"users": {"@x\x00:t": 1}}})) \
-        == "M_BAD_JSON"
+    assert (
+        await errcode(core.create_room(A, {"initial_state": [{"type": "m.x", "content": {"\x00": 1}}]})) == "M_BAD_JSON"
+    )
+    assert (
+        await errcode(core.create_room(A, {"power_level_content_override": {"users": {"@x\x00:t": 1}}})) == "M_BAD_JSON"
+    )
     assert await errcode(core.create_room(A, {"invite": ["@x\x00:t"]})) == "M_INVALID_PARAM"
 
 
@@ -125,8 +148,14 @@ async def test_create_room_field_types_and_room_versions(core: Messaging) -> Non
     assert await errcode(core.create_room(A, {"room_version": 5})) == "M_BAD_JSON"
     assert await errcode(core.create_room(A, {"room_version": "99"})) == "M_UNSUPPORTED_ROOM_VERSION"
     await core.create_room(A, {"room_version": "10"})
-    for body in ({"name": 1}, {"topic": ["x"]}, {"is_direct": "yes"}, {"visibility": 3}, {"name": "n" * 256},
-                 {"initial_state": [{"type": "m.x", "state_key": 7, "content": {}}]}):
+    for body in (
+        {"name": 1},
+        {"topic": ["x"]},
+        {"is_direct": "yes"},
+        {"visibility": 3},
+        {"name": "n" * 256},
+        {"initial_state": [{"type": "m.x", "state_key": 7, "content": {}}]},
+    ):
         assert await errcode(core.create_room(A, body)) == "M_BAD_JSON", body
     assert await errcode(core.create_room(A, {"preset": ["public_chat"]})) == "M_INVALID_PARAM"
     assert await errcode(core.create_room(A, {"invite": ["@用:localhost"]})) == "M_INVALID_PARAM"
@@ -163,8 +192,14 @@ async def test_a_write_fault_fails_only_its_own_request(core: Messaging) -> None
 
 async def test_a_fault_while_validating_fails_only_its_own_request(core: Messaging) -> None:
     room = await core.create_room(A, {})
-    edit = orjson.dumps({"msgtype": "m.text", "body": "*x", "m.new_content": {"msgtype": "m.text", "body": "x"},
-                         "m.relates_to": {"rel_type": "m.replace", "event_id": "$boom"}})
+    edit = orjson.dumps(
+        {
+            "msgtype": "m.text",
+            "body": "*x",
+            "m.new_content": {"msgtype": "m.text", "body": "x"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$boom"},
+        }
+    )
     sends = [core.send_event(A, "d", room, "m.room.message", f"ok{i}", text(f"m{i}")) for i in range(10)]
     sends.insert(3, core.send_event(A, "d", room, "m.room.message", "edit", edit))
     results = await asyncio.gather(*sends, return_exceptions=True)

@@ -141,8 +141,9 @@ class World:
         self.store = FakeStore()
         self.rooms = FakeRooms()
         counter = itertools.count(1)
-        self.core = ZhaduiCore(self.store, self.rooms, AudienceIndex(), new_id=lambda: f"z{next(counter)}",
-                               creations_per_hour=per_hour)
+        self.core = ZhaduiCore(
+            self.store, self.rooms, AudienceIndex(), new_id=lambda: f"z{next(counter)}", creations_per_hour=per_hour
+        )
         self.clock = 1_000_000
         self.version = 0
 
@@ -351,8 +352,9 @@ def test_bad_drafts(title: str, card: str, errcode: str) -> None:
 
 
 def test_a_good_draft_is_normalised() -> None:
-    draft = validate_draft("  x" * 1 + "  ", "body", "https://shop.example/item/1", '{"b": 1, "a": "fen"}',
-                           ["food", "food", "friday"])
+    draft = validate_draft(
+        "  x" * 1 + "  ", "body", "https://shop.example/item/1", '{"b": 1, "a": "fen"}', ["food", "food", "friday"]
+    )
     assert draft.title == "x"
     assert draft.card_json == '{"a":"fen","b":1}'
     assert draft.tags == ("food", "friday")
@@ -368,9 +370,11 @@ def test_cursor_round_trip_and_garbage() -> None:
 def test_a_well_formed_cursor_we_never_gave_out_is_refused() -> None:
     # The old unsigned shape: base64 of "<activity>:<id>", well-formed and plausible.
     forged = base64.urlsafe_b64encode(b"99999999999999:z1").decode().rstrip("=")
-    for cursor, viewer, key in ((forged, "@a:x", b"k1"),
-                                (encode_cursor(1, "z1", "@b:x", b"k1"), "@a:x", b"k1"),  # someone else's
-                                (encode_cursor(1, "z1", "@a:x", b"k2"), "@a:x", b"k1")):  # another key
+    for cursor, viewer, key in (
+        (forged, "@a:x", b"k1"),
+        (encode_cursor(1, "z1", "@b:x", b"k1"), "@a:x", b"k1"),  # someone else's
+        (encode_cursor(1, "z1", "@a:x", b"k2"), "@a:x", b"k1"),
+    ):  # another key
         with pytest.raises(DomainError) as refused:
             decode_cursor(cursor, viewer, key)
         assert refused.value.errcode == "M_INVALID_PARAM"
