@@ -17,6 +17,8 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.accounts_sso",
     "gateway.routes.rooms",
     "gateway.routes.sync",
+    "gateway.routes.push",
+    "gateway.routes.capabilities",
     "gateway.routes.zhadui",
     "gateway.routes.contacts",
     "gateway.routes.root",

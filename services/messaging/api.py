@@ -133,6 +133,11 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         return pb.SetTypingResponse()
 
     @maps_domain_errors
+    async def GetPushRules(self, request: pb.GetPushRulesRequest, context: Any) -> pb.GetPushRulesResponse:
+        user_id, _ = _requester(request)
+        return pb.GetPushRulesResponse(body_json=orjson.dumps(await self._core.push_rules(user_id)))
+
+    @maps_domain_errors
     async def ServiceCreateRoom(
         self, request: pb.ServiceCreateRoomRequest, context: Any
     ) -> pb.ServiceCreateRoomResponse:

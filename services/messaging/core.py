@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.messaging import commands
+from services.messaging import commands, push_rules
 from services.messaging.commands import Deps
 from services.messaging.ports import Notifier, NullNotifier, Store
 from services.messaging.rules import INVITE_POLICIES, JSON
@@ -155,6 +155,9 @@ class Messaging:
         self, user_id: str, device_id: str, room_id: str, from_token: str, to_token: str, direction: str, limit: int
     ) -> JSON:
         return await self._reader.messages(user_id, device_id, room_id, from_token, to_token, direction, limit)
+
+    async def push_rules(self, user_id: str) -> JSON:
+        return {"global": push_rules.ruleset(user_id)}
 
     async def sync(
         self,

@@ -95,6 +95,11 @@ class MessagingServiceStub:
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.SerializeToString,
                 response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.FromString,
                 _registered_method=True)
+        self.GetPushRules = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetPushRules',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesResponse.FromString,
+                _registered_method=True)
         self.ServiceCreateRoom = channel.unary_unary(
                 '/laiwang.messaging.v1.MessagingService/ServiceCreateRoom',
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomRequest.SerializeToString,
@@ -189,6 +194,14 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPushRules(self, request, context):
+        """The user's push rules ({"global": {override, content, room, sender, underride}}): the
+        server-default rules with the user's changes, and the user's own rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ServiceCreateRoom(self, request, context):
         """--- Service-only: for trusted services (zhadui), never exposed by the gateway. ---
         They bypass the invite policy (friends-only) because the calling service decides membership.
@@ -269,6 +282,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.SetTyping,
                     request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.FromString,
                     response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.SerializeToString,
+            ),
+            'GetPushRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPushRules,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesResponse.SerializeToString,
             ),
             'ServiceCreateRoom': grpc.unary_unary_rpc_method_handler(
                     servicer.ServiceCreateRoom,
@@ -606,6 +624,33 @@ class MessagingService:
             '/laiwang.messaging.v1.MessagingService/SetTyping',
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.SerializeToString,
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPushRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetPushRules',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,10 @@ class MessagingServiceStub:
     Messages: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MessagesRequest, _messaging_pb2.MessagesResponse]
     SendReceipt: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendReceiptRequest, _messaging_pb2.SendReceiptResponse]
     SetTyping: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetTypingRequest, _messaging_pb2.SetTypingResponse]
+    GetPushRules: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetPushRulesRequest, _messaging_pb2.GetPushRulesResponse]
+    """The user's push rules ({"global": {override, content, room, sender, underride}}): the
+    server-default rules with the user's changes, and the user's own rules.
+    """
     ServiceCreateRoom: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ServiceCreateRoomRequest, _messaging_pb2.ServiceCreateRoomResponse]
     """--- Service-only: for trusted services (zhadui), never exposed by the gateway. ---
     They bypass the invite policy (friends-only) because the calling service decides membership.
@@ -99,6 +103,10 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     Messages: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MessagesRequest, _messaging_pb2.MessagesResponse]  # type: ignore[assignment]
     SendReceipt: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendReceiptRequest, _messaging_pb2.SendReceiptResponse]  # type: ignore[assignment]
     SetTyping: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetTypingRequest, _messaging_pb2.SetTypingResponse]  # type: ignore[assignment]
+    GetPushRules: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetPushRulesRequest, _messaging_pb2.GetPushRulesResponse]  # type: ignore[assignment]
+    """The user's push rules ({"global": {override, content, room, sender, underride}}): the
+    server-default rules with the user's changes, and the user's own rules.
+    """
     ServiceCreateRoom: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ServiceCreateRoomRequest, _messaging_pb2.ServiceCreateRoomResponse]  # type: ignore[assignment]
     """--- Service-only: for trusted services (zhadui), never exposed by the gateway. ---
     They bypass the invite policy (friends-only) because the calling service decides membership.
@@ -204,6 +212,16 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.SetTypingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.SetTypingResponse, _abc.Awaitable[_messaging_pb2.SetTypingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetPushRules(
+        self,
+        request: _messaging_pb2.GetPushRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.GetPushRulesResponse, _abc.Awaitable[_messaging_pb2.GetPushRulesResponse]]:
+        """The user's push rules ({"global": {override, content, room, sender, underride}}): the
+        server-default rules with the user's changes, and the user's own rules.
+        """
 
     @_abc_1.abstractmethod
     def ServiceCreateRoom(

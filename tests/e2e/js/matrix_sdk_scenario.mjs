@@ -1,0 +1,130 @@
+// A normal Matrix session with a stock matrix-js-sdk (37.5.0, what Element is built on), started as
+// an app starts it: `startClient()`, nothing answered by hand. Run by tests/e2e/test_matrix_js_sdk.py
+// against our stack, and by bench/matrix_sdk_synapse.py against Synapse, so the scenario itself
+// is proved against a reference server.
+//
+//   node matrix_sdk_scenario.mjs <homeserver URL> [step ...]
+//
+// Each step is a named async function below; every result goes to stdout as one line
+// `@@ {"step": ..., "ok": true, ...}` (the SDK's own logging goes to stderr). A failing step
+// prints `"ok": false` with the error and ends the run with exit code 1. Steps run in the order
+// of STEPS; the command line can choose a subset (steps that need an earlier one's state run it).
+// To add a step (encryption, media: see the issue), add a function to STEPS and its name where
+// the Python test lists what it expects.
+
+import * as sdk from "matrix-js-sdk";
+import { logger } from "matrix-js-sdk/lib/logger.js";
+
+logger.setLevel(process.env.SDK_LOG_LEVEL || "warn");
+// The SDK logs through console; keep stdout for our result lines only.
+for (const level of ["log", "info", "warn", "error", "debug", "trace"]) {
+  console[level] = (...args) => process.stderr.write(args.map(String).join(" ") + "\n");
+}
+
+const baseUrl = process.argv[2];
+const wanted = process.argv.slice(3);
+const PASSWORD = "correct horse battery staple";
+const TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS || 20000);
+
+function report(step, fields) {
+  process.stdout.write("@@ " + JSON.stringify({ step, ...fields }) + "\n");
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+/** Resolves when `predicate()` is true, re-checking on each `event` of `emitter`; rejects after TIMEOUT_MS. */
+function until(emitter, event, predicate, what) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      let value;
+      try {
+        value = predicate();
+      } catch (error) {
+        cleanup();
+        reject(error);
+        return;
+      }
+      if (value) {
+        cleanup();
+        resolve(value);
+      }
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`timed out waiting for ${what}`));
+    }, TIMEOUT_MS);
+    const cleanup = () => {
+      clearTimeout(timer);
+      emitter.off(event, check);
+    };
+    emitter.on(event, check);
+    check();
+  });
+}
+
+async function register(prefix) {
+  const username = `${prefix}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+  const response = await fetch(`${baseUrl}/_matrix/client/v3/register`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username, password: PASSWORD, auth: { type: "m.login.dummy" } }),
+  });
+  const body = await response.json();
+  assert(response.status === 200, `register ${username}: ${response.status} ${JSON.stringify(body)}`);
+  return body;
+}
+
+async function startedClient(session) {
+  const client = sdk.createClient({
+    baseUrl,
+    accessToken: session.access_token,
+    userId: session.user_id,
+    deviceId: session.device_id,
+  });
+  const states = [];
+  client.on(sdk.ClientEvent.Sync, (state) => states.push(state));
+  await client.startClient({ initialSyncLimit: 20 });
+  await until(client, sdk.ClientEvent.Sync, () => states.includes("PREPARED"), `${session.user_id} PREPARED`);
+  return client;
+}
+
+// Shared between steps.
+const ctx = {};
+
+const STEPS = {
+  /** Two users, each with a stock client that reaches PREPARED on its own. */
+  async prepared() {
+    const [alice, bob] = await Promise.all([register("alice"), register("bob")]);
+    ctx.aliceSession = alice;
+    ctx.bobSession = bob;
+    ctx.alice = await startedClient(alice);
+    ctx.bob = await startedClient(bob);
+    return { alice: alice.user_id, bob: bob.user_id };
+  },
+
+  /** The push rules the SDK fetched at start-up hold the spec's server-default rules. */
+  async push_rules_read() {
+    const rules = ctx.alice.pushRules;
+    assert(rules && rules.global, "the client has no push rules");
+    const ids = (kind) => (rules.global[kind] || []).filter((r) => r.default).map((r) => r.rule_id);
+    return { override: ids("override"), content: ids("content"), underride: ids("underride") };
+  },
+};
+
+const order = Object.keys(STEPS);
+const selected = wanted.length ? order.filter((name) => wanted.includes(name) || name === "prepared") : order;
+let failed = false;
+for (const name of selected) {
+  try {
+    const result = await STEPS[name]();
+    report(name, { ok: true, ...(result || {}) });
+  } catch (error) {
+    report(name, { ok: false, error: String(error?.stack || error) });
+    failed = true;
+    break;
+  }
+}
+for (const client of [ctx.alice, ctx.bob]) client?.stopClient();
+process.exit(failed ? 1 : 0);
