@@ -18,6 +18,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.rooms",
     "gateway.routes.sync",
     "gateway.routes.push",
+    "gateway.routes.account_data",
     "gateway.routes.capabilities",
     "gateway.routes.zhadui",
     "gateway.routes.contacts",

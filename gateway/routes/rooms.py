@@ -51,7 +51,8 @@ async def _requester(request: web.Request) -> tuple[GatewayDeps, pb.Requester]:
     return request.app[DEPS_KEY], pb.Requester(user_id=who.user_id, device_id=who.device_id)
 
 
-def _limit_sends(request: web.Request, deps: GatewayDeps, user_id: str) -> None:
+def limit_writes(deps: GatewayDeps, user_id: str) -> None:
+    """The per-user write limit (sends, state, redactions, account data, push rules)."""
     limiter: RateLimiter | None = deps.extras.get(_SEND_LIMITER_KEY)
     if limiter is None:
         env = Env()
@@ -98,18 +99,18 @@ def _membership_handler(action: int, needs_target: bool):  # noqa: ANN202 - an a
     return handler
 
 
-async def _event_content(request: web.Request) -> bytes:
+async def event_content(request: web.Request, *, required: bool = False) -> bytes:
     """The raw body, once checked as canonical JSON (the service parses it again and applies its rules)."""
     raw = await request.read()
-    if raw.strip():
+    if raw.strip() or required:
         parse_json_object(raw, canonical=True)
     return raw
 
 
 async def send_event(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
-    _limit_sends(request, deps, who.user_id)
-    raw = await _event_content(request)
+    limit_writes(deps, who.user_id)
+    raw = await event_content(request)
     reply = await call(
         messaging_stub(deps).SendEvent,
         pb.SendEventRequest(
@@ -125,8 +126,8 @@ async def send_event(request: web.Request) -> web.Response:
 
 async def put_state(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
-    _limit_sends(request, deps, who.user_id)
-    raw = await _event_content(request)
+    limit_writes(deps, who.user_id)
+    raw = await event_content(request)
     reply = await call(
         messaging_stub(deps).SetState,
         pb.SetStateRequest(
@@ -158,7 +159,7 @@ async def get_state(request: web.Request) -> web.Response:
 
 async def redact(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
-    _limit_sends(request, deps, who.user_id)
+    limit_writes(deps, who.user_id)
     body = await read_json_object(request, allow_empty=True)
     reply = await call(
         messaging_stub(deps).Redact,
@@ -237,7 +238,12 @@ async def receipt(request: web.Request) -> web.Response:
 async def read_markers(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     body = await read_json_object(request, allow_empty=True)
-    # m.fully_read is per-user account data, which we do not keep; the read receipts are stored.
+    fully_read = body_str(body, "m.fully_read", max_len=255)
+    if fully_read:  # stored as the room's m.fully_read account data
+        await call(
+            messaging_stub(deps).SetFullyRead,
+            pb.SetFullyReadRequest(requester=who, room_id=request.match_info["room_id"], event_id=fully_read),
+        )
     for receipt_type in ("m.read", "m.read.private"):
         event_id = body_str(body, receipt_type, max_len=255)
         if event_id:

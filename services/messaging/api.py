@@ -29,6 +29,21 @@ _MEMBERSHIPS = {
 }
 
 
+_PUSH_RULE_CHANGES = {
+    pb.PUSH_RULE_CHANGE_PUT: "put",
+    pb.PUSH_RULE_CHANGE_DELETE: "delete",
+    pb.PUSH_RULE_CHANGE_ENABLED: "enabled",
+    pb.PUSH_RULE_CHANGE_ACTIONS: "actions",
+}
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    value = parse_content(raw)
+    if not isinstance(value, dict):
+        raise MessagingError("M_BAD_JSON", "expected a JSON object")
+    return value
+
+
 def _requester(request: Any) -> tuple[str, str]:
     user_id = request.requester.user_id
     if not user_id:
@@ -136,6 +151,47 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
     async def GetPushRules(self, request: pb.GetPushRulesRequest, context: Any) -> pb.GetPushRulesResponse:
         user_id, _ = _requester(request)
         return pb.GetPushRulesResponse(body_json=orjson.dumps(await self._core.push_rules(user_id)))
+
+    @maps_domain_errors
+    async def ChangePushRule(self, request: pb.ChangePushRuleRequest, context: Any) -> pb.ChangePushRuleResponse:
+        user_id, _ = _requester(request)
+        change = _PUSH_RULE_CHANGES.get(request.change)
+        if change is None:
+            raise MessagingError("M_INVALID_PARAM", "change is required")
+        body = _object(request.body_json) if request.body_json else {}
+        await self._core.change_push_rule(
+            user_id, change, request.scope, request.kind, request.rule_id, body, request.before, request.after
+        )
+        return pb.ChangePushRuleResponse()
+
+    @maps_domain_errors
+    async def GetPushers(self, request: pb.GetPushersRequest, context: Any) -> pb.GetPushersResponse:
+        user_id, _ = _requester(request)
+        return pb.GetPushersResponse(body_json=orjson.dumps(await self._core.pushers(user_id)))
+
+    @maps_domain_errors
+    async def SetPusher(self, request: pb.SetPusherRequest, context: Any) -> pb.SetPusherResponse:
+        user_id, _ = _requester(request)
+        await self._core.set_pusher(user_id, _object(request.body_json))
+        return pb.SetPusherResponse()
+
+    @maps_domain_errors
+    async def SetAccountData(self, request: pb.SetAccountDataRequest, context: Any) -> pb.SetAccountDataResponse:
+        user_id, _ = _requester(request)
+        await self._core.set_account_data(user_id, request.room_id, request.type, _object(request.content_json))
+        return pb.SetAccountDataResponse()
+
+    @maps_domain_errors
+    async def GetAccountData(self, request: pb.GetAccountDataRequest, context: Any) -> pb.GetAccountDataResponse:
+        user_id, _ = _requester(request)
+        content = await self._core.get_account_data(user_id, request.room_id, request.type)
+        return pb.GetAccountDataResponse(content_json=orjson.dumps(content))
+
+    @maps_domain_errors
+    async def SetFullyRead(self, request: pb.SetFullyReadRequest, context: Any) -> pb.SetFullyReadResponse:
+        user_id, _ = _requester(request)
+        await self._core.set_fully_read(user_id, request.room_id, request.event_id)
+        return pb.SetFullyReadResponse()
 
     @maps_domain_errors
     async def ServiceCreateRoom(

@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.messaging import commands, push_rules
+from services.messaging import account, commands
 from services.messaging.commands import Deps
 from services.messaging.ports import Notifier, NullNotifier, Store
-from services.messaging.rules import INVITE_POLICIES, JSON
+from services.messaging.rules import INVITE_POLICIES, JSON, PUSH_RULES
 from services.messaging.sync import Reader, SyncResult
 from services.messaging.timeline import LogCache, Relations, Typing
 from services.messaging.writer import Writer
@@ -156,8 +156,30 @@ class Messaging:
     ) -> JSON:
         return await self._reader.messages(user_id, device_id, room_id, from_token, to_token, direction, limit)
 
+    # -- per-user data (account.py) ---------------------------------------------------------------
+
     async def push_rules(self, user_id: str) -> JSON:
-        return {"global": push_rules.ruleset(user_id)}
+        return await account.get_account_data(self._deps, user_id, "", PUSH_RULES)
+
+    async def change_push_rule(
+        self, user_id: str, change: str, scope: str, kind: str, rule_id: str, body: JSON, before: str, after: str
+    ) -> None:
+        await account.perform_push_rule(self._deps, user_id, change, scope, kind, rule_id, body, before, after)
+
+    async def set_account_data(self, user_id: str, room_id: str, data_type: str, content: Any) -> None:
+        await account.perform_set_account_data(self._deps, user_id, room_id, data_type, content)
+
+    async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> JSON:
+        return await account.get_account_data(self._deps, user_id, room_id, data_type)
+
+    async def set_fully_read(self, user_id: str, room_id: str, event_id: str) -> None:
+        await account.perform_fully_read(self._deps, user_id, room_id, event_id)
+
+    async def pushers(self, user_id: str) -> JSON:
+        return await account.get_pushers(self.store, user_id)
+
+    async def set_pusher(self, user_id: str, body: JSON) -> None:
+        await account.set_pusher(self.store, user_id, body)
 
     async def sync(
         self,

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from services.messaging.rules import MessagingError
+
 JSON = dict[str, Any]
 
 KINDS = ("override", "content", "room", "sender", "underride")
@@ -94,6 +96,8 @@ def default_rules(user_id: str) -> dict[str, list[JSON]]:
             ["notify", _SOUND],
         ),
         _rule(".m.rule.message", [_match("type", "m.room.message")], ["notify"]),
+        # Laiwang's own message types (share, music and app cards) notify like messages.
+        _rule(".cn.laiwang.rule.card", [_match("type", "cn.laiwang.*_card")], ["notify"]),
         _rule(".m.rule.encrypted", [_match("type", "m.room.encrypted")], ["notify"]),
     ]
     return {"override": override, "content": content, "room": [], "sender": [], "underride": underride}
@@ -288,3 +292,162 @@ def evaluate(rules: dict[str, list[JSON]], event: JSON, user_id: str, room: Room
             if rule.get("enabled", True) and _rule_matches(kind, rule, event, room):
                 return _outcome(rule.get("actions"))
     return NOTHING
+
+
+# -- changes (PUT / DELETE / enabled / actions) ---------------------------------------------------
+
+MAX_USER_RULES = 500
+MAX_RULE_ID_BYTES = 255
+MAX_PATTERN_CHARS = 1024
+MAX_CONDITIONS = 20
+MAX_ACTIONS = 20
+_HISTORICAL_ACTIONS = ("dont_notify", "coalesce")
+
+
+def _fail(errcode: str, message: str) -> MessagingError:
+    return MessagingError(errcode, message)
+
+
+def checked_actions(actions: Any) -> list[Any]:
+    """Validated actions, with the historical no-ops stripped (the spec says to ignore them)."""
+    if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
+        raise _fail("M_BAD_JSON", f"actions must be a list of at most {MAX_ACTIONS} actions")
+    kept: list[Any] = []
+    for action in actions:
+        if action == "notify":
+            kept.append(action)
+        elif action in _HISTORICAL_ACTIONS:
+            continue
+        elif isinstance(action, dict) and isinstance(action.get("set_tweak"), str) and len(action) <= 2:
+            if len(action) == 2 and "value" not in action:
+                raise _fail("M_BAD_JSON", "a set_tweak action has only set_tweak and value")
+            kept.append(action)
+        else:
+            raise _fail("M_BAD_JSON", f"unrecognised action {str(action)[:100]!r}")
+    return kept
+
+
+def _checked_conditions(conditions: Any) -> list[JSON]:
+    # Unknown condition kinds are kept (a newer client may know them) and simply never match.
+    if not isinstance(conditions, list) or len(conditions) > MAX_CONDITIONS:
+        raise _fail("M_BAD_JSON", f"conditions must be a list of at most {MAX_CONDITIONS} objects")
+    for condition in conditions:
+        if not isinstance(condition, dict) or not isinstance(condition.get("kind"), str):
+            raise _fail("M_BAD_JSON", "each condition is an object with a string 'kind'")
+    return conditions
+
+
+def _check_rule_id(kind: str, rule_id: str) -> None:
+    if kind not in KINDS:
+        raise _fail("M_INVALID_PARAM", f"unknown push rule kind {kind[:50]!r}")
+    if not rule_id or len(rule_id.encode()) > MAX_RULE_ID_BYTES:
+        raise _fail("M_INVALID_PARAM", f"rule_id must be 1 to {MAX_RULE_ID_BYTES} bytes")
+
+
+def _find(rules: list[JSON], rule_id: str) -> int:
+    return next((i for i, rule in enumerate(rules) if rule["rule_id"] == rule_id), -1)
+
+
+def change_rule(
+    user_id: str,
+    stored: JSON | None,
+    change: str,
+    kind: str,
+    rule_id: str,
+    body: JSON,
+    before: str = "",
+    after: str = "",
+) -> JSON:
+    """The user's push-rule document after one change (`put`, `delete`, `enabled` or `actions`)."""
+    _check_rule_id(kind, rule_id)
+    doc: JSON = {"rules": {k: list(v) for k, v in (stored or {}).get("rules", {}).items()}}
+    doc["defaults"] = dict((stored or {}).get("defaults", {}))
+    own: list[JSON] = doc["rules"].setdefault(kind, [])
+    is_default = rule_id.startswith(".")
+    default_ids = {r["rule_id"] for r in default_rules(user_id)[kind]}
+    if change in ("enabled", "actions"):
+        if is_default:
+            if rule_id not in default_ids:
+                raise _fail("M_NOT_FOUND", "no such push rule")
+            key = f"{kind}/{rule_id}"
+            updated = dict(doc["defaults"].get(key, {}))
+            if change == "enabled":
+                updated["enabled"] = _enabled(body)
+            else:
+                updated["actions"] = checked_actions(body.get("actions"))
+            doc["defaults"][key] = updated
+            return doc
+        index = _find(own, rule_id)
+        if index < 0:
+            raise _fail("M_NOT_FOUND", "no such push rule")
+        rule = dict(own[index])
+        if change == "enabled":
+            rule["enabled"] = _enabled(body)
+        else:
+            rule["actions"] = checked_actions(body.get("actions"))
+        own[index] = rule
+        return doc
+    if is_default:
+        raise _fail("M_INVALID_PARAM", "rule ids starting with '.' are server-default rules and cannot be changed")
+    if change == "delete":
+        index = _find(own, rule_id)
+        if index < 0:
+            raise _fail("M_NOT_FOUND", "no such push rule")
+        del own[index]
+        return doc
+    if change != "put":
+        raise _fail("M_INVALID_PARAM", "unknown change")
+    rule = _new_rule(kind, rule_id, body)
+    index = _find(own, rule_id)
+    if index >= 0:
+        rule["enabled"] = own[index].get("enabled", True)  # replacing keeps the enabled flag
+        del own[index]
+    elif sum(len(v) for v in doc["rules"].values()) >= MAX_USER_RULES:
+        raise _fail("M_LIMIT_EXCEEDED", f"at most {MAX_USER_RULES} push rules per user")
+    anchor = before or after
+    if anchor:
+        if anchor.startswith("."):
+            raise _fail("M_INVALID_PARAM", "before/after cannot name a server-default rule")
+        position = _find(own, anchor)
+        if position < 0:
+            raise _fail("M_NOT_FOUND", f"no push rule {anchor[:100]!r} to place this rule next to")
+        own.insert(position if before else position + 1, rule)
+    else:
+        own.insert(0, rule)  # a new rule takes the highest priority of its kind
+    return doc
+
+
+def check_change(change: str, kind: str, rule_id: str, body: JSON) -> None:
+    """Everything about a change that does not depend on the user's stored rules."""
+    _check_rule_id(kind, rule_id)
+    if change == "enabled":
+        _enabled(body)
+    elif change == "actions":
+        checked_actions(body.get("actions"))
+    elif rule_id.startswith("."):
+        raise _fail("M_INVALID_PARAM", "rule ids starting with '.' are server-default rules and cannot be changed")
+    elif change == "put":
+        _new_rule(kind, rule_id, body)
+
+
+def _enabled(body: JSON) -> bool:
+    value = body.get("enabled")
+    if not isinstance(value, bool):
+        raise _fail("M_BAD_JSON", "'enabled' must be a boolean")
+    return value
+
+
+def _new_rule(kind: str, rule_id: str, body: JSON) -> JSON:
+    rule: JSON = {"rule_id": rule_id, "enabled": True, "actions": checked_actions(body.get("actions"))}
+    if kind in ("override", "underride"):
+        rule["conditions"] = _checked_conditions(body.get("conditions", []))
+    elif kind == "content":
+        pattern = body.get("pattern")
+        if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN_CHARS:
+            raise _fail("M_BAD_JSON", f"a content rule needs a 'pattern' of 1 to {MAX_PATTERN_CHARS} characters")
+        rule["pattern"] = pattern
+    elif kind == "room" and not (rule_id.startswith("!") and ":" in rule_id):
+        raise _fail("M_INVALID_PARAM", "a room rule's id is the room id")
+    elif kind == "sender" and not (rule_id.startswith("@") and ":" in rule_id):
+        raise _fail("M_INVALID_PARAM", "a sender rule's id is the sender's user id")
+    return rule

@@ -36,8 +36,6 @@ MESSAGE = "m.room.message"
 SHARE_CARD = "cn.laiwang.share_card"
 MUSIC_CARD = "cn.laiwang.music_card"
 APP_CARD = "cn.laiwang.app_card"
-# Event types that count towards unread notifications.
-COUNTED_TYPES = frozenset({MESSAGE, "m.room.encrypted", "m.sticker", SHARE_CARD, MUSIC_CARD, APP_CARD})
 MEMBERSHIPS = ("invite", "join", "leave", "ban")
 RECEIPT_TYPES = ("m.read", "m.read.private")
 PRESETS = ("private_chat", "trusted_private_chat", "public_chat")
@@ -393,6 +391,19 @@ def txn_event_id(key: str) -> str:
 
 def receipt_key(room_id: str, user_id: str, receipt_type: str) -> str:
     return f"{room_id}{SEP}{user_id}{SEP}{receipt_type}"
+
+
+FULLY_READ = "m.fully_read"
+PUSH_RULES = "m.push_rules"
+
+
+def pusher_key(user_id: str, app_id: str, pushkey: str) -> str:
+    return f"{user_id}{SEP}{app_id}{SEP}{pushkey}"
+
+
+def account_data_key(user_id: str, room_id: str, data_type: str) -> str:
+    """Global account data has room_id ""."""
+    return f"{user_id}{SEP}{room_id}{SEP}{data_type}"
 
 
 def create_options(creator: str, body: JSON) -> tuple[str, bool, list[str]]:

@@ -25,7 +25,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 
 from plumbing.mongo import IndexPlan
 from services.messaging.ports import DuplicateWrite, PartialAppend, StaleCache, Writes
-from services.messaging.rules import COUNTED_TYPES, JSON
+from services.messaging.rules import JSON, pusher_key
 
 T = TypeVar("T")
 WRITE_SECONDS = Histogram(
@@ -89,6 +89,9 @@ class MongoTx:
     async def receipt(self, key: str) -> JSON | None:
         return await self._s.db.receipts.find_one({"_id": key}, session=self._session)
 
+    async def account_data(self, key: str) -> JSON | None:
+        return await self._s.db.account_data.find_one({"_id": key}, session=self._session)
+
     async def write(self, writes: Writes) -> None:
         db, session = self._s.db, self._session
         if writes.rooms:
@@ -114,6 +117,14 @@ class MongoTx:
                 ],
                 session=session,
             )
+        if writes.account_data:
+            await db.account_data.bulk_write(
+                [
+                    ReplaceOne({"_id": key}, {k: v for k, v in doc.items() if k != "entry"}, upsert=True)
+                    for key, doc in writes.account_data.items()
+                ],
+                session=session,
+            )
         for event_id, pruned in writes.redactions.items():
             await db.entries.update_one({"_id": event_id}, {"$set": {"event": pruned}}, session=session)
 
@@ -131,6 +142,8 @@ class MessagingStore:
             ],
             "state": [IndexModel([("room_id", ASCENDING)]), IndexModel([("member_user", ASCENDING)])],
             "receipts": [IndexModel([("room_id", ASCENDING)])],
+            "account_data": [IndexModel([("user", ASCENDING)])],
+            "pushers": [IndexModel([("user", ASCENDING)]), IndexModel([("app_id", ASCENDING), ("pushkey", ASCENDING)])],
         }
 
     async def transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -200,18 +213,6 @@ class MessagingStore:
             limit=limit,
         ).to_list()
 
-    async def count_unread(self, room_id: str, lo: int, hi: int, user_id: str) -> int:
-        return await self.db.entries.count_documents(
-            {
-                "room_id": room_id,
-                "pos": {"$gt": lo, "$lte": hi},
-                "kind": "event",
-                "event.type": {"$in": sorted(COUNTED_TYPES)},
-                "event.sender": {"$ne": user_id},
-                "event.state_key": {"$exists": False},
-            }
-        )
-
     async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]:
         doc = await self.db.rooms.find_one({"_id": room_id})
         if doc is None:
@@ -225,6 +226,26 @@ class MessagingStore:
 
     async def entry(self, event_id: str) -> JSON | None:
         return await self.db.entries.find_one({"_id": event_id})
+
+    async def load_account_data(self, user_ids: list[str]) -> list[JSON]:
+        return await self.db.account_data.find({"user": {"$in": user_ids}}).to_list()
+
+    # -- pushers: plain per-user documents (no stream: /sync never carries them) --------------------
+
+    async def pushers(self, user_id: str) -> list[JSON]:
+        return await self.db.pushers.find({"user": user_id}, sort=[("created_ms", ASCENDING)]).to_list()
+
+    async def set_pusher(self, user_id: str, pusher: JSON, append: bool) -> None:
+        # One pusher per (app_id, pushkey) across users unless `append` (the spec's rule).
+        key = {"app_id": pusher["app_id"], "pushkey": pusher["pushkey"]}
+        if not append:
+            await self.db.pushers.delete_many({**key, "user": {"$ne": user_id}})
+        await self.db.pushers.replace_one(
+            {"_id": pusher_key(user_id, pusher["app_id"], pusher["pushkey"])}, {"user": user_id, **pusher}, upsert=True
+        )
+
+    async def delete_pusher(self, user_id: str, app_id: str, pushkey: str) -> None:
+        await self.db.pushers.delete_one({"_id": pusher_key(user_id, app_id, pushkey)})
 
     async def state_events_upto(self, room_id: str, pos: int) -> list[JSON]:
         """The room's state events with position <= pos, oldest first (state as of a member's leave)."""

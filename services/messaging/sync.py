@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.messaging.ports import Store
+from services.messaging.push_rules import ruleset
 from services.messaging.rules import (
     AVATAR,
     CREATE,
@@ -16,6 +17,7 @@ from services.messaging.rules import (
     MAX_TIMELINE_LIMIT,
     MEMBER,
     NAME,
+    PUSH_RULES,
     TOPIC,
     forbidden,
     invalid,
@@ -25,7 +27,27 @@ from services.messaging.rules import (
     parse_sync_token,
     sync_token,
 )
-from services.messaging.timeline import LogCache, MemberInfo, RoomView, Typing
+from services.messaging.timeline import LogCache, MemberInfo, RoomView, Typing, UserView
+
+
+def account_data_content(user_view: UserView, room_id: str, data_type: str) -> JSON | None:
+    """What a client sees: m.push_rules is the whole rule set, computed from the stored changes."""
+    stored = user_view.account_data.get((room_id, data_type))
+    if data_type == PUSH_RULES and not room_id:
+        return {"global": ruleset(user_view.user_id, stored["content"] if stored is not None else None)}
+    return stored["content"] if stored is not None else None
+
+
+def account_data_events(user_view: UserView, room_id: str, since_pos: int, head: int, initial: bool) -> list[JSON]:
+    """Account data of one room ("" for global) changed after `since_pos` (all of it when initial)."""
+    changed = [
+        data_type
+        for (room, data_type), record in user_view.account_data.items()
+        if room == room_id and record["pos"] <= head and (initial or record["pos"] > since_pos)
+    ]
+    if initial and not room_id and PUSH_RULES not in changed:
+        changed.append(PUSH_RULES)  # the defaults, before the user ever changed a rule
+    return [{"type": t, "content": account_data_content(user_view, room_id, t)} for t in sorted(changed)]
 
 
 @dataclass
@@ -153,7 +175,7 @@ class Reader:
                 continue
             if member.membership == "join":
                 room = await self._sync_joined(
-                    room_id, user_id, device_id, member, since_pos, since_typing, head, limit, initial
+                    room_id, user_view, device_id, member, since_pos, since_typing, head, limit, initial
                 )
                 if room is not None:
                     join[room_id] = room
@@ -181,13 +203,14 @@ class Reader:
                         "state": {"events": []},
                         "account_data": {"events": []},
                     }
-        has_changes = bool(join or invite or leave)
+        account_data = account_data_events(user_view, "", since_pos, head, initial)
+        has_changes = bool(join or invite or leave or account_data)
         next_batch = sync_token(head, typing_serial)
         body: JSON = {
             "next_batch": next_batch,
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "presence": {"events": []},
-            "account_data": {"events": []},
+            "account_data": {"events": account_data},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
@@ -197,7 +220,7 @@ class Reader:
     async def _sync_joined(
         self,
         room_id: str,
-        user_id: str,
+        user_view: UserView,
         device_id: str,
         member: MemberInfo,
         since_pos: int,
@@ -209,9 +232,11 @@ class Reader:
         view = await self.cache.room(room_id)
         if view is None:
             return None
+        user_id = user_view.user_id
         newly = initial or member.pos > since_pos
         typing_changed = self.typing.room_serial.get(room_id, 0) > since_typing
-        if not newly and view.last_pos <= since_pos and not typing_changed:
+        account_data = account_data_events(user_view, room_id, since_pos, head, newly)
+        if not newly and view.last_pos <= since_pos and not typing_changed and not account_data:
             return None
         lo = 0 if newly else since_pos
         entries = await self.cache.room_range(view, lo, head, limit + 1, True)
@@ -239,9 +264,9 @@ class Reader:
                 }
         if receipts:
             ephemeral.append({"type": "m.receipt", "content": receipts})
-        if not newly and not events and not ephemeral:
+        if not newly and not events and not ephemeral and not account_data:
             return None
-        unread = await self.cache.unread(view, user_id)
+        notifications, highlights = await self.cache.unread(view, user_view)
         joined = view.joined()
         return {
             "timeline": {
@@ -251,8 +276,8 @@ class Reader:
             },
             "state": {"events": state},
             "ephemeral": {"events": ephemeral},
-            "account_data": {"events": []},
-            "unread_notifications": {"notification_count": unread, "highlight_count": 0},
+            "account_data": {"events": account_data},
+            "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
             "summary": {
                 "m.joined_member_count": len(joined),
                 "m.invited_member_count": sum(1 for m in view.members.values() if m.membership == "invite"),

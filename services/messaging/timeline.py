@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from services.messaging.ports import Store, Tx
+from services.messaging.push_rules import RoomContext, evaluate, ruleset
 from services.messaging.rules import (
-    COUNTED_TYPES,
     DEFAULT_POWER_LEVELS,
+    FULLY_READ,
     JSON,
     MEMBER,
     POWER_LEVELS,
+    PUSH_RULES,
     RECEIPT_TYPES,
     REDACTION,
     now_ms,
@@ -51,7 +53,9 @@ class RoomView:
         self.timeline: deque[JSON] = deque()
         self.floor = floor
         self.last_pos = 0
-        self.unread: dict[str, int] = {}
+        # user -> [notifications, highlights, read_pos]: kept current as events arrive, dropped
+        # (and recounted when next asked) when the user's marker or push rules move.
+        self.unread: dict[str, list[int]] = {}
 
     def joined(self) -> list[str]:
         return [u for u, m in self.members.items() if m.membership == "join"]
@@ -70,16 +74,51 @@ class RoomView:
 
 
 class UserView:
-    __slots__ = ("rooms", "user_id")
+    __slots__ = ("account_data", "rooms", "user_id")
 
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
         self.rooms: dict[str, MemberInfo] = {}
+        # (room_id or "" for global, type) -> {"content": ..., "pos": ...}
+        self.account_data: dict[tuple[str, str], JSON] = {}
 
 
-def _counts(entry: JSON, user_id: str) -> bool:
-    event = entry["event"]
-    return event["type"] in COUNTED_TYPES and event["sender"] != user_id and "state_key" not in event
+# Unread counts scan at most this many events after the user's marker (a room read long ago
+# shows "999+"-style saturated counts instead of a scan of its whole history).
+MAX_COUNTED_EVENTS = 1000
+
+
+def room_context(view: RoomView, user_id: str, sender: str) -> RoomContext:
+    levels = view.power_levels()
+    users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
+    default = levels.get("users_default", 0)
+    sender_power = users.get(sender, default)
+    notifications = levels.get("notifications") if isinstance(levels.get("notifications"), dict) else {}
+    own = view.state.get((MEMBER, user_id))
+    name = own["event"]["content"].get("displayname") if own is not None else None
+    return RoomContext(
+        member_count=sum(1 for m in view.members.values() if m.membership == "join"),
+        display_name=name if isinstance(name, str) else "",
+        sender_power=sender_power if isinstance(sender_power, int) else 0,
+        notification_power=lambda key: v if isinstance(v := notifications.get(key, 50), int) else 50,
+    )
+
+
+def user_rules(user: UserView) -> dict[str, list[JSON]]:
+    stored = user.account_data.get(("", PUSH_RULES))
+    return ruleset(user.user_id, stored["content"] if stored is not None else None)
+
+
+def read_position(view: RoomView, user: UserView) -> int:
+    """Where the user has read up to: the furthest of their receipts, their m.fully_read marker and
+    their joining (what happened before they joined never notified them)."""
+    marker = user.account_data.get((view.room_id, FULLY_READ))
+    member = view.members.get(user.user_id)
+    return max(
+        view.read_up_to(user.user_id),
+        int(marker.get("event_pos", 0)) if marker else 0,
+        member.pos if member is not None else 0,
+    )
 
 
 class LogCache:
@@ -159,6 +198,22 @@ class LogCache:
             if view is not None:
                 self._apply_receipt(view, entry)
             return
+        if entry["kind"] == "account_data":
+            owner = self.users.get(entry["user"])
+            if owner is not None:
+                owner.account_data[(room_id, entry["type"])] = {
+                    "content": entry["content"],
+                    "pos": pos,
+                    "event_pos": entry.get("event_pos", 0),
+                }
+            if view is not None and entry["type"] == FULLY_READ:
+                view.unread.pop(entry["user"], None)  # recounted from the new marker when next asked
+            if owner is not None and entry["type"] == PUSH_RULES and not room_id:
+                for joined in owner.rooms:
+                    other = self.rooms.get(joined)
+                    if other is not None:
+                        other.unread.pop(entry["user"], None)
+            return
         event = entry["event"]
         if view is not None:
             view.last_pos = pos
@@ -189,10 +244,17 @@ class LogCache:
                     )
         if event["type"] == REDACTION:
             self._apply_redaction(view, event)
-        elif event["type"] in COUNTED_TYPES and "state_key" not in event:
-            for user_id in view.unread:
-                if user_id != event["sender"]:
-                    view.unread[user_id] += 1
+        for user_id in list(view.unread):
+            if user_id == event["sender"]:
+                continue
+            user = self.users.get(user_id)
+            if user is None:
+                del view.unread[user_id]  # its rules are not in memory: recount when asked
+                continue
+            outcome = evaluate(user_rules(user), event, user_id, room_context(view, user_id, event["sender"]))
+            counts = view.unread[user_id]
+            counts[0] += outcome.notify
+            counts[1] += outcome.highlight
 
     def _apply_redaction(self, view: RoomView, redaction: JSON) -> None:
         target = redaction.get("redacts")
@@ -209,13 +271,9 @@ class LogCache:
             return
         view.receipts[key] = {**receipt, "pos": entry["pos"]}
         view.last_pos = entry["pos"]
-        user_id = receipt["user"]
-        if user_id in view.unread:
-            read_pos = view.read_up_to(user_id)
-            if read_pos >= view.floor:
-                view.unread[user_id] = sum(1 for e in view.timeline if e["pos"] > read_pos and _counts(e, user_id))
-            else:
-                del view.unread[user_id]  # recounted from the database when next needed
+        counts = view.unread.get(receipt["user"])
+        if counts is not None and receipt["event_pos"] > counts[2]:
+            del view.unread[receipt["user"]]  # recounted from the new marker when next asked
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -284,6 +342,13 @@ class LogCache:
                             state["membership"], pos, bool(state.get("ever_joined"))
                         )
                         newest = max(newest, pos)
+                    for doc in await self._store.load_account_data(wanted) if wanted else []:
+                        views[doc["user"]].account_data[(doc["room_id"], doc["type"])] = {
+                            "content": doc["content"],
+                            "pos": doc["pos"],
+                            "event_pos": doc.get("event_pos", 0),
+                        }
+                        newest = max(newest, doc["pos"])
                     for user_id, view in views.items():
                         self.users[user_id] = view
                     found = {u: views.get(u) or self.users.get(u) for u in batch}  # before any eviction
@@ -300,19 +365,30 @@ class LogCache:
                 if not waiter.done():
                     waiter.set_result(found[user_id] or UserView(user_id))
 
-    async def unread(self, view: RoomView, user_id: str) -> int:
-        count = view.unread.get(user_id)
-        if count is not None:
-            return count
+    async def unread(self, view: RoomView, user: UserView) -> tuple[int, int]:
+        """(notification_count, highlight_count) for the user in the room: the events after their
+        read position that their push rules notify (and highlight) for."""
+        counts = view.unread.get(user.user_id)
+        if counts is not None:
+            return counts[0], counts[1]
         async with self._lock:
-            read_pos = view.read_up_to(user_id)
+            # Under the lock, so no event is applied between the count and registering it.
+            read_pos = read_position(view, user)
             if read_pos >= view.floor:
-                count = sum(1 for e in view.timeline if e["pos"] > read_pos and _counts(e, user_id))
+                entries = [e for e in view.timeline if e["pos"] > read_pos]
             else:
-                # Under the lock, so no event is applied between the count and registering it.
-                count = await self._store.count_unread(view.room_id, read_pos, self.head, user_id)
-            view.unread[user_id] = count
-            return count
+                entries = await self._store.room_entries(view.room_id, read_pos, self.head, MAX_COUNTED_EVENTS, True)
+            rules = user_rules(user)
+            notify = highlight = 0
+            for entry in entries[-MAX_COUNTED_EVENTS:]:
+                event = entry["event"]
+                if event["sender"] == user.user_id:
+                    continue
+                outcome = evaluate(rules, event, user.user_id, room_context(view, user.user_id, event["sender"]))
+                notify += outcome.notify
+                highlight += outcome.highlight
+            view.unread[user.user_id] = [notify, highlight, read_pos]
+            return notify, highlight
 
     async def room_range(self, view: RoomView, lo: int, hi: int, limit: int, descending: bool) -> list[JSON]:
         """Up to `limit` timeline entries of a room with lo < pos <= hi, newest first if descending."""

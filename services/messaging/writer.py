@@ -26,6 +26,7 @@ from services.messaging.rules import (
     MEMBER,
     POWER_LEVELS,
     MessagingError,
+    account_data_key,
     canonical_bytes,
     new_id,
     not_found,
@@ -86,6 +87,7 @@ class Batch:
                 "writes.state": w.state,
                 "receipts": w.receipts,
                 "redactions": w.redactions,
+                "account_data": w.account_data,
                 "txn_map": self.txn_map,
                 "room_docs": self.room_docs,
             }[kind]
@@ -284,6 +286,36 @@ class Batch:
         doc = {"_id": key, "room_id": room_id, **receipt, "entry": entry}
         self._set("receipts", self.writes.receipts, key, doc)
 
+    async def account_data(self, user_id: str, room_id: str, data_type: str) -> JSON | None:
+        """The stored content (or None), including this batch's own writes."""
+        key = account_data_key(user_id, room_id, data_type)
+        pending = self.writes.account_data.get(key)
+        if pending is not None:
+            return pending["content"]
+        if self.cache_mode:
+            view = await self.writer.cache.user(user_id)
+            found = view.account_data.get((room_id, data_type))
+            return found["content"] if found is not None else None
+        doc = await self.tx.account_data(key)
+        return doc["content"] if doc is not None else None
+
+    def add_account_data(self, user_id: str, room_id: str, data_type: str, content: JSON, event_pos: int = 0) -> None:
+        entry: JSON = {
+            "kind": "account_data",
+            "room_id": room_id,
+            "user": user_id,
+            "type": data_type,
+            "content": content,
+            "pos": 0,
+        }
+        doc: JSON = {"user": user_id, "room_id": room_id, "type": data_type, "content": content}
+        if event_pos:  # m.fully_read: where the marker points, for unread counts
+            entry["event_pos"] = doc["event_pos"] = event_pos
+        self.writes.entries.append(entry)
+        key = account_data_key(user_id, room_id, data_type)
+        doc.update(_id=key, entry=entry)
+        self._set("account_data", self.writes.account_data, key, doc)
+
     def add_redaction(self, target: JSON, redaction: JSON) -> None:
         self._set("redactions", self.writes.redactions, target["event_id"], pruned(target, redaction))
 
@@ -292,7 +324,9 @@ class Batch:
             entry["pos"] = self.base_head + offset
             if entry["kind"] == "receipt":
                 entry["_id"] = f"~r{entry['pos']}"
-        for doc in self.writes.receipts.values():
+            elif entry["kind"] == "account_data":
+                entry["_id"] = f"~a{entry['pos']}"
+        for doc in (*self.writes.receipts.values(), *self.writes.account_data.values()):
             doc["pos"] = doc["entry"]["pos"]
 
     async def check_refusals(self) -> None:
@@ -532,8 +566,11 @@ class Writer:
     async def _wake_for(self, entries: list[JSON]) -> None:
         wake: dict[str, int] = {}
         for entry in entries:
-            view = await self.cache.room(entry["room_id"])
             pos = entry["pos"]
+            if entry["kind"] == "account_data":
+                wake[entry["user"]] = pos  # private to its owner
+                continue
+            view = await self.cache.room(entry["room_id"])
             if view is not None:
                 for user_id, info in view.members.items():
                     if info.membership in ("join", "invite"):

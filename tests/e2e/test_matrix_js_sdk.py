@@ -54,3 +54,13 @@ async def test_start_client_reaches_prepared_and_reads_default_push_rules(sdk_st
     assert [r for r in rules["override"] if r.startswith(".m.")] == DEFAULT_OVERRIDE
     assert [r for r in rules["underride"] if r.startswith(".m.")] == DEFAULT_UNDERRIDE
     assert rules["content"] == [".m.rule.contains_user_name"]
+
+
+async def test_a_normal_session_between_two_users(sdk_stack: RunningStack) -> None:
+    steps = ["direct_chat", "message", "edit", "typing", "read_marker", "push_rule_changed"]
+    results = await run_scenario(sdk_stack.base_url, steps)
+    assert results["message"]["body"] == "hello Bob"
+    assert results["edit"]["body"] == "hello Bob!"
+    assert results["typing"]["seen"] is True
+    assert results["read_marker"]["unread"] == 0
+    assert results["push_rule_changed"]["room_rules"] == [results["direct_chat"]["room_id"]]

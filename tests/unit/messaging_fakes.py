@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from services.messaging.ports import DuplicateWrite, PartialAppend, StaleCache, Writes
-from services.messaging.rules import COUNTED_TYPES, JSON
+from services.messaging.rules import JSON
 
 T = TypeVar("T")
 
@@ -35,6 +35,9 @@ class FakeTx:
     async def receipt(self, key: str) -> JSON | None:
         return self._store.receipts.get(key)
 
+    async def account_data(self, key: str) -> JSON | None:
+        return self._store.account_data.get(key)
+
     async def write(self, writes: Writes) -> None:
         self.pending = writes
 
@@ -46,6 +49,8 @@ class FakeStore:
         self.rooms: dict[str, JSON] = {}
         self.receipts: dict[str, JSON] = {}
         self.relations: dict[str, JSON] = {}
+        self.account_data: dict[str, JSON] = {}
+        self.pusher_docs: dict[tuple[str, str, str], JSON] = {}
         self.transactions = 0
         self.fail_next_commit: Exception | None = None
 
@@ -68,6 +73,7 @@ class FakeStore:
                 self.entries[entry["_id"]] = entry
             self.state.update(copy.deepcopy(writes.state))
             self.receipts.update(writes.receipts)
+            self.account_data.update(copy.deepcopy(writes.account_data))
             for event_id, pruned in writes.redactions.items():
                 self.entries[event_id] = {**self.entries[event_id], "event": pruned}
         self.transactions += 1
@@ -104,12 +110,24 @@ class FakeStore:
         found = [e for e in self._sorted() if e["room_id"] == room_id and e["kind"] == "event" and lo < e["pos"] <= hi]
         return (found[::-1] if descending else found)[:limit]
 
-    async def count_unread(self, room_id: str, lo: int, hi: int, user_id: str) -> int:
-        return sum(
-            1
-            for e in await self.room_entries(room_id, lo, hi, 10**9, False)
-            if e["event"]["type"] in COUNTED_TYPES and e["event"]["sender"] != user_id and "state_key" not in e["event"]
-        )
+    async def load_account_data(self, user_ids: list[str]) -> list[JSON]:
+        return [
+            {k: v for k, v in d.items() if k != "entry"} for d in self.account_data.values() if d["user"] in user_ids
+        ]
+
+    async def pushers(self, user_id: str) -> list[JSON]:
+        return [p for p in self.pusher_docs.values() if p["user"] == user_id]
+
+    async def set_pusher(self, user_id: str, pusher: JSON, append: bool) -> None:
+        if not append:
+            same = (pusher["app_id"], pusher["pushkey"])
+            for key in [k for k, p in self.pusher_docs.items() if (p["app_id"], p["pushkey"]) == same]:
+                if key[0] != user_id:
+                    del self.pusher_docs[key]
+        self.pusher_docs[(user_id, pusher["app_id"], pusher["pushkey"])] = {"user": user_id, **pusher}
+
+    async def delete_pusher(self, user_id: str, app_id: str, pushkey: str) -> None:
+        self.pusher_docs.pop((user_id, app_id, pushkey), None)
 
     async def load_room(self, room_id: str) -> tuple[JSON | None, list[JSON], list[JSON]]:
         room = self.rooms.get(room_id)

@@ -111,6 +111,79 @@ const STEPS = {
     const ids = (kind) => (rules.global[kind] || []).filter((r) => r.default).map((r) => r.rule_id);
     return { override: ids("override"), content: ids("content"), underride: ids("underride") };
   },
+
+  /** Alice opens a direct chat with Bob; Bob sees the invite through sync and joins. */
+  async direct_chat() {
+    const bobId = ctx.bobSession.user_id;
+    const { room_id: roomId } = await ctx.alice.createRoom({ is_direct: true, invite: [bobId], preset: "trusted_private_chat" });
+    ctx.roomId = roomId;
+    await until(ctx.bob, sdk.ClientEvent.Room, () => ctx.bob.getRoom(roomId)?.getMyMembership() === "invite", "the invite");
+    await ctx.bob.joinRoom(roomId);
+    const aliceRoom = () => ctx.alice.getRoom(roomId);
+    await until(ctx.alice, sdk.RoomStateEvent.Members, () => aliceRoom()?.getMember(bobId)?.membership === "join", "Bob's join");
+    return { room_id: roomId };
+  },
+
+  /** A message from Alice arrives at Bob in his live timeline. */
+  async message() {
+    const { event_id: eventId } = await ctx.alice.sendTextMessage(ctx.roomId, "hello Bob");
+    ctx.firstEventId = eventId;
+    const room = ctx.bob.getRoom(ctx.roomId);
+    await until(ctx.bob, sdk.RoomEvent.Timeline, () => room.findEventById(eventId), "the message at Bob");
+    return { body: room.findEventById(eventId).getContent().body };
+  },
+
+  /** Alice edits her message; Bob's SDK shows the new text on the original event. */
+  async edit() {
+    const original = ctx.firstEventId;
+    const { event_id: editId } = await ctx.alice.sendEvent(ctx.roomId, "m.room.message", {
+      msgtype: "m.text",
+      body: "* hello Bob!",
+      "m.new_content": { msgtype: "m.text", body: "hello Bob!" },
+      "m.relates_to": { rel_type: "m.replace", event_id: original },
+    });
+    const room = ctx.bob.getRoom(ctx.roomId);
+    // The SDK aggregates the edit asynchronously after the timeline event, and says so on the original.
+    const target = room.findEventById(original);
+    const shown = () => target.getContent().body === "hello Bob!";
+    await until(target, sdk.MatrixEventEvent.Replaced, shown, "the edit applied at Bob");
+    return { edit_id: editId, body: room.findEventById(original).getContent().body };
+  },
+
+  /** Alice types; Bob sees it, then sees her stop. */
+  async typing() {
+    const member = () => ctx.bob.getRoom(ctx.roomId).getMember(ctx.aliceSession.user_id);
+    await ctx.alice.sendTyping(ctx.roomId, true, 20000);
+    await until(ctx.bob, sdk.RoomMemberEvent.Typing, () => member()?.typing, "Alice typing");
+    await ctx.alice.sendTyping(ctx.roomId, false, 0);
+    await until(ctx.bob, sdk.RoomMemberEvent.Typing, () => member() && !member().typing, "Alice stopped typing");
+    return { seen: true };
+  },
+
+  /** Bob marks the room read (m.fully_read + m.read); Alice sees his receipt, Bob his own marker. */
+  async read_marker() {
+    const bobRoom = ctx.bob.getRoom(ctx.roomId);
+    const last = bobRoom.getLiveTimeline().getEvents().at(-1);
+    await ctx.bob.setRoomReadMarkers(ctx.roomId, last.getId(), last);
+    const marker = () => bobRoom.getAccountData("m.fully_read")?.getContent().event_id === last.getId();
+    await until(ctx.bob, sdk.RoomEvent.AccountData, marker, "Bob's m.fully_read in his account data");
+    const aliceRoom = ctx.alice.getRoom(ctx.roomId);
+    const bobId = ctx.bobSession.user_id;
+    const receipt = () => aliceRoom.getEventReadUpTo(bobId) === last.getId();
+    await until(ctx.alice, sdk.RoomEvent.Receipt, receipt, "Bob's read receipt at Alice");
+    return { read_up_to: last.getId(), unread: bobRoom.getUnreadNotificationCount() };
+  },
+
+  /** Alice mutes the room with a room push rule; it comes back to her client as m.push_rules account data. */
+  async push_rule_changed() {
+    await ctx.alice.addPushRule("global", "room", ctx.roomId, { actions: [] });
+    const has = () => (ctx.alice.pushRules?.global?.room || []).some((r) => r.rule_id === ctx.roomId);
+    await until(ctx.alice, sdk.ClientEvent.AccountData, has, "the new room rule in m.push_rules");
+    await ctx.alice.setPushRuleEnabled("global", "override", ".m.rule.suppress_notices", false);
+    const disabled = () => ctx.alice.pushRules.global.override.find((r) => r.rule_id === ".m.rule.suppress_notices")?.enabled === false;
+    await until(ctx.alice, sdk.ClientEvent.AccountData, disabled, "the disabled default rule");
+    return { room_rules: ctx.alice.pushRules.global.room.map((r) => r.rule_id) };
+  },
 };
 
 const order = Object.keys(STEPS);

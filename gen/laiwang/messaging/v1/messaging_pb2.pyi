@@ -75,6 +75,33 @@ MEMBERSHIP_LEAVE: Membership.ValueType  # 3
 MEMBERSHIP_BAN: Membership.ValueType  # 4
 Global___Membership: _TypeAlias = Membership  # noqa: Y015
 
+class _PushRuleChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PushRuleChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PushRuleChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PUSH_RULE_CHANGE_UNSPECIFIED: _PushRuleChange.ValueType  # 0
+    PUSH_RULE_CHANGE_PUT: _PushRuleChange.ValueType  # 1
+    """Create or replace a user rule; `body_json` is {actions, conditions?, pattern?}."""
+    PUSH_RULE_CHANGE_DELETE: _PushRuleChange.ValueType  # 2
+    PUSH_RULE_CHANGE_ENABLED: _PushRuleChange.ValueType  # 3
+    """`body_json` is {"enabled": bool}."""
+    PUSH_RULE_CHANGE_ACTIONS: _PushRuleChange.ValueType  # 4
+    """`body_json` is {"actions": [...]}."""
+
+class PushRuleChange(_PushRuleChange, metaclass=_PushRuleChangeEnumTypeWrapper): ...
+
+PUSH_RULE_CHANGE_UNSPECIFIED: PushRuleChange.ValueType  # 0
+PUSH_RULE_CHANGE_PUT: PushRuleChange.ValueType  # 1
+"""Create or replace a user rule; `body_json` is {actions, conditions?, pattern?}."""
+PUSH_RULE_CHANGE_DELETE: PushRuleChange.ValueType  # 2
+PUSH_RULE_CHANGE_ENABLED: PushRuleChange.ValueType  # 3
+"""`body_json` is {"enabled": bool}."""
+PUSH_RULE_CHANGE_ACTIONS: PushRuleChange.ValueType  # 4
+"""`body_json` is {"actions": [...]}."""
+Global___PushRuleChange: _TypeAlias = PushRuleChange  # noqa: Y015
+
 @_typing.final
 class Requester(_message.Message):
     """The authenticated caller, as resolved by the gateway."""
@@ -705,6 +732,274 @@ class GetPushRulesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPushRulesRequest: _TypeAlias = GetPushRulesRequest  # noqa: Y015
+
+@_typing.final
+class ChangePushRuleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    change: Global___PushRuleChange.ValueType
+    scope: _builtins.str
+    """"global" (the only scope)."""
+    kind: _builtins.str
+    """override, content, room, sender or underride."""
+    rule_id: _builtins.str
+    body_json: _builtins.bytes
+    before: _builtins.str
+    """PUT only: place the new rule just before / after this rule id of the same kind."""
+    after: _builtins.str
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        change: Global___PushRuleChange.ValueType = ...,
+        scope: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        rule_id: _builtins.str = ...,
+        body_json: _builtins.bytes = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "body_json", b"body_json", "change", b"change", "kind", b"kind", "requester", b"requester", "rule_id", b"rule_id", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePushRuleRequest: _TypeAlias = ChangePushRuleRequest  # noqa: Y015
+
+@_typing.final
+class ChangePushRuleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePushRuleResponse: _TypeAlias = ChangePushRuleResponse  # noqa: Y015
+
+@_typing.final
+class GetPushersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPushersRequest: _TypeAlias = GetPushersRequest  # noqa: Y015
+
+@_typing.final
+class GetPushersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    body_json: _builtins.bytes
+    """{"pushers": [...]}"""
+    def __init__(
+        self,
+        *,
+        body_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_json", b"body_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPushersResponse: _TypeAlias = GetPushersResponse  # noqa: Y015
+
+@_typing.final
+class SetPusherRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    body_json: _builtins.bytes
+    """The client's request body, as the spec defines it."""
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        body_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_json", b"body_json", "requester", b"requester"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPusherRequest: _TypeAlias = SetPusherRequest  # noqa: Y015
+
+@_typing.final
+class SetPusherResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPusherResponse: _TypeAlias = SetPusherResponse  # noqa: Y015
+
+@_typing.final
+class SetAccountDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CONTENT_JSON_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    type: _builtins.str
+    content_json: _builtins.bytes
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        room_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        content_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_json", b"content_json", "requester", b"requester", "room_id", b"room_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountDataRequest: _TypeAlias = SetAccountDataRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountDataResponse: _TypeAlias = SetAccountDataResponse  # noqa: Y015
+
+@_typing.final
+class GetAccountDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    type: _builtins.str
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        room_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester", "room_id", b"room_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountDataRequest: _TypeAlias = GetAccountDataRequest  # noqa: Y015
+
+@_typing.final
+class GetAccountDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_JSON_FIELD_NUMBER: _builtins.int
+    content_json: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        content_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_json", b"content_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountDataResponse: _TypeAlias = GetAccountDataResponse  # noqa: Y015
+
+@_typing.final
+class SetFullyReadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    event_id: _builtins.str
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        room_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "requester", b"requester", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFullyReadRequest: _TypeAlias = SetFullyReadRequest  # noqa: Y015
+
+@_typing.final
+class SetFullyReadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFullyReadResponse: _TypeAlias = SetFullyReadResponse  # noqa: Y015
 
 @_typing.final
 class GetPushRulesResponse(_message.Message):

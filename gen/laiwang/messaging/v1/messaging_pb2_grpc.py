@@ -100,6 +100,36 @@ class MessagingServiceStub:
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesRequest.SerializeToString,
                 response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesResponse.FromString,
                 _registered_method=True)
+        self.ChangePushRule = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/ChangePushRule',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangePushRuleRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangePushRuleResponse.FromString,
+                _registered_method=True)
+        self.GetPushers = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetPushers',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushersRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushersResponse.FromString,
+                _registered_method=True)
+        self.SetPusher = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/SetPusher',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherResponse.FromString,
+                _registered_method=True)
+        self.SetAccountData = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/SetAccountData',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetAccountDataRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetAccountDataResponse.FromString,
+                _registered_method=True)
+        self.GetAccountData = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetAccountData',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetAccountDataRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetAccountDataResponse.FromString,
+                _registered_method=True)
+        self.SetFullyRead = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/SetFullyRead',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetFullyReadRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetFullyReadResponse.FromString,
+                _registered_method=True)
         self.ServiceCreateRoom = channel.unary_unary(
                 '/laiwang.messaging.v1.MessagingService/ServiceCreateRoom',
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ServiceCreateRoomRequest.SerializeToString,
@@ -202,6 +232,46 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePushRule(self, request, context):
+        """PUT / DELETE a push rule, or set its `enabled` flag or `actions` (Matrix /pushrules/global/...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPushers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPusher(self, request, context):
+        """Matrix POST /pushers/set: add, replace or (kind null) remove a pusher.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountData(self, request, context):
+        """Account data, global (`room_id` empty) or per room; it reaches the user's /sync.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountData(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFullyRead(self, request, context):
+        """The m.fully_read marker of a room (from /read_markers): stored as room account data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ServiceCreateRoom(self, request, context):
         """--- Service-only: for trusted services (zhadui), never exposed by the gateway. ---
         They bypass the invite policy (friends-only) because the calling service decides membership.
@@ -287,6 +357,36 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.GetPushRules,
                     request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesRequest.FromString,
                     response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesResponse.SerializeToString,
+            ),
+            'ChangePushRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePushRule,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangePushRuleRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangePushRuleResponse.SerializeToString,
+            ),
+            'GetPushers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPushers,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushersRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushersResponse.SerializeToString,
+            ),
+            'SetPusher': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPusher,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherResponse.SerializeToString,
+            ),
+            'SetAccountData': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountData,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetAccountDataRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetAccountDataResponse.SerializeToString,
+            ),
+            'GetAccountData': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountData,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetAccountDataRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetAccountDataResponse.SerializeToString,
+            ),
+            'SetFullyRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFullyRead,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetFullyReadRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetFullyReadResponse.SerializeToString,
             ),
             'ServiceCreateRoom': grpc.unary_unary_rpc_method_handler(
                     servicer.ServiceCreateRoom,
@@ -651,6 +751,168 @@ class MessagingService:
             '/laiwang.messaging.v1.MessagingService/GetPushRules',
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesRequest.SerializeToString,
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePushRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/ChangePushRule',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangePushRuleRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.ChangePushRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPushers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetPushers',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushersRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPusher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/SetPusher',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/SetAccountData',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetAccountDataRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetAccountDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetAccountData',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetAccountDataRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetAccountDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFullyRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/SetFullyRead',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetFullyReadRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetFullyReadResponse.FromString,
             options,
             channel_credentials,
             insecure,

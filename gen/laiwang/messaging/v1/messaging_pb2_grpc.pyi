@@ -67,6 +67,16 @@ class MessagingServiceStub:
     """The user's push rules ({"global": {override, content, room, sender, underride}}): the
     server-default rules with the user's changes, and the user's own rules.
     """
+    ChangePushRule: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ChangePushRuleRequest, _messaging_pb2.ChangePushRuleResponse]
+    """PUT / DELETE a push rule, or set its `enabled` flag or `actions` (Matrix /pushrules/global/...)."""
+    GetPushers: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetPushersRequest, _messaging_pb2.GetPushersResponse]
+    SetPusher: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetPusherRequest, _messaging_pb2.SetPusherResponse]
+    """Matrix POST /pushers/set: add, replace or (kind null) remove a pusher."""
+    SetAccountData: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetAccountDataRequest, _messaging_pb2.SetAccountDataResponse]
+    """Account data, global (`room_id` empty) or per room; it reaches the user's /sync."""
+    GetAccountData: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetAccountDataRequest, _messaging_pb2.GetAccountDataResponse]
+    SetFullyRead: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetFullyReadRequest, _messaging_pb2.SetFullyReadResponse]
+    """The m.fully_read marker of a room (from /read_markers): stored as room account data."""
     ServiceCreateRoom: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ServiceCreateRoomRequest, _messaging_pb2.ServiceCreateRoomResponse]
     """--- Service-only: for trusted services (zhadui), never exposed by the gateway. ---
     They bypass the invite policy (friends-only) because the calling service decides membership.
@@ -107,6 +117,16 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """The user's push rules ({"global": {override, content, room, sender, underride}}): the
     server-default rules with the user's changes, and the user's own rules.
     """
+    ChangePushRule: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ChangePushRuleRequest, _messaging_pb2.ChangePushRuleResponse]  # type: ignore[assignment]
+    """PUT / DELETE a push rule, or set its `enabled` flag or `actions` (Matrix /pushrules/global/...)."""
+    GetPushers: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetPushersRequest, _messaging_pb2.GetPushersResponse]  # type: ignore[assignment]
+    SetPusher: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetPusherRequest, _messaging_pb2.SetPusherResponse]  # type: ignore[assignment]
+    """Matrix POST /pushers/set: add, replace or (kind null) remove a pusher."""
+    SetAccountData: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetAccountDataRequest, _messaging_pb2.SetAccountDataResponse]  # type: ignore[assignment]
+    """Account data, global (`room_id` empty) or per room; it reaches the user's /sync."""
+    GetAccountData: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetAccountDataRequest, _messaging_pb2.GetAccountDataResponse]  # type: ignore[assignment]
+    SetFullyRead: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetFullyReadRequest, _messaging_pb2.SetFullyReadResponse]  # type: ignore[assignment]
+    """The m.fully_read marker of a room (from /read_markers): stored as room account data."""
     ServiceCreateRoom: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ServiceCreateRoomRequest, _messaging_pb2.ServiceCreateRoomResponse]  # type: ignore[assignment]
     """--- Service-only: for trusted services (zhadui), never exposed by the gateway. ---
     They bypass the invite policy (friends-only) because the calling service decides membership.
@@ -222,6 +242,52 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         """The user's push rules ({"global": {override, content, room, sender, underride}}): the
         server-default rules with the user's changes, and the user's own rules.
         """
+
+    @_abc_1.abstractmethod
+    def ChangePushRule(
+        self,
+        request: _messaging_pb2.ChangePushRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChangePushRuleResponse, _abc.Awaitable[_messaging_pb2.ChangePushRuleResponse]]:
+        """PUT / DELETE a push rule, or set its `enabled` flag or `actions` (Matrix /pushrules/global/...)."""
+
+    @_abc_1.abstractmethod
+    def GetPushers(
+        self,
+        request: _messaging_pb2.GetPushersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.GetPushersResponse, _abc.Awaitable[_messaging_pb2.GetPushersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPusher(
+        self,
+        request: _messaging_pb2.SetPusherRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SetPusherResponse, _abc.Awaitable[_messaging_pb2.SetPusherResponse]]:
+        """Matrix POST /pushers/set: add, replace or (kind null) remove a pusher."""
+
+    @_abc_1.abstractmethod
+    def SetAccountData(
+        self,
+        request: _messaging_pb2.SetAccountDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SetAccountDataResponse, _abc.Awaitable[_messaging_pb2.SetAccountDataResponse]]:
+        """Account data, global (`room_id` empty) or per room; it reaches the user's /sync."""
+
+    @_abc_1.abstractmethod
+    def GetAccountData(
+        self,
+        request: _messaging_pb2.GetAccountDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.GetAccountDataResponse, _abc.Awaitable[_messaging_pb2.GetAccountDataResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetFullyRead(
+        self,
+        request: _messaging_pb2.SetFullyReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SetFullyReadResponse, _abc.Awaitable[_messaging_pb2.SetFullyReadResponse]]:
+        """The m.fully_read marker of a room (from /read_markers): stored as room account data."""
 
     @_abc_1.abstractmethod
     def ServiceCreateRoom(
