@@ -220,6 +220,56 @@ async def messages(request: web.Request) -> web.Response:
     return _raw(reply.body_json)
 
 
+async def get_event(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    reply = await call(
+        messaging_stub(deps).GetEvent,
+        pb.GetEventRequest(
+            requester=who, room_id=request.match_info["room_id"], event_id=request.match_info["event_id"]
+        ),
+    )
+    return _raw(reply.body_json)
+
+
+async def event_context(request: web.Request) -> web.Response:
+    from gateway.routes.sync import filter_definition  # sync imports this module
+
+    deps, who = await _requester(request)
+    definition = filter_definition(query_str(request, "filter", max_len=4096))
+    room = definition.get("room") if isinstance(definition.get("room"), dict) else {}
+    state = room.get("state") if isinstance(room.get("state"), dict) else {}
+    reply = await call(
+        messaging_stub(deps).GetEventContext,
+        pb.GetEventContextRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            event_id=request.match_info["event_id"],
+            limit=query_int(request, "limit", 10, maximum=100),
+            lazy_load_members=state.get("lazy_load_members") is True,
+        ),
+    )
+    return _raw(reply.body_json)
+
+
+async def relations(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    reply = await call(
+        messaging_stub(deps).GetRelations,
+        pb.GetRelationsRequest(
+            requester=who,
+            room_id=request.match_info["room_id"],
+            event_id=request.match_info["event_id"],
+            rel_type=request.match_info.get("rel_type", ""),
+            event_type=request.match_info.get("event_type", ""),
+            to=query_str(request, "to", max_len=64),
+            dir=query_str(request, "dir", "b", max_len=1),
+            limit=query_int(request, "limit", 50, maximum=1000),
+            **{"from": query_str(request, "from", max_len=64)},
+        ),
+    )
+    return _raw(reply.body_json)
+
+
 async def receipt(request: web.Request) -> web.Response:
     deps, who = await _requester(request)
     await read_json_object(request, allow_empty=True)
@@ -297,8 +347,17 @@ def routes(deps: GatewayDeps) -> list[web.RouteDef]:
             web.get(f"{prefix}{room}/joined_members", joined_members),
             web.get(f"{prefix}/joined_rooms", joined_rooms),
             web.get(f"{prefix}{room}/messages", messages),
+            web.get(prefix + room + "/event/{event_id}", get_event),
+            web.get(prefix + room + "/context/{event_id}", event_context),
             web.post(prefix + room + "/receipt/{receipt_type}/{event_id}", receipt),
             web.post(f"{prefix}{room}/read_markers", read_markers),
             web.put(prefix + room + "/typing/{user_id}", typing),
         ]
+    # /relations is a v1 endpoint in the spec.
+    relations_base = "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}"
+    table += [
+        web.get(relations_base, relations),
+        web.get(relations_base + "/{rel_type}", relations),
+        web.get(relations_base + "/{rel_type}/{event_type}", relations),
+    ]
     return table

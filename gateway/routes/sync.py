@@ -207,10 +207,10 @@ def _decode_filter(filter_id: str) -> dict[str, Any]:
     return value
 
 
-def timeline_limit(filter_param: str | None) -> int:
-    """The room timeline limit of a filter given inline (JSON) or by id; 0 when unset."""
+def filter_definition(filter_param: str | None) -> dict[str, Any]:
+    """A filter given inline (JSON) or by id, as a dict ({} when none)."""
     if not filter_param:
-        return 0
+        return {}
     if filter_param.lstrip().startswith("{"):
         if len(filter_param) > _MAX_FILTER_BYTES:
             raise MatrixError(400, "M_INVALID_PARAM", "filter is too large")
@@ -220,7 +220,15 @@ def timeline_limit(filter_param: str | None) -> int:
             raise MatrixError(400, "M_INVALID_PARAM", exc.error) from None
     else:
         definition = _decode_filter(filter_param)
-    room = definition.get("room") if isinstance(definition, dict) else None
+    if not isinstance(definition, dict):
+        raise MatrixError(400, "M_INVALID_PARAM", "filter must be a JSON object")
+    return definition
+
+
+def timeline_limit(filter_param: str | None) -> int:
+    """The room timeline limit of a filter given inline (JSON) or by id; 0 when unset."""
+    definition = filter_definition(filter_param)
+    room = definition.get("room")
     timeline = room.get("timeline") if isinstance(room, dict) else None
     limit = timeline.get("limit") if isinstance(timeline, dict) else None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:

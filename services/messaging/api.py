@@ -153,6 +153,37 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         return pb.GetPushRulesResponse(body_json=orjson.dumps(await self._core.push_rules(user_id)))
 
     @maps_domain_errors
+    async def GetEvent(self, request: pb.GetEventRequest, context: Any) -> pb.GetEventResponse:
+        user_id, device_id = _requester(request)
+        body = await self._core.get_event(user_id, device_id, request.room_id, request.event_id)
+        return pb.GetEventResponse(body_json=orjson.dumps(body))
+
+    @maps_domain_errors
+    async def GetEventContext(self, request: pb.GetEventContextRequest, context: Any) -> pb.GetEventContextResponse:
+        user_id, device_id = _requester(request)
+        body = await self._core.event_context(
+            user_id, device_id, request.room_id, request.event_id, request.limit, request.lazy_load_members
+        )
+        return pb.GetEventContextResponse(body_json=orjson.dumps(body))
+
+    @maps_domain_errors
+    async def GetRelations(self, request: pb.GetRelationsRequest, context: Any) -> pb.GetRelationsResponse:
+        user_id, device_id = _requester(request)
+        body = await self._core.event_relations(
+            user_id,
+            device_id,
+            request.room_id,
+            request.event_id,
+            request.rel_type,
+            request.event_type,
+            getattr(request, "from"),
+            request.to,
+            request.dir,
+            request.limit,
+        )
+        return pb.GetRelationsResponse(body_json=orjson.dumps(body))
+
+    @maps_domain_errors
     async def ChangePushRule(self, request: pb.ChangePushRuleRequest, context: Any) -> pb.ChangePushRuleResponse:
         user_id, _ = _requester(request)
         change = _PUSH_RULE_CHANGES.get(request.change)

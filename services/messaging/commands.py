@@ -87,7 +87,7 @@ async def perform_create_room(
             }
         )
         batch.append_event(room_id, creator, CREATE, {"creator": creator, "room_version": "10"}, state_key="")
-        batch.append_member(room_id, creator, creator, "join", ever_joined=True)
+        batch.append_member(room_id, creator, creator, "join", ever_joined=True, extra=await batch.profile_of(creator))
         users = {creator: 100}
         if preset == "trusted_private_chat":
             users.update({u: 100 for u in invites})
@@ -213,7 +213,8 @@ async def _join(c: _Change) -> str:
         rules = await c.batch.state_entry(c.room_id, JOIN_RULES, "")
         if not rules or rules["event"]["content"].get("join_rule") != "public":
             raise forbidden("you are not invited to this room")
-    entry = c.batch.append_member(c.room_id, c.sender, c.sender, "join", ever_joined=True)
+    profile = await c.batch.profile_of(c.sender)
+    entry = c.batch.append_member(c.room_id, c.sender, c.sender, "join", ever_joined=True, extra=profile)
     return str(entry["event"]["event_id"])
 
 
@@ -285,8 +286,15 @@ async def perform_service_membership(
         if theirs == membership and current is not None:
             return str(current["event"]["event_id"])
         sender = user_id if membership in ("join", "leave") and theirs != "ban" else room["creator"]
+        profile = await batch.profile_of(user_id) if membership == "join" else {}
         entry = batch.append_member(
-            room_id, sender, user_id, membership, ever_joined=their_ever or membership == "join", reason=reason
+            room_id,
+            sender,
+            user_id,
+            membership,
+            ever_joined=their_ever or membership == "join",
+            reason=reason,
+            extra=profile,
         )
         return str(entry["event"]["event_id"])
 
@@ -496,3 +504,31 @@ async def expire_typing(deps: Deps) -> None:
 
 async def _wake_room(deps: Deps, view: RoomView) -> None:
     await deps.notifier.wake({u: 0 for u in view.joined()})
+
+
+async def perform_profile_update(deps: Deps, user_id: str, displayname: str, avatar_url: str) -> int:
+    """A changed profile becomes a new m.room.member (join) event in every room the user is joined
+    to whose member event does not show it yet; so a redelivered profile event writes nothing.
+    Returns how many rooms got one."""
+    await deps.writer.store.set_profile(user_id, displayname, avatar_url)
+    view = await deps.cache.user(user_id)
+    rooms = sorted(r for r, m in view.rooms.items() if m.membership == "join")
+    if not rooms:
+        return 0
+    wanted = {k: v for k, v in (("displayname", displayname), ("avatar_url", avatar_url)) if v}
+
+    async def op(batch: Batch) -> int:
+        changed = 0
+        for room_id in rooms:
+            membership, _ = await batch.membership(room_id, user_id)
+            current = await batch.state_entry(room_id, MEMBER, user_id)
+            if membership != "join" or current is None:
+                continue
+            content = current["event"]["content"]
+            shown = {k: content[k] for k in ("displayname", "avatar_url") if content.get(k)}
+            if shown != wanted:
+                batch.append_member(room_id, user_id, user_id, "join", ever_joined=True, extra=wanted)
+                changed += 1
+        return changed
+
+    return await deps.writer.submit(op, rooms, {state_key_id(r, MEMBER, user_id) for r in rooms})

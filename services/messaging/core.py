@@ -29,6 +29,7 @@ from typing import Any
 
 from services.messaging import account, commands
 from services.messaging.commands import Deps
+from services.messaging.event_reads import EventReads
 from services.messaging.ports import Notifier, NullNotifier, Store
 from services.messaging.rules import INVITE_POLICIES, JSON, PUSH_RULES
 from services.messaging.sync import Reader, SyncResult
@@ -85,6 +86,7 @@ class Messaging:
             self.settings.server_name, self.settings.invite_policy, self.cache, self.typing, self.notifier, self.writer
         )
         self._reader = Reader(store, self.cache, self.typing)
+        self._event_reads = EventReads(self._reader, store)
 
     async def start(self) -> None:
         await self.cache.start()
@@ -155,6 +157,34 @@ class Messaging:
         self, user_id: str, device_id: str, room_id: str, from_token: str, to_token: str, direction: str, limit: int
     ) -> JSON:
         return await self._reader.messages(user_id, device_id, room_id, from_token, to_token, direction, limit)
+
+    async def get_event(self, user_id: str, device_id: str, room_id: str, event_id: str) -> JSON:
+        return await self._event_reads.event(user_id, device_id, room_id, event_id)
+
+    async def event_context(
+        self, user_id: str, device_id: str, room_id: str, event_id: str, limit: int, lazy_members: bool
+    ) -> JSON:
+        return await self._event_reads.context(user_id, device_id, room_id, event_id, limit, lazy_members)
+
+    async def event_relations(
+        self,
+        user_id: str,
+        device_id: str,
+        room_id: str,
+        event_id: str,
+        rel_type: str = "",
+        event_type: str = "",
+        from_token: str = "",
+        to_token: str = "",
+        direction: str = "b",
+        limit: int = 50,
+    ) -> JSON:
+        return await self._event_reads.relations(
+            user_id, device_id, room_id, event_id, rel_type, event_type, from_token, to_token, direction, limit
+        )
+
+    async def profile_changed(self, user_id: str, displayname: str, avatar_url: str) -> int:
+        return await commands.perform_profile_update(self._deps, user_id, displayname, avatar_url)
 
     # -- per-user data (account.py) ---------------------------------------------------------------
 

@@ -10,6 +10,8 @@ Produces:
     advances without reading the database; a missed message only means a catch-up read.
 Consumes:
   - the contacts service's friend-graph events (stream CONTACTS) into the `relations` projection.
+  - auth's `profile_changed` (stream AUTH) into the `profiles` projection, and from it new
+    m.room.member events in every room the user is joined to (profile propagation).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from laiwang.events.v1 import contacts_events_pb2, messaging_events_pb2
+from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, messaging_events_pb2
 from plumbing.jetstream import MSG_ID_HEADER, ConsumerSpec, Handler
 from plumbing.metrics import EVENTS_PUBLISHED
-from plumbing.streams import CONTACTS, wake_subject
+from plumbing.streams import AUTH, CONTACTS, wake_subject
 from services.messaging.core import Messaging
 from services.messaging.rules import JSON, MEMBER, canonical_bytes, now_ms, pair_id
 from services.messaging.store import MessagingStore
@@ -42,6 +44,21 @@ log = logging.getLogger(__name__)
 ROOM_EVENT_SUBJECT = "laiwang.messaging.room_event"
 REPLICATION_PREFIX = "laiwang.internal.messaging"
 CONTACTS_CONSUMER = ConsumerSpec(CONTACTS, durable="messaging-relations", filter_subject="laiwang.contacts.>")
+PROFILE_CONSUMER = ConsumerSpec(AUTH, durable="messaging-profiles", filter_subject="laiwang.auth.profile_changed")
+
+
+def profile_handler(core: Messaging) -> Handler:
+    """auth's ProfileChanged -> member events with the new displayname/avatar_url in every joined
+    room. Idempotent: rooms whose member event already shows the profile get nothing."""
+
+    async def handle(msg: Msg) -> None:
+        event = auth_events_pb2.ProfileChanged.FromString(msg.data)
+        if not event.user_id:
+            return
+        rooms = await core.profile_changed(event.user_id, event.display_name, event.avatar_url)
+        log.debug("profile of %s sent into %d rooms", event.user_id, rooms)
+
+    return handle
 
 
 def encode_room_event(entry: JSON) -> messaging_events_pb2.RoomEventPersisted:

@@ -15,9 +15,11 @@ from services.messaging.api import MessagingApi
 from services.messaging.core import Messaging, Settings
 from services.messaging.events import (
     CONTACTS_CONSUMER,
+    PROFILE_CONSUMER,
     NatsNotifier,
     StreamRelay,
     contacts_handler,
+    profile_handler,
     start_replication,
 )
 from services.messaging.rules import INVITE_POLICIES
@@ -80,7 +82,10 @@ async def build(runtime: Runtime) -> ServiceParts:
         registrations=[api.register],
         indexes=store.indexes(),
         produces=[streams.MESSAGING],
-        consumers=[(CONTACTS_CONSUMER, contacts_handler(store, notifier.relation_changed))],
+        consumers=[
+            (CONTACTS_CONSUMER, contacts_handler(store, notifier.relation_changed)),
+            (PROFILE_CONSUMER, profile_handler(core)),
+        ],
         background=[every_second, periodic_catch_up, relay.run],
     )
 

@@ -92,6 +92,9 @@ class MongoTx:
     async def account_data(self, key: str) -> JSON | None:
         return await self._s.db.account_data.find_one({"_id": key}, session=self._session)
 
+    async def profile(self, user_id: str) -> JSON | None:
+        return await self._s.db.profiles.find_one({"_id": user_id}, session=self._session)
+
     async def write(self, writes: Writes) -> None:
         db, session = self._s.db, self._session
         if writes.rooms:
@@ -139,6 +142,7 @@ class MessagingStore:
             "entries": [
                 IndexModel([("pos", ASCENDING)], unique=True),
                 IndexModel([("room_id", ASCENDING), ("pos", ASCENDING)]),
+                IndexModel([("rel.to", ASCENDING), ("pos", ASCENDING)]),
             ],
             "state": [IndexModel([("room_id", ASCENDING)]), IndexModel([("member_user", ASCENDING)])],
             "receipts": [IndexModel([("room_id", ASCENDING)])],
@@ -227,8 +231,41 @@ class MessagingStore:
     async def entry(self, event_id: str) -> JSON | None:
         return await self.db.entries.find_one({"_id": event_id})
 
+    async def edits_of(self, room_id: str, event_ids: list[str], upper: int) -> list[JSON]:
+        """Edits (m.replace) of these events up to `upper`, oldest first."""
+        return await self.db.entries.find(
+            {"rel.to": {"$in": event_ids}, "rel.type": "m.replace", "room_id": room_id, "pos": {"$lte": upper}},
+            sort=[("pos", ASCENDING)],
+        ).to_list()
+
+    async def relations_of(
+        self,
+        room_id: str,
+        event_id: str,
+        rel_type: str,
+        event_type: str,
+        lo: int,
+        hi: int,
+        limit: int,
+        descending: bool,
+    ) -> list[JSON]:
+        query: JSON = {"rel.to": event_id, "room_id": room_id, "pos": {"$gt": lo, "$lte": hi}, "kind": "event"}
+        if rel_type:
+            query["rel.type"] = rel_type
+        if event_type:
+            query["event.type"] = event_type
+        return await self.db.entries.find(
+            query, sort=[("pos", DESCENDING if descending else ASCENDING)], limit=limit
+        ).to_list()
+
     async def load_account_data(self, user_ids: list[str]) -> list[JSON]:
         return await self.db.account_data.find({"user": {"$in": user_ids}}).to_list()
+
+    async def set_profile(self, user_id: str, displayname: str, avatar_url: str) -> None:
+        """The projection of auth's profiles, for the displayname/avatar_url of member events."""
+        await self.db.profiles.replace_one(
+            {"_id": user_id}, {"displayname": displayname, "avatar_url": avatar_url}, upsert=True
+        )
 
     # -- pushers: plain per-user documents (no stream: /sync never carries them) --------------------
 

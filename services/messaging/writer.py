@@ -231,6 +231,13 @@ class Batch:
         if len(canonical_bytes(event)) > MAX_EVENT_BYTES:
             raise MessagingError("M_TOO_LARGE", f"event is larger than {MAX_EVENT_BYTES} bytes")
         entry: JSON = {"_id": event["event_id"], "kind": "event", "room_id": room_id, "event": event, "pos": 0}
+        relates = content.get("m.relates_to")
+        if (
+            isinstance(relates, dict)
+            and isinstance(relates.get("event_id"), str)
+            and isinstance(relates.get("rel_type"), str)
+        ):
+            entry["rel"] = {"to": relates["event_id"], "type": relates["rel_type"]}  # for /relations and edits
         if device_id:
             entry["device"] = device_id
         if txn_id:
@@ -285,6 +292,13 @@ class Batch:
         key = receipt_key(room_id, user_id, receipt_type)
         doc = {"_id": key, "room_id": room_id, **receipt, "entry": entry}
         self._set("receipts", self.writes.receipts, key, doc)
+
+    async def profile_of(self, user_id: str) -> JSON:
+        """displayname / avatar_url for the user's member events (from auth's profile events)."""
+        doc = await self.tx.profile(user_id)
+        if doc is None:
+            return {}
+        return {k: doc[k] for k in ("displayname", "avatar_url") if doc.get(k)}
 
     async def account_data(self, user_id: str, room_id: str, data_type: str) -> JSON | None:
         """The stored content (or None), including this batch's own writes."""

@@ -57,10 +57,15 @@ async def test_start_client_reaches_prepared_and_reads_default_push_rules(sdk_st
 
 
 async def test_a_normal_session_between_two_users(sdk_stack: RunningStack) -> None:
-    steps = ["direct_chat", "message", "edit", "typing", "read_marker", "push_rule_changed"]
+    steps = ["direct_chat", "message", "edit", "reply", "display_name", "typing", "read_marker", "push_rule_changed"]
     results = await run_scenario(sdk_stack.base_url, steps)
     assert results["message"]["body"] == "hello Bob"
     assert results["edit"]["body"] == "hello Bob!"
+    reply = results["reply"]
+    assert reply["parent_body"] == "hello Bob"  # the original; the edit is named beside it
+    assert reply["edited_by"] == results["edit"]["edit_id"]
+    assert reply["edits"] == [results["edit"]["edit_id"]]
+    assert results["display_name"]["name"] == "Alice Wang"
     assert results["typing"]["seen"] is True
     assert results["read_marker"]["unread"] == 0
     assert results["push_rule_changed"]["room_rules"] == [results["direct_chat"]["room_id"]]

@@ -38,6 +38,9 @@ class FakeTx:
     async def account_data(self, key: str) -> JSON | None:
         return self._store.account_data.get(key)
 
+    async def profile(self, user_id: str) -> JSON | None:
+        return self._store.profiles.get(user_id)
+
     async def write(self, writes: Writes) -> None:
         self.pending = writes
 
@@ -50,6 +53,7 @@ class FakeStore:
         self.receipts: dict[str, JSON] = {}
         self.relations: dict[str, JSON] = {}
         self.account_data: dict[str, JSON] = {}
+        self.profiles: dict[str, JSON] = {}
         self.pusher_docs: dict[tuple[str, str, str], JSON] = {}
         self.transactions = 0
         self.fail_next_commit: Exception | None = None
@@ -110,10 +114,42 @@ class FakeStore:
         found = [e for e in self._sorted() if e["room_id"] == room_id and e["kind"] == "event" and lo < e["pos"] <= hi]
         return (found[::-1] if descending else found)[:limit]
 
+    async def edits_of(self, room_id: str, event_ids: list[str], upper: int) -> list[JSON]:
+        return [
+            e
+            for e in self._sorted()
+            if e.get("rel", {}).get("to") in event_ids and e["rel"]["type"] == "m.replace" and e["pos"] <= upper
+        ]
+
+    async def relations_of(
+        self,
+        room_id: str,
+        event_id: str,
+        rel_type: str,
+        event_type: str,
+        lo: int,
+        hi: int,
+        limit: int,
+        descending: bool,
+    ) -> list[JSON]:
+        found = [
+            e
+            for e in self._sorted()
+            if e.get("rel", {}).get("to") == event_id
+            and e["room_id"] == room_id
+            and lo < e["pos"] <= hi
+            and (not rel_type or e["rel"]["type"] == rel_type)
+            and (not event_type or e["event"]["type"] == event_type)
+        ]
+        return (found[::-1] if descending else found)[:limit]
+
     async def load_account_data(self, user_ids: list[str]) -> list[JSON]:
         return [
             {k: v for k, v in d.items() if k != "entry"} for d in self.account_data.values() if d["user"] in user_ids
         ]
+
+    async def set_profile(self, user_id: str, displayname: str, avatar_url: str) -> None:
+        self.profiles[user_id] = {"displayname": displayname, "avatar_url": avatar_url}
 
     async def pushers(self, user_id: str) -> list[JSON]:
         return [p for p in self.pusher_docs.values() if p["user"] == user_id]

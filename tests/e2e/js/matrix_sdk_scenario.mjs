@@ -150,6 +150,35 @@ const STEPS = {
     return { edit_id: editId, body: room.findEventById(original).getContent().body };
   },
 
+  /** Bob replies to Alice's message; Alice's client fetches the parent by id, and the edits through /relations. */
+  async reply() {
+    const parentId = ctx.firstEventId;
+    const { event_id: replyId } = await ctx.bob.sendMessage(ctx.roomId, {
+      msgtype: "m.text",
+      body: "> hello Bob!\n\nhi Alice",
+      "m.relates_to": { "m.in_reply_to": { event_id: parentId } },
+    });
+    const room = ctx.alice.getRoom(ctx.roomId);
+    await until(ctx.alice, sdk.RoomEvent.Timeline, () => room.findEventById(replyId), "the reply at Alice");
+    const replyTo = room.findEventById(replyId).replyEventId;
+    const parent = await ctx.alice.fetchRoomEvent(ctx.roomId, replyTo);
+    const edits = await ctx.alice.relations(ctx.roomId, parentId, "m.replace", "m.room.message");
+    return {
+      parent_id: parent.event_id,
+      parent_body: parent.content.body,
+      edited_by: parent.unsigned?.["m.relations"]?.["m.replace"]?.event_id ?? null,
+      edits: edits.events.map((e) => e.getId()),
+    };
+  },
+
+  /** Alice changes her display name; Bob sees the new name on her member in the room. */
+  async display_name() {
+    await ctx.alice.setDisplayName("Alice Wang");
+    const member = () => ctx.bob.getRoom(ctx.roomId).getMember(ctx.aliceSession.user_id);
+    await until(ctx.bob, sdk.RoomMemberEvent.Name, () => member()?.name === "Alice Wang", "Alice's new name at Bob");
+    return { name: member().name };
+  },
+
   /** Alice types; Bob sees it, then sees her stop. */
   async typing() {
     const member = () => ctx.bob.getRoom(ctx.roomId).getMember(ctx.aliceSession.user_id);

@@ -714,6 +714,165 @@ class SetTypingResponse(_message.Message):
 Global___SetTypingResponse: _TypeAlias = SetTypingResponse  # noqa: Y015
 
 @_typing.final
+class GetEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    event_id: _builtins.str
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        room_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "requester", b"requester", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventRequest: _TypeAlias = GetEventRequest  # noqa: Y015
+
+@_typing.final
+class GetEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    body_json: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        body_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_json", b"body_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventResponse: _TypeAlias = GetEventResponse  # noqa: Y015
+
+@_typing.final
+class GetEventContextRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    LAZY_LOAD_MEMBERS_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    event_id: _builtins.str
+    limit: _builtins.int
+    lazy_load_members: _builtins.bool
+    """Only the m.room.member state of the returned events' senders (a filter's lazy_load_members)."""
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        room_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        lazy_load_members: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "lazy_load_members", b"lazy_load_members", "limit", b"limit", "requester", b"requester", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventContextRequest: _TypeAlias = GetEventContextRequest  # noqa: Y015
+
+@_typing.final
+class GetEventContextResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    body_json: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        body_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_json", b"body_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventContextResponse: _TypeAlias = GetEventContextResponse  # noqa: Y015
+
+@_typing.final
+class GetRelationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    REL_TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    DIR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    event_id: _builtins.str
+    rel_type: _builtins.str
+    event_type: _builtins.str
+    to: _builtins.str
+    dir: _builtins.str
+    limit: _builtins.int
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        room_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        rel_type: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        to: _builtins.str = ...,
+        dir: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dir", b"dir", "event_id", b"event_id", "event_type", b"event_type", "from", b"from", "limit", b"limit", "rel_type", b"rel_type", "requester", b"requester", "room_id", b"room_id", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRelationsRequest: _TypeAlias = GetRelationsRequest  # noqa: Y015
+
+@_typing.final
+class GetRelationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    body_json: _builtins.bytes
+    """{"chunk": [...], "next_batch"?: ..., "prev_batch"?: ...}"""
+    def __init__(
+        self,
+        *,
+        body_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_json", b"body_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRelationsResponse: _TypeAlias = GetRelationsResponse  # noqa: Y015
+
+@_typing.final
 class GetPushRulesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -95,6 +95,21 @@ class MessagingServiceStub:
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.SerializeToString,
                 response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.FromString,
                 _registered_method=True)
+        self.GetEvent = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetEvent',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventResponse.FromString,
+                _registered_method=True)
+        self.GetEventContext = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetEventContext',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventContextRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventContextResponse.FromString,
+                _registered_method=True)
+        self.GetRelations = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetRelations',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetRelationsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetRelationsResponse.FromString,
+                _registered_method=True)
         self.GetPushRules = channel.unary_unary(
                 '/laiwang.messaging.v1.MessagingService/GetPushRules',
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetPushRulesRequest.SerializeToString,
@@ -220,6 +235,27 @@ class MessagingServiceServicer:
 
     def SetTyping(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvent(self, request, context):
+        """One event (Matrix GET /rooms/{id}/event/{eventId}); 404 also when the caller may not see it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEventContext(self, request, context):
+        """Matrix GET /rooms/{id}/context/{eventId}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRelations(self, request, context):
+        """Matrix GET /rooms/{id}/relations/{eventId}[/{relType}[/{eventType}]].
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -352,6 +388,21 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.SetTyping,
                     request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.FromString,
                     response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.SerializeToString,
+            ),
+            'GetEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvent,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventResponse.SerializeToString,
+            ),
+            'GetEventContext': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventContext,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventContextRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventContextResponse.SerializeToString,
+            ),
+            'GetRelations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRelations,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetRelationsRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetRelationsResponse.SerializeToString,
             ),
             'GetPushRules': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPushRules,
@@ -724,6 +775,87 @@ class MessagingService:
             '/laiwang.messaging.v1.MessagingService/SetTyping',
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingRequest.SerializeToString,
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetTypingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetEvent',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventContext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetEventContext',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventContextRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetEventContextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRelations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetRelations',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetRelationsRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetRelationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

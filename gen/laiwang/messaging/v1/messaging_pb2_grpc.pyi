@@ -63,6 +63,12 @@ class MessagingServiceStub:
     Messages: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MessagesRequest, _messaging_pb2.MessagesResponse]
     SendReceipt: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendReceiptRequest, _messaging_pb2.SendReceiptResponse]
     SetTyping: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetTypingRequest, _messaging_pb2.SetTypingResponse]
+    GetEvent: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetEventRequest, _messaging_pb2.GetEventResponse]
+    """One event (Matrix GET /rooms/{id}/event/{eventId}); 404 also when the caller may not see it."""
+    GetEventContext: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetEventContextRequest, _messaging_pb2.GetEventContextResponse]
+    """Matrix GET /rooms/{id}/context/{eventId}."""
+    GetRelations: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetRelationsRequest, _messaging_pb2.GetRelationsResponse]
+    """Matrix GET /rooms/{id}/relations/{eventId}[/{relType}[/{eventType}]]."""
     GetPushRules: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetPushRulesRequest, _messaging_pb2.GetPushRulesResponse]
     """The user's push rules ({"global": {override, content, room, sender, underride}}): the
     server-default rules with the user's changes, and the user's own rules.
@@ -113,6 +119,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     Messages: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MessagesRequest, _messaging_pb2.MessagesResponse]  # type: ignore[assignment]
     SendReceipt: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendReceiptRequest, _messaging_pb2.SendReceiptResponse]  # type: ignore[assignment]
     SetTyping: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetTypingRequest, _messaging_pb2.SetTypingResponse]  # type: ignore[assignment]
+    GetEvent: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetEventRequest, _messaging_pb2.GetEventResponse]  # type: ignore[assignment]
+    """One event (Matrix GET /rooms/{id}/event/{eventId}); 404 also when the caller may not see it."""
+    GetEventContext: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetEventContextRequest, _messaging_pb2.GetEventContextResponse]  # type: ignore[assignment]
+    """Matrix GET /rooms/{id}/context/{eventId}."""
+    GetRelations: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetRelationsRequest, _messaging_pb2.GetRelationsResponse]  # type: ignore[assignment]
+    """Matrix GET /rooms/{id}/relations/{eventId}[/{relType}[/{eventType}]]."""
     GetPushRules: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetPushRulesRequest, _messaging_pb2.GetPushRulesResponse]  # type: ignore[assignment]
     """The user's push rules ({"global": {override, content, room, sender, underride}}): the
     server-default rules with the user's changes, and the user's own rules.
@@ -232,6 +244,30 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.SetTypingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.SetTypingResponse, _abc.Awaitable[_messaging_pb2.SetTypingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetEvent(
+        self,
+        request: _messaging_pb2.GetEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.GetEventResponse, _abc.Awaitable[_messaging_pb2.GetEventResponse]]:
+        """One event (Matrix GET /rooms/{id}/event/{eventId}); 404 also when the caller may not see it."""
+
+    @_abc_1.abstractmethod
+    def GetEventContext(
+        self,
+        request: _messaging_pb2.GetEventContextRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.GetEventContextResponse, _abc.Awaitable[_messaging_pb2.GetEventContextResponse]]:
+        """Matrix GET /rooms/{id}/context/{eventId}."""
+
+    @_abc_1.abstractmethod
+    def GetRelations(
+        self,
+        request: _messaging_pb2.GetRelationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.GetRelationsResponse, _abc.Awaitable[_messaging_pb2.GetRelationsResponse]]:
+        """Matrix GET /rooms/{id}/relations/{eventId}[/{relType}[/{eventType}]]."""
 
     @_abc_1.abstractmethod
     def GetPushRules(
