@@ -12,6 +12,22 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "tests" / "e2e" / "js" / "matrix_sdk_scenario.mjs"
+# The scenario's steps in order (what the e2e test and the Synapse run both go through).
+SCENARIO_STEPS = [
+    "prepared",
+    "push_rules_read",
+    "direct_chat",
+    "message",
+    "edit",
+    "reply",
+    "display_name",
+    "typing",
+    "read_marker",
+    "push_rule_changed",
+]
+# Steps that use Laiwang's own extensions and cannot run on another homeserver (none so far).
+LAIWANG_ONLY_STEPS: tuple[str, ...] = ()
+SYNAPSE_PYTHON = ROOT / "var" / "bench" / "synapse-venv" / "bin" / "python"
 
 
 async def run_scenario(base_url: str, steps: list[str], *, timeout: float = 120.0) -> dict[str, dict[str, Any]]:

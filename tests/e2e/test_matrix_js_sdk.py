@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import RunningStack, launch_stack
-from tests.matrix_sdk_support import run_scenario
+from tests.matrix_sdk_support import LAIWANG_ONLY_STEPS, SCENARIO_STEPS, SYNAPSE_PYTHON, run_scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +57,7 @@ async def test_start_client_reaches_prepared_and_reads_default_push_rules(sdk_st
 
 
 async def test_a_normal_session_between_two_users(sdk_stack: RunningStack) -> None:
-    steps = ["direct_chat", "message", "edit", "reply", "display_name", "typing", "read_marker", "push_rule_changed"]
-    results = await run_scenario(sdk_stack.base_url, steps)
+    results = await run_scenario(sdk_stack.base_url, SCENARIO_STEPS)
     assert results["message"]["body"] == "hello Bob"
     assert results["edit"]["body"] == "hello Bob!"
     reply = results["reply"]
@@ -69,3 +68,17 @@ async def test_a_normal_session_between_two_users(sdk_stack: RunningStack) -> No
     assert results["typing"]["seen"] is True
     assert results["read_marker"]["unread"] == 0
     assert results["push_rule_changed"]["room_rules"] == [results["direct_chat"]["room_id"]]
+
+
+@pytest.mark.skipif(
+    not SYNAPSE_PYTHON.exists(),
+    reason="Synapse is not installed (make bench-chat or python -m bench.matrix_sdk_synapse)",
+)
+async def test_the_same_scenario_passes_against_synapse() -> None:
+    """Proves the scenario itself against the reference homeserver, installed as the chat bench does."""
+    from bench.chat_bench import synapse_server
+
+    async with synapse_server() as (url, _version):
+        results = await run_scenario(url, [s for s in SCENARIO_STEPS if s not in LAIWANG_ONLY_STEPS])
+    assert results["edit"]["body"] == "hello Bob!"
+    assert results["display_name"]["name"] == "Alice Wang"
