@@ -49,6 +49,8 @@ class GatewayDeps:
     extras: dict[str, Any] = field(default_factory=dict)
     # Token introspection answers, evicted by laiwang.auth.token_revoked (see gateway/session.py).
     tokens: TokenCache = field(default_factory=TokenCache)
+    # Set on SIGTERM: readiness fails so that balancers stop sending while in-flight calls drain.
+    draining: bool = False
 
 
 DEPS_KEY = web.AppKey("deps", GatewayDeps)
@@ -136,13 +138,21 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Ready only when every downstream service reports SERVING; the body lists each."""
+    """Readiness: only when every downstream service reports SERVING and NATS is connected (and
+    not while shutting down); the body lists each."""
     deps = request.app[DEPS_KEY]
     services = await deps.downstream.health()
     nats_state = "CONNECTED" if deps.nats is not None and deps.nats.is_connected else "DISCONNECTED"
     ready = all(status == "SERVING" for status in services.values()) and nats_state == "CONNECTED"
+    ready = ready and not deps.draining
     body = {"status": "ready" if ready else "not_ready", "services": services, "nats": nats_state}
     return json_response(body, status=200 if ready else 503)
+
+
+async def livez(_: web.Request) -> web.Response:
+    """Liveness: the process answers HTTP. Deliberately asks no downstream service, so that one
+    failing service makes gateways unready (/healthz) but never gets them restarted."""
+    return json_response({"status": "alive"})
 
 
 async def metrics(_: web.Request) -> web.Response:
@@ -161,6 +171,7 @@ def create_app(deps: GatewayDeps, route_groups: list[list[web.RouteDef]] | None 
     app.add_routes(
         [
             web.get("/healthz", healthz),
+            web.get("/livez", livez),
             web.get("/metrics", metrics),
             web.get("/_matrix/client/versions", versions),
         ]

@@ -40,6 +40,8 @@ async def serve(config: GatewayConfig) -> None:
         access_log=None,
         handle_signals=False,
         keepalive_timeout=config.keepalive_seconds,
+        # In-flight requests get SHUTDOWN_GRACE_SECONDS to finish (terminationGracePeriodSeconds is sized for it).
+        shutdown_timeout=config.shutdown_grace_seconds,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=False, backlog=config.listen_backlog)
@@ -54,7 +56,11 @@ async def serve(config: GatewayConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down", extra={"grace_seconds": config.shutdown_grace_seconds})
+    deps.draining = True  # /healthz answers 503 from now on; /livez stays 200
+    for module in modules:
+        if hasattr(module, "drain"):  # long-polls answer now instead of being cut at the grace limit
+            await module.drain(deps)
     await runner.shutdown()
     await runner.cleanup()
     for module in reversed(modules):

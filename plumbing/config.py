@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from plumbing.errors import ConfigError
+from plumbing.streams import STORAGE_TYPES, StreamSettings
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
@@ -112,6 +113,7 @@ class ServiceConfig:
     log_level: str
     server_name: str
     shutdown_grace_seconds: float
+    streams: StreamSettings = field(default_factory=StreamSettings)
 
     @classmethod
     def from_env(cls, name: str, env: Env | None = None) -> ServiceConfig:
@@ -129,7 +131,19 @@ class ServiceConfig:
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS),
             server_name=env.str("SERVER_NAME", "localhost"),
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 10.0),
+            streams=stream_settings(env),
         )
+
+
+def stream_settings(env: Env) -> StreamSettings:
+    """JetStream stream settings for a cluster (defaults: one node, file storage, 7 days)."""
+    max_age = env.int("STREAM_MAX_AGE_SECONDS", 0, minimum=0)
+    return StreamSettings(
+        # A NATS cluster allows 1 to 5 replicas per stream; R3 is the usual production choice.
+        replicas=env.int("STREAM_REPLICAS", 1, minimum=1, maximum=5),
+        storage=env.choice("STREAM_STORAGE", "file", STORAGE_TYPES),
+        max_age_seconds=max_age or None,
+    )
 
 
 LOG_LEVELS = _LOG_LEVELS

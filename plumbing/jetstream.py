@@ -19,12 +19,12 @@ from nats.aio.msg import Msg
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from plumbing.errors import StartupError
-from plumbing.metrics import EVENTS_CONSUMED, EVENTS_PUBLISHED
-from plumbing.streams import StreamSpec
+from plumbing.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING, EVENTS_CONSUMED, EVENTS_PUBLISHED
+from plumbing.streams import StreamSettings, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,15 @@ async def connect_nats(url: str, name: str, timeout_seconds: float = 5.0) -> Nat
     return client
 
 
-async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: StreamSettings | None = None) -> None:
+    settings = settings or StreamSettings()
     config = StreamConfig(
         name=spec.name,
         subjects=list(spec.subjects),
-        max_age=spec.max_age_seconds,
+        max_age=settings.max_age_seconds or spec.max_age_seconds,
         duplicate_window=spec.duplicate_window_seconds,
+        num_replicas=settings.replicas,
+        storage=StorageType(settings.storage),
     )
     try:
         await js.add_stream(config)
@@ -106,17 +109,31 @@ def backoff_seconds(delivery_count: int) -> float:
 
 
 class DurableConsumer:
-    """A durable pull consumer with explicit ack; runs `handler` for each message until stopped."""
+    """A durable pull consumer with explicit ack; runs `handler` for each message until stopped.
 
-    def __init__(self, js: JetStreamContext, spec: ConsumerSpec, handler: Handler) -> None:
+    Its lag (messages not yet delivered, and delivered but not acked) is exported as
+    `jetstream_consumer_pending_messages` / `jetstream_consumer_ack_pending_messages`, read from
+    the server's consumer info every `lag_poll_seconds`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        handler: Handler,
+        stream_settings: StreamSettings | None = None,
+        lag_poll_seconds: float = 5.0,
+    ) -> None:
         self._js = js
         self._spec = spec
         self._handler = handler
+        self._stream_settings = stream_settings
+        self._lag_poll_seconds = lag_poll_seconds
+        self._lag_polled_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        await ensure_stream(self._js, self._spec.stream)
+        await ensure_stream(self._js, self._spec.stream, self._stream_settings)
         self._subscription = await self._js.pull_subscribe(
             self._spec.filter_subject,
             durable=self._spec.durable,
@@ -134,6 +151,7 @@ class DurableConsumer:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            await self._observe_lag()
             try:
                 messages = await self._subscription.fetch(self._spec.batch, timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
@@ -146,6 +164,18 @@ class DurableConsumer:
                 continue
             for message in messages:
                 await self._handle(message)
+
+    async def _observe_lag(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._lag_polled_at < self._lag_poll_seconds:
+            return
+        self._lag_polled_at = now
+        try:
+            info = await self._subscription.consumer_info()
+        except Exception:  # NATS away: keep the last figures; the fetch below reports the outage
+            return
+        CONSUMER_PENDING.labels(self._spec.durable).set(info.num_pending or 0)
+        CONSUMER_ACK_PENDING.labels(self._spec.durable).set(info.num_ack_pending or 0)
 
     async def _handle(self, message: Msg) -> None:
         durable = self._spec.durable

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from plumbing.errors import StartupError
 
@@ -24,6 +24,21 @@ GRPC_CLIENT_HANDLED = Counter(
 )
 EVENTS_PUBLISHED = Counter("events_published_total", "Events published to JetStream.", ["subject_prefix"])
 EVENTS_CONSUMED = Counter("events_consumed_total", "Events handled by a durable consumer.", ["consumer", "outcome"])
+# Backlogs the alerts in deploy/k8s/base/monitoring.yaml watch.
+CONSUMER_PENDING = Gauge(
+    "jetstream_consumer_pending_messages",
+    "Messages in the stream not yet delivered to this durable consumer.",
+    ["consumer"],
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "jetstream_consumer_ack_pending_messages",
+    "Messages delivered to this durable consumer, not yet acked.",
+    ["consumer"],
+)
+OUTBOX_PENDING = Gauge("outbox_pending_events", "Events committed to this service's outbox, not yet published.")
+OUTBOX_OLDEST_AGE = Gauge(
+    "outbox_oldest_event_age_seconds", "Age of the oldest event in this service's outbox (0 when it is empty)."
+)
 
 
 def split_method(full_method: str) -> tuple[str, str]:

@@ -23,11 +23,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from plumbing.ids import sortable_id
 from plumbing.jetstream import EventPublisher
 from plumbing.logs import request_id_var
+from plumbing.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING
 
 log = logging.getLogger(__name__)
 
 OUTBOX_COLLECTION = "outbox"
 OUTBOX_INDEXES = {OUTBOX_COLLECTION: [IndexModel([("created_at", ASCENDING)])]}
+# Counting stops here: past it the alert has long fired, and a full count would only cost.
+BACKLOG_COUNT_LIMIT = 100_000
 
 
 class Outbox:
@@ -38,6 +41,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._observed_at = float("-inf")
 
     async def add(self, session: AsyncClientSession, subject: str, event: Message) -> str:
         """Record `event` for publication as part of `session`'s transaction; returns the event id."""
@@ -79,6 +83,18 @@ class Outbox:
                 await self._collection.delete_many({"_id": {"$in": sent}})
         return len(sent)
 
+    async def observe_backlog(self) -> None:
+        """Export how many entries wait and how old the oldest is (outbox_* gauges)."""
+        pending = await self._collection.count_documents({}, limit=BACKLOG_COUNT_LIMIT)
+        oldest = await self._collection.find_one({}, sort=[("_id", ASCENDING)], projection={"created_at": 1})
+        OUTBOX_PENDING.set(pending)
+        age = 0.0
+        if oldest is not None and isinstance(oldest.get("created_at"), datetime):
+            created = oldest["created_at"]
+            created = created if created.tzinfo else created.replace(tzinfo=UTC)
+            age = max(0.0, (datetime.now(UTC) - created).total_seconds())
+        OUTBOX_OLDEST_AGE.set(age)
+
     async def _run(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
@@ -90,6 +106,18 @@ class Outbox:
             except Exception:
                 log.warning("outbox relay failed; will retry", exc_info=True)
                 await asyncio.sleep(self._poll_seconds)
+            await self._observe_now_and_then()
+
+    async def _observe_now_and_then(self) -> None:
+        # At most once per poll interval: under load the relay is kicked after every commit.
+        now = asyncio.get_running_loop().time()
+        if now - self._observed_at < self._poll_seconds:
+            return
+        self._observed_at = now
+        try:
+            await self.observe_backlog()
+        except Exception:
+            log.debug("outbox backlog not observed (store away)", exc_info=True)
 
     async def stop(self) -> None:
         """Flush what is pending (best effort), then stop the relay."""

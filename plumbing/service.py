@@ -109,10 +109,10 @@ async def _serve(config: ServiceConfig, build: Builder) -> None:
     parts = await build(runtime)
     await ensure_indexes(db, {**OUTBOX_INDEXES, **parts.indexes})
     for stream in parts.produces:
-        await ensure_stream(js, stream)
+        await ensure_stream(js, stream, config.streams)
 
     outbox.start()
-    consumers = [DurableConsumer(js, spec, handler) for spec, handler in parts.consumers]
+    consumers = [DurableConsumer(js, spec, handler, config.streams) for spec, handler in parts.consumers]
     for consumer in consumers:
         await consumer.start()
     background = [asyncio.create_task(job(), name=f"background:{i}") for i, job in enumerate(parts.background)]

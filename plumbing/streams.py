@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+STORAGE_TYPES = ("file", "memory")
+
 
 @dataclass(frozen=True)
 class StreamSpec:
@@ -17,6 +19,18 @@ class StreamSpec:
     subjects: tuple[str, ...]
     max_age_seconds: int = 7 * 24 * 3600
     duplicate_window_seconds: int = 120
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What differs between one machine and a cluster (STREAM_REPLICAS, STREAM_STORAGE,
+    STREAM_MAX_AGE_SECONDS; read by plumbing.config). The defaults are the one-node setup; a
+    3-node NATS cluster runs R3 streams, and durable consumers inherit the stream's replicas.
+    `max_age_seconds` None keeps each stream's own max age (7 days)."""
+
+    replicas: int = 1
+    storage: str = "file"
+    max_age_seconds: int | None = None
 
 
 AUTH = StreamSpec("AUTH", ("laiwang.auth.>",))

@@ -25,6 +25,7 @@ There is no web client here yet: point a Matrix client (matrix-nio, matrix-js-sd
 <code>{base_url}</code> as its homeserver URL.</p>
 <ul>
 <li><a href="/healthz">/healthz</a>: ready when every service is serving (JSON, 503 otherwise)</li>
+<li><a href="/livez">/livez</a>: alive (the process answers; asks no downstream service)</li>
 <li><a href="/_laiwang/client/v1/openapi.json">/_laiwang/client/v1/openapi.json</a>: the OpenAPI 3.1
 document of the Laiwang extensions (contacts, friends, zhadui)</li>
 <li><a href="/_matrix/client/versions">/_matrix/client/versions</a>: the Matrix versions spoken here</li>

@@ -112,6 +112,7 @@ class WakeHub:
         self._linger = linger_seconds
         self._entries: dict[str, _Entry] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False
 
     @property
     def subscriptions(self) -> int:
@@ -146,6 +147,14 @@ class WakeHub:
             entry.waiters.discard(waiter)
             if not entry.waiters:
                 entry.idle_since = time.monotonic()
+
+    def drain(self) -> None:
+        """Shutting down: every waiting /sync answers now (with its current token), and none waits
+        from here on, so that long-polls end within the grace period and clients re-poll elsewhere."""
+        self.draining = True
+        for entry in self._entries.values():
+            for waiter in entry.waiters:
+                waiter.event.set()
 
     @staticmethod
     def _deliver(entry: _Entry) -> Callable[[Msg], Awaitable[None]]:
@@ -281,7 +290,7 @@ async def sync(request: web.Request) -> web.Response:
             reply = await _compute(stub, sync_request, waiter, entry)
         while reply is None or not reply.has_changes:
             remaining = deadline - loop.time()
-            if remaining <= 0 or not await waiter.wait(remaining):
+            if remaining <= 0 or hub.draining or not await waiter.wait(remaining) or hub.draining:
                 if reply is None:  # skipped above, and nothing came: answer with the current token
                     reply = await _compute(stub, sync_request, waiter, entry)
                 break
@@ -323,6 +332,12 @@ async def startup(deps: GatewayDeps) -> None:
     hub.start()
     SYNC_SUBSCRIPTIONS.set_function(lambda: hub.subscriptions)
     deps.extras[_HUB_KEY] = hub
+
+
+async def drain(deps: GatewayDeps) -> None:
+    hub: WakeHub | None = deps.extras.get(_HUB_KEY)
+    if hub is not None:
+        hub.drain()
 
 
 async def cleanup(deps: GatewayDeps) -> None:

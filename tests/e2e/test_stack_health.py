@@ -41,3 +41,9 @@ async def test_unknown_endpoint_is_a_matrix_error(stack) -> None:
     assert response.status == 404
     assert body["errcode"] == "M_UNRECOGNIZED"
     assert body["error"]
+
+
+async def test_livez_answers_without_asking_any_service(stack) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.base_url}/livez") as response:
+        assert response.status == 200
+        assert await response.json() == {"status": "alive"}

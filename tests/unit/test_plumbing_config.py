@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gateway.config import GatewayConfig
 from plumbing.config import Env, ServiceConfig
 from plumbing.errors import ConfigError
 from plumbing.stack import StackConfig
+from plumbing.streams import StreamSettings
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +70,22 @@ def test_booleans(raw: str, expected: bool) -> None:
 def test_bad_boolean() -> None:
     with pytest.raises(ConfigError, match="FLAG='maybe' is not a boolean"):
         Env({"FLAG": "maybe"}).bool("FLAG", False)
+
+
+def test_stream_settings_default_to_one_node_and_read_the_cluster_settings() -> None:
+    assert ServiceConfig.from_env("auth", Env({})).streams == StreamSettings(1, "file", None)
+    env = Env({"STREAM_REPLICAS": "3", "STREAM_STORAGE": "memory", "STREAM_MAX_AGE_SECONDS": "86400"})
+    assert ServiceConfig.from_env("auth", env).streams == StreamSettings(3, "memory", 86400)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("STREAM_REPLICAS", "6", "STREAM_REPLICAS=6 is above the maximum 5"),
+        ("STREAM_REPLICAS", "0", "STREAM_REPLICAS=0 is below the minimum 1"),
+        ("STREAM_STORAGE", "disk", "STREAM_STORAGE='disk' is not one of file, memory"),
+    ],
+)
+def test_bad_stream_settings_are_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ServiceConfig.from_env("auth", Env({name: value}))
