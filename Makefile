@@ -8,7 +8,7 @@ BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help run demo test install proto check-proto lint format bench bench-contacts bench-chat bench-auth \
-	bench-zhadui clean-data
+	bench-zhadui clean-data image
 
 # `make help` prints every target that has a `## ` description (a test checks that all of them do).
 help: ## this list
@@ -57,6 +57,10 @@ run: proto ## the whole stack (embedded NATS + Mongo-wire store), ready for a Ma
 # Against the stack `make run` started (same GATEWAY_PORT and LAIWANG_DATA_DIR); safe to repeat.
 demo: install ## demo users (friends, a chat, a zhadui) on the running stack; prints their passwords
 	$(VENV)/bin/laiwang demo
+
+# Not part of make test (slow); IMAGE=... names it, `scripts/build_image.sh --debootstrap` needs no registry.
+image: install ## the container image every process runs from (podman or docker; Dockerfile)
+	scripts/build_image.sh
 
 bench: install ## list the benchmarks (bench/README.md)
 	$(PY) -m bench

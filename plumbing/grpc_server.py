@@ -144,6 +144,9 @@ def server_options(keepalive: int | None = None) -> list[tuple[str, int]]:
     ]
 
 
+LIVENESS_SERVICE = "liveness"
+
+
 class GrpcServer:
     """One grpc.aio server with health, reflection and the observability interceptor."""
 
@@ -183,6 +186,9 @@ class GrpcServer:
             raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT): port already in use")
         self.port = bound
         await self._server.start()
+        # Liveness (Kubernetes livenessProbe, grpc service "liveness"): SERVING while this process
+        # answers, whatever its dependencies do; readiness is the overall status ("").
+        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(serving)
 
     async def set_serving(self, serving: bool) -> None:

@@ -41,7 +41,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._observed_at = float("-inf")
+        self._counted_at = float("-inf")
 
     async def add(self, session: AsyncClientSession, subject: str, event: Message) -> str:
         """Record `event` for publication as part of `session`'s transaction; returns the event id."""
@@ -68,6 +68,7 @@ class Outbox:
     async def relay_once(self, limit: int = 256) -> int:
         """Publish and delete up to `limit` pending entries, oldest first; returns how many were sent."""
         pending = await self._collection.find({}, sort=[("_id", ASCENDING)], limit=limit).to_list()
+        await self._export_backlog(pending, limit)
         sent: list[str] = []
         try:
             for entry in pending:
@@ -83,17 +84,23 @@ class Outbox:
                 await self._collection.delete_many({"_id": {"$in": sent}})
         return len(sent)
 
+    async def _export_backlog(self, page: list[dict], limit: int) -> None:
+        """outbox_* gauges from the page the relay just read (no extra query while it keeps up);
+        a full page means a real backlog, counted at most once per poll interval."""
+        OUTBOX_OLDEST_AGE.set(_age(page[0]) if page else 0.0)
+        if len(page) < limit:
+            OUTBOX_PENDING.set(len(page))
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._counted_at >= self._poll_seconds:
+            self._counted_at = now
+            OUTBOX_PENDING.set(await self._collection.count_documents({}, limit=BACKLOG_COUNT_LIMIT))
+
     async def observe_backlog(self) -> None:
-        """Export how many entries wait and how old the oldest is (outbox_* gauges)."""
-        pending = await self._collection.count_documents({}, limit=BACKLOG_COUNT_LIMIT)
+        """Count the whole backlog now and export it (what the relay's pages export as it runs)."""
+        OUTBOX_PENDING.set(await self._collection.count_documents({}, limit=BACKLOG_COUNT_LIMIT))
         oldest = await self._collection.find_one({}, sort=[("_id", ASCENDING)], projection={"created_at": 1})
-        OUTBOX_PENDING.set(pending)
-        age = 0.0
-        if oldest is not None and isinstance(oldest.get("created_at"), datetime):
-            created = oldest["created_at"]
-            created = created if created.tzinfo else created.replace(tzinfo=UTC)
-            age = max(0.0, (datetime.now(UTC) - created).total_seconds())
-        OUTBOX_OLDEST_AGE.set(age)
+        OUTBOX_OLDEST_AGE.set(_age(oldest) if oldest is not None else 0.0)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -106,18 +113,6 @@ class Outbox:
             except Exception:
                 log.warning("outbox relay failed; will retry", exc_info=True)
                 await asyncio.sleep(self._poll_seconds)
-            await self._observe_now_and_then()
-
-    async def _observe_now_and_then(self) -> None:
-        # At most once per poll interval: under load the relay is kicked after every commit.
-        now = asyncio.get_running_loop().time()
-        if now - self._observed_at < self._poll_seconds:
-            return
-        self._observed_at = now
-        try:
-            await self.observe_backlog()
-        except Exception:
-            log.debug("outbox backlog not observed (store away)", exc_info=True)
 
     async def stop(self) -> None:
         """Flush what is pending (best effort), then stop the relay."""
@@ -128,3 +123,11 @@ class Outbox:
                 await asyncio.wait_for(self._task, timeout=3.0)
         with contextlib.suppress(Exception):
             await self.relay_once()
+
+
+def _age(entry: dict) -> float:
+    created = entry.get("created_at")
+    if not isinstance(created, datetime):
+        return 0.0
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - created).total_seconds())

@@ -63,10 +63,14 @@ async def test_outbox_backlog_gauges_count_unpublished_events_and_their_age(js, 
         assert "outbox_pending_events 3.0" in text
         assert "outbox_oldest_event_age_seconds" in text
 
+        # The relay exports what each page it reads holds: 3 waiting, then none.
         assert await outbox.relay_once() == 3
-        await outbox.observe_backlog()
+        assert sample("outbox_pending_events") == 3
+        assert await outbox.relay_once() == 0
         assert sample("outbox_pending_events") == 0
         assert sample("outbox_oldest_event_age_seconds") == 0
+        await outbox.observe_backlog()
+        assert sample("outbox_pending_events") == 0
     finally:
         await client.drop_database(fresh_db_name)
         await client.close()
