@@ -463,10 +463,17 @@ async def _delete_devices(request: web.Request, device_ids: list[str], body: dic
 
 
 async def delete_device(request: web.Request) -> web.Response:
-    await authenticate(request)
+    requester = await authenticate(request)
     limit_address(request)
     body = await read_json_object(request, allow_empty=True)
-    return await _delete_devices(request, [request.match_info["device_id"]], body)
+    device_id = request.match_info["device_id"]
+    # Only the requester's own devices exist for them: another user's device id (or none) is 404,
+    # answered before the password prompt. POST /delete_devices skips unknown ids, as Synapse does.
+    async with rpc_errors():
+        await auth_stub(request.app[DEPS_KEY]).GetDevice(
+            pb.GetDeviceRequest(user_id=requester.user_id, device_id=device_id)
+        )
+    return await _delete_devices(request, [device_id], body)
 
 
 async def delete_devices(request: web.Request) -> web.Response:

@@ -466,6 +466,45 @@ async def test_devices_list_rename_delete(flows: Flows) -> None:
     assert [d["device_id"] for d in body["devices"]] == [user.device_id]
 
 
+async def test_another_users_device_is_not_found_and_never_touched(flows: Flows) -> None:
+    """Issue 9 item 11: DELETE /devices/{someone else's device} answered 200; it is 404, and nothing changes."""
+    owner = await register_user(flows.stack.base_url, device_name="owner's phone")
+    intruder = await register_user(flows.stack.base_url)
+    path = f"/devices/{owner.device_id}"
+    password_auth = {
+        "auth": {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": intruder.user_id},
+            "password": intruder.password,
+        }
+    }
+    status, body = await flows.call("GET", path, token=intruder.access_token)
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+    status, body = await flows.call("PUT", path, token=intruder.access_token, json={"display_name": "mine now"})
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+    status, body = await flows.call("DELETE", path, token=intruder.access_token)
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")  # before the password prompt: nothing to delete
+    status, body = await flows.call("DELETE", path, token=intruder.access_token, json=password_auth)
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+    status, body = await flows.call("DELETE", "/devices/NOSUCHDEVICE", token=intruder.access_token)
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+    # The bulk form skips ids that are not the requester's (as Synapse does) and deletes only their own.
+    status, body = await flows.call(
+        "POST",
+        "/delete_devices",
+        token=intruder.access_token,
+        json={"devices": [owner.device_id], **password_auth},
+    )
+    assert status == 200, body
+
+    status, body = await flows.call("GET", "/account/whoami", token=owner.access_token)
+    assert (status, body["device_id"]) == (200, owner.device_id)
+    status, body = await flows.call("GET", path, token=owner.access_token)
+    assert (status, body["display_name"]) == (200, "owner's phone")
+    status, body = await flows.call("GET", "/account/whoami", token=intruder.access_token)
+    assert (status, body["user_id"]) == (200, intruder.user_id)
+
+
 async def test_profiles(flows: Flows) -> None:
     user = await register_user(flows.stack.base_url)
     other = await register_user(flows.stack.base_url)
