@@ -179,3 +179,82 @@ async def test_a_store_outage_is_unavailable_with_a_retry_hint_not_unknown(serve
     assert trailing[ERRCODE_KEY] == "M_UNAVAILABLE"
     assert int(trailing[RETRY_AFTER_KEY]) > 0
     assert _counter("StoreDown", "UNAVAILABLE") >= 1
+
+
+class _Http2Tap:
+    """A loopback TCP relay that counts the HTTP/2 frames passing each way (PING = 6, GOAWAY = 7),
+    so a test can wait for the channel's keepalive pings themselves instead of sleeping."""
+
+    PING, GOAWAY = 6, 7
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.frames: dict[str, list[int]] = {"client": [], "server": []}
+        self.changed = asyncio.Condition()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def count(self, side: str, frame_type: int) -> int:
+        return self.frames[side].count(frame_type)
+
+    async def wait_for(self, predicate) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(predicate), timeout=30)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        await asyncio.gather(
+            self._relay(reader, up_writer, "client", preface=24),  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            self._relay(up_reader, writer, "server", preface=0),
+            return_exceptions=True,
+        )
+
+    async def _relay(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, side: str, preface: int) -> None:
+        try:
+            if preface:
+                dst.write(await src.readexactly(preface))
+            while True:
+                header = await src.readexactly(9)
+                payload = await src.readexactly(int.from_bytes(header[:3], "big"))
+                dst.write(header + payload)
+                await dst.drain()
+                async with self.changed:
+                    self.frames[side].append(header[3])
+                    self.changed.notify_all()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            dst.close()
+
+
+async def test_an_idle_channel_survives_many_keepalive_intervals_and_then_calls(monkeypatch) -> None:
+    """Issue 9 item 6: with the server's ping minimum left at its default, an idle channel pinging
+    every GRPC_KEEPALIVE_MS got GOAWAY "too_many_pings" after two strikes, and a call could fail."""
+    monkeypatch.setenv("GRPC_KEEPALIVE_MS", "100")  # read by both the server and the channel options
+    server = GrpcServer("127.0.0.1", free_port(), [SERVICE], [_register])
+    await server.start()
+    tap = _Http2Tap(server.port)
+    await tap.start()
+    channel = open_channel(f"127.0.0.1:{tap.port}")
+    try:
+        assert await channel.unary_unary(f"/{SERVICE}/Wait")(b"0") == b"done"
+        before = tap.count("client", tap.PING)
+        # Idle until the channel has pinged 6 more times (3x the server default's two strikes),
+        # each one acknowledged, and still no GOAWAY.
+        await tap.wait_for(lambda: tap.count("client", tap.PING) >= before + 6 or tap.count("server", tap.GOAWAY))
+        assert tap.count("server", tap.GOAWAY) == 0, "the server sent GOAWAY to an idle channel"
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        assert await channel.unary_unary(f"/{SERVICE}/Wait")(b"0") == b"done"
+        assert tap.count("server", tap.GOAWAY) == 0
+    finally:
+        await channel.close()
+        await tap.close()
+        await server.shutdown(0)
