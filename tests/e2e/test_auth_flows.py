@@ -23,7 +23,7 @@ from laiwang.auth.v1 import auth_pb2, auth_pb2_grpc
 from tests.auth_support import complete_provider_login, oidc_provider, sms_codes, unique_cn_mobile, wait_for_code
 from tests.conftest import RunningStack, launch_stack
 from tests.matrix_support import RegisteredUser, login_user, register_user, unique_localpart
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -643,7 +643,20 @@ async def test_no_password_token_or_code_reaches_a_log_line_or_metric(flows: Flo
     _, msisdn = await flows.bind_phone(user)
     code = sms_codes(flows.sms_log, msisdn)[-1]
     await flows.call("POST", "/logout", token=session.access_token)
-    await asyncio.sleep(0.5)  # let every process flush its output
+    # A marker after everything above: once auth's DEV-SMS line for a fresh number is in the stack
+    # log, auth's earlier output is there too (one pipe per child, relayed in order).
+    marker_national, marker_msisdn = unique_cn_mobile()
+    status, _ = await flows.call(
+        "POST",
+        "/account/3pid/msisdn/requestToken",
+        json={"client_secret": "marker", "country": "CN", "phone_number": marker_national, "send_attempt": 1},
+    )
+    assert status == 200
+
+    async def marker_logged() -> bool:
+        return f"to {marker_msisdn}:" in flows.stack.log_text()
+
+    await eventually(marker_logged)
     metrics = ""
     for url in (f"{flows.stack.base_url}/metrics", flows.stack.metrics_url("auth")):
         async with flows.http.get(url) as r:

@@ -28,6 +28,7 @@ from nio import (
 
 from tests.conftest import RunningStack, launch_stack
 from tests.matrix_support import RegisteredUser, register_user
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -288,6 +289,13 @@ async def test_receipts_unread_counts_and_typing_in_sync(chat_stack: RunningStac
         await bob.close()
 
 
+async def _long_polls_parked(stack: RunningStack, count: int) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.base_url}/metrics") as r:
+        text = await r.text()
+    parked = [line for line in text.splitlines() if line.startswith("gateway_sync_long_polls ")]
+    return bool(parked) and float(parked[0].split()[1]) == count
+
+
 async def test_every_device_is_woken_from_its_long_poll(chat_stack: RunningStack) -> None:
     from tests.matrix_support import login_user
 
@@ -311,8 +319,9 @@ async def test_every_device_is_woken_from_its_long_poll(chat_stack: RunningStack
             assert isinstance(response, SyncResponse), response
             return _texts(response, room_id), asyncio.get_running_loop().time() - started
 
+        await eventually(lambda: _long_polls_parked(chat_stack, 0), timeout=40)  # earlier tests' polls ended
         waiting = [asyncio.create_task(wait_for_message(d)) for d in (bob, laptop)]
-        await asyncio.sleep(0.5)  # both long-polls are parked in the gateway
+        await eventually(lambda: _long_polls_parked(chat_stack, 2))  # both are held open in the gateway
         assert not any(task.done() for task in waiting)
         sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "to every device"})
         assert isinstance(sent, RoomSendResponse)

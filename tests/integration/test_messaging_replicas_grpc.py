@@ -25,7 +25,7 @@ from laiwang.messaging.v1 import messaging_pb2 as pb
 from laiwang.messaging.v1 import messaging_pb2_grpc
 from plumbing.jetstream import connect_nats
 from plumbing.streams import wake_subject
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -241,8 +241,11 @@ async def test_stream_relay_is_leased_resumes_from_its_cursor_and_never_duplicat
             await core.send_event(ALICE, "D", room, "m.room.message", f"s{i}", b'{"msgtype":"m.text","body":"y"}')
         # replica-a "crashes"; after its lease runs out, replica-b resumes from the stored cursor.
         await store.db.counters.update_one({"_id": "relay"}, {"$inc": {"cursor": -2}})  # as if it died mid-pass
-        await asyncio.sleep(0.6)
-        assert await second.relay_once() > 0
+
+        async def second_takes_over() -> bool:  # replica-a's 0.5 s lease runs out
+            return await second.relay_once() > 0
+
+        await eventually(second_takes_over, timeout=10)
         info = await js.stream_info("MESSAGING")
         events = await store.db.entries.count_documents({"kind": "event"})
         assert info.state.messages == events  # re-published ones were dropped by message id

@@ -13,6 +13,7 @@ from plumbing.jetstream import ConsumerSpec, DurableConsumer, EventPublisher, co
 from plumbing.mongo import connect_mongo, ensure_indexes, in_transaction
 from plumbing.outbox import OUTBOX_INDEXES, Outbox
 from plumbing.streams import StreamSpec
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +41,16 @@ async def mongo(mongo_uri: str, fresh_db_name: str):
     yield client, db
     await client.drop_database(fresh_db_name)
     await client.close()
+
+
+async def _all_acked(js, spec: ConsumerSpec, delivered: int) -> None:
+    """Wait until the durable has had `delivered` stream messages and acked every one of them."""
+
+    async def settled() -> bool:
+        info = await js.consumer_info(spec.stream.name, spec.durable)
+        return info.delivered.stream_seq >= delivered and info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(settled)
 
 
 async def stored_messages(js, stream: StreamSpec) -> int:
@@ -124,8 +135,8 @@ async def test_failing_handler_is_retried_and_acked_events_are_not_redelivered(b
         if failures.get(body, 0) > 0:
             failures[body] -= 1
             raise RuntimeError("transient failure")
-        if body == "second":
-            done.set()
+        if seen.count("first") == 2 and "second" in seen:
+            done.set()  # the nak'ed "first" came back (after its backoff) and succeeded
 
     spec = ConsumerSpec(stream=stream, durable=f"d{uuid.uuid4().hex[:8]}", filter_subject=subject)
     consumer = DurableConsumer(bus, spec, handler)
@@ -133,7 +144,7 @@ async def test_failing_handler_is_retried_and_acked_events_are_not_redelivered(b
     await publisher.publish(subject, b"first", msg_id="m1")
     await publisher.publish(subject, b"second", msg_id="m2")
     await asyncio.wait_for(done.wait(), 10)
-    await asyncio.sleep(0.8)  # the nak'ed "first" comes back after its 0.5 s backoff
+    await _all_acked(bus, spec, delivered=2)
     await consumer.stop()
     assert seen.count("first") == 2
     assert seen.count("second") == 1
@@ -150,6 +161,8 @@ async def test_failing_handler_is_retried_and_acked_events_are_not_redelivered(b
     await restarted.start()
     await publisher.publish(subject, b"third", msg_id="m3")
     await asyncio.wait_for(arrived.wait(), 10)
-    await asyncio.sleep(0.3)
+    # Acked messages are never redelivered: once the server holds nothing pending or unacked for
+    # this durable, what the restarted consumer got is all it will get.
+    await _all_acked(bus, spec, delivered=3)
     await restarted.stop()
     assert after_restart == ["third"]
