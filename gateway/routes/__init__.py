@@ -20,6 +20,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.push",
     "gateway.routes.account_data",
     "gateway.routes.capabilities",
+    "gateway.routes.e2e",
     "gateway.routes.zhadui",
     "gateway.routes.contacts",
     "gateway.routes.root",

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from services.messaging.ports import Notifier
 from services.messaging.rules import (
+    APP_CARD,
     CREATE,
     DEFAULT_POWER_LEVELS,
+    ENCRYPTION,
     HISTORY_VISIBILITY,
     JOIN_RULES,
     JSON,
@@ -324,6 +326,9 @@ async def perform_send(
         if existing is not None:
             return existing
         await _check_can_send(deps, batch, sender, room_id, event_type, is_state=False)
+        if event_type == APP_CARD and await batch.state_entry(room_id, ENCRYPTION, "") is not None:
+            # The server cannot read an encrypted room, so apps get no cards into it (docs/e2ee.md).
+            raise forbidden("app cards are not available in encrypted rooms")
         if edit_of is not None:
             original = await batch.tx.entry(edit_of)
             if original is None or original["room_id"] != room_id:
@@ -343,7 +348,8 @@ async def perform_send(
     return await deps.writer.submit(
         op,
         {room_id},
-        {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, POWER_LEVELS, "")},
+        {state_key_id(room_id, MEMBER, sender), state_key_id(room_id, POWER_LEVELS, "")}
+        | ({state_key_id(room_id, ENCRYPTION, "")} if event_type == APP_CARD else set()),
         append_only=True,
     )
 

@@ -29,9 +29,10 @@ from typing import Any
 
 from services.messaging import account, commands
 from services.messaging.commands import Deps
+from services.messaging.e2e import E2e, E2eStore
 from services.messaging.event_reads import EventReads
 from services.messaging.ports import Notifier, NullNotifier, Store
-from services.messaging.rules import INVITE_POLICIES, JSON, PUSH_RULES
+from services.messaging.rules import INVITE_POLICIES, JSON, PUSH_RULES, sync_token_e2e
 from services.messaging.sync import Reader, SyncResult
 from services.messaging.timeline import LogCache, Relations, Typing
 from services.messaging.writer import Writer
@@ -63,6 +64,7 @@ class Messaging:
         *,
         on_commit: Callable[[], None] = lambda: None,
         on_applied: Callable[[JSON], None] | None = None,
+        e2e_store: E2eStore | None = None,
     ) -> None:
         self.store = store
         self.notifier = notifier or NullNotifier()
@@ -87,6 +89,20 @@ class Messaging:
         )
         self._reader = Reader(store, self.cache, self.typing)
         self._event_reads = EventReads(self._reader, store)
+        self.e2e = E2e(e2e_store, self.settings.server_name, self.shared_users, self._wake) if e2e_store else None
+
+    async def shared_users(self, user_id: str) -> set[str]:
+        """Users joined to or invited into a room the user is joined to or invited into."""
+        users: set[str] = set()
+        for room_id, member in list((await self.cache.user(user_id)).rooms.items()):
+            if member.membership in ("join", "invite"):
+                view = await self.cache.room(room_id)
+                if view is not None:
+                    users.update(u for u, m in view.members.items() if m.membership in ("join", "invite"))
+        return users
+
+    async def _wake(self, users: set[str]) -> None:
+        await self.notifier.wake(dict.fromkeys(users, 0))
 
     async def start(self) -> None:
         await self.cache.start()
@@ -220,4 +236,11 @@ class Messaging:
         full_state: bool = False,
         min_position: int = 0,
     ) -> SyncResult:
-        return await self._reader.sync(user_id, device_id, since, timeline_limit, full_state, min_position)
+        result = await self._reader.sync(user_id, device_id, since, timeline_limit, full_state, min_position)
+        if self.e2e is None:
+            return result
+        part, seq, news = await self.e2e.sync_part(user_id, device_id, sync_token_e2e(since), not since or full_state)
+        result.body.update(part)
+        next_batch = f"{result.next_batch}_{seq}"
+        result.body["next_batch"] = next_batch
+        return SyncResult(result.body, next_batch, result.has_changes or news)

@@ -7,12 +7,14 @@ import contextlib
 import logging
 import uuid
 
-from laiwang.messaging.v1 import messaging_pb2
+from laiwang.messaging.v1 import e2e_pb2, messaging_pb2
 from plumbing import streams
 from plumbing.config import Env
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.messaging.api import MessagingApi
 from services.messaging.core import Messaging, Settings
+from services.messaging.e2e_api import E2eApi
+from services.messaging.e2e_store import E2eMongoStore
 from services.messaging.events import (
     CONTACTS_CONSUMER,
     PROFILE_CONSUMER,
@@ -50,10 +52,13 @@ async def build(runtime: Runtime) -> ServiceParts:
         store, runtime.js, replica_id, delay_seconds=env.int("MESSAGING_RELAY_DELAY_MS", 50, minimum=0) / 1000
     )
     notifier = NatsNotifier(runtime.nats, replica_id)
-    core = Messaging(store, notifier, settings, on_commit=relay.kick, on_applied=relay.remember)
+    e2e_store = E2eMongoStore(runtime.mongo, runtime.db)
+    core = Messaging(store, notifier, settings, on_commit=relay.kick, on_applied=relay.remember, e2e_store=e2e_store)
     await core.start()
     subscriptions = await start_replication(runtime.nats, core, notifier)
     api = MessagingApi(core)
+    assert core.e2e is not None
+    e2e_api = E2eApi(core.e2e)
     log.info("messaging ready", extra={"invite_policy": settings.invite_policy, "head": core.cache.head})
 
     async def every_second() -> None:
@@ -78,9 +83,12 @@ async def build(runtime: Runtime) -> ServiceParts:
                 log.warning("catch-up failed", exc_info=True)
 
     return ServiceParts(
-        service_names=[messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name],
-        registrations=[api.register],
-        indexes=store.indexes(),
+        service_names=[
+            messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+            e2e_pb2.DESCRIPTOR.services_by_name["E2eService"].full_name,
+        ],
+        registrations=[api.register, e2e_api.register],
+        indexes={**store.indexes(), **e2e_store.indexes()},
         produces=[streams.MESSAGING],
         consumers=[
             (CONTACTS_CONSUMER, contacts_handler(store, notifier.relation_changed)),

@@ -36,6 +36,7 @@ MESSAGE = "m.room.message"
 SHARE_CARD = "cn.laiwang.share_card"
 MUSIC_CARD = "cn.laiwang.music_card"
 APP_CARD = "cn.laiwang.app_card"
+ENCRYPTION = "m.room.encryption"
 MEMBERSHIPS = ("invite", "join", "leave", "ban")
 RECEIPT_TYPES = ("m.read", "m.read.private")
 PRESETS = ("private_chat", "trusted_private_chat", "public_chat")
@@ -238,6 +239,9 @@ def validate_state_content(event_type: str, content: JSON) -> None:
         _require_str(content, "topic", max_len=4096, optional=True)
     elif event_type == AVATAR:
         _require_url(content, "url", CONTENT_SCHEMES, optional=True)
+    elif event_type == ENCRYPTION:
+        # Clients encrypt from here on; the server only stores the ciphertext (docs/e2ee.md).
+        _require_str(content, "algorithm", max_len=255)
     elif event_type == JOIN_RULES:
         if content.get("join_rule") not in ("public", "invite"):
             raise bad_json("content.join_rule must be 'public' or 'invite'")
@@ -331,7 +335,8 @@ def pruned(event: JSON, redaction: JSON) -> JSON:
 # Tokens and ids
 # ---------------------------------------------------------------------------------------------
 
-_SYNC_TOKEN = re.compile(r"^s(\d{1,18})_(\d{1,18})$")
+# s{room stream pos}_{typing serial}[_{e2e sequence}] (the third part: e2e.py)
+_SYNC_TOKEN = re.compile(r"^s(\d{1,18})_(\d{1,18})(?:_(\d{1,18}))?$")
 _PAGE_TOKEN = re.compile(r"^t(\d{1,18})$")
 
 
@@ -346,6 +351,12 @@ def parse_sync_token(token: str) -> tuple[int, int]:
     if match is None:
         raise invalid("unknown sync token")
     return int(match.group(1)), int(match.group(2))
+
+
+def sync_token_e2e(token: str) -> int:
+    """The e2e sequence of a sync token (0 for none, or a token from before it had one)."""
+    match = _SYNC_TOKEN.match(token) if token else None
+    return int(match.group(3) or 0) if match else 0
 
 
 def page_token(pos: int) -> str:

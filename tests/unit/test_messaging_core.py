@@ -404,3 +404,15 @@ async def test_a_stale_replica_retries_its_writes_after_catching_up(world) -> No
         assert positions == list(range(1, len(positions) + 1))
     finally:
         await replica.stop()
+
+
+async def test_encryption_state_is_checked_and_app_cards_stay_out_of_encrypted_rooms(world) -> None:
+    core, store, _ = world
+    befriend(store, A, B)
+    room = await core.create_room(A, {"invite": [B]})
+    card = orjson.dumps({"app_id": "aa", "card": {"amount_fen": 1200}, "body": "AA: 12.00"})
+    await core.send_event(A, "d", room, "cn.laiwang.app_card", "t1", card)  # a plain room takes cards
+    assert await errcode(core.set_state(A, room, "m.room.encryption", "", b'{"algorithm": 5}')) == "M_BAD_JSON"
+    await core.set_state(A, room, "m.room.encryption", "", b'{"algorithm": "m.megolm.v1.aes-sha2"}')
+    assert await errcode(core.send_event(A, "d", room, "cn.laiwang.app_card", "t2", card)) == "M_FORBIDDEN"
+    await core.send_event(A, "d", room, "m.room.encrypted", "t3", b'{"algorithm": "m.megolm.v1.aes-sha2"}')
