@@ -63,6 +63,9 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# Media uploads: the only bodies allowed up to `max_upload_bytes` (gateway/routes/media.py).
+UPLOAD_PATHS = frozenset({"/_matrix/media/v3/upload", "/_matrix/media/r0/upload"})
+
 # Set on a request whose body was refused unread: the connection closes after the answer.
 CLOSE_AFTER_RESPONSE = "laiwang.close_after_response"
 
@@ -75,15 +78,16 @@ async def read_body(request: web.Request, config: GatewayConfig) -> None:
     own `request.read()` calls return at once. Either refusal closes the connection: the rest of
     the body is never read.
     """
+    limit = config.max_upload_bytes if request.path in UPLOAD_PATHS else config.max_body_bytes
     declared = request.content_length
-    if declared is not None and declared > config.max_body_bytes:
+    if declared is not None and declared > limit:
         request[CLOSE_AFTER_RESPONSE] = True
-        raise MatrixError(413, "M_TOO_LARGE", f"request body is larger than {config.max_body_bytes} bytes")
+        raise MatrixError(413, "M_TOO_LARGE", f"request body is larger than {limit} bytes")
     if not request.body_exists:
         return
     try:
         async with asyncio.timeout(config.body_timeout_seconds):
-            await request.read()
+            body = await request.read()
     except TimeoutError:
         request[CLOSE_AFTER_RESPONSE] = True
         raise MatrixError(
@@ -92,6 +96,12 @@ async def read_body(request: web.Request, config: GatewayConfig) -> None:
     except HttpProcessingError as exc:  # bad chunked encoding, body shorter than declared, ...
         request[CLOSE_AFTER_RESPONSE] = True
         raise MatrixError(400, "M_NOT_JSON", f"malformed request body: {exc.message}"[:300]) from None
+    except web.HTTPRequestEntityTooLarge:
+        request[CLOSE_AFTER_RESPONSE] = True
+        raise MatrixError(413, "M_TOO_LARGE", f"request body is larger than {limit} bytes") from None
+    if len(body) > limit:  # a chunked body declares no length
+        request[CLOSE_AFTER_RESPONSE] = True
+        raise MatrixError(413, "M_TOO_LARGE", f"request body is larger than {limit} bytes")
 
 
 def _allow_header(exc: web.HTTPMethodNotAllowed) -> dict[str, str]:
@@ -166,7 +176,9 @@ async def versions(_: web.Request) -> web.Response:
 
 
 def create_app(deps: GatewayDeps, route_groups: list[list[web.RouteDef]] | None = None) -> web.Application:
-    app = web.Application(middlewares=[observe], client_max_size=deps.config.max_body_bytes)
+    app = web.Application(
+        middlewares=[observe], client_max_size=max(deps.config.max_body_bytes, deps.config.max_upload_bytes)
+    )
     app[DEPS_KEY] = deps
     app.add_routes(
         [

@@ -27,6 +27,8 @@ class GatewayConfig:
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     keepalive_seconds: float = 75.0
+    # Media uploads (gateway/routes/media.py) may be bigger than other bodies.
+    max_upload_bytes: int = 7 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewayConfig:
@@ -50,4 +52,7 @@ class GatewayConfig:
             header_timeout_seconds=env.float("GATEWAY_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             body_timeout_seconds=env.float("GATEWAY_BODY_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             keepalive_seconds=env.float("GATEWAY_KEEPALIVE_SECONDS", 75.0, minimum=1.0),
+            max_upload_bytes=env.int(
+                "MEDIA_MAX_UPLOAD_BYTES", 7 * 1024 * 1024, minimum=1024, maximum=7 * 1024 * 1024 + 512 * 1024
+            ),
         )

@@ -71,5 +71,6 @@ def channel_options(keepalive: int | None = None) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle connection
         ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),  # media downloads (docs/media.md)
         *RECONNECT_OPTIONS,
     ]

@@ -21,6 +21,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.account_data",
     "gateway.routes.capabilities",
     "gateway.routes.e2e",
+    "gateway.routes.media",
     "gateway.routes.zhadui",
     "gateway.routes.contacts",
     "gateway.routes.root",

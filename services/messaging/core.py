@@ -32,7 +32,7 @@ from services.messaging.commands import Deps
 from services.messaging.e2e import E2e, E2eStore
 from services.messaging.event_reads import EventReads
 from services.messaging.ports import Notifier, NullNotifier, Store
-from services.messaging.rules import INVITE_POLICIES, JSON, PUSH_RULES, sync_token_e2e
+from services.messaging.rules import ENCRYPTION, INVITE_POLICIES, JSON, PUSH_RULES, sync_token_e2e
 from services.messaging.sync import Reader, SyncResult
 from services.messaging.timeline import LogCache, Relations, Typing
 from services.messaging.writer import Writer
@@ -100,6 +100,14 @@ class Messaging:
                 if view is not None:
                     users.update(u for u, m in view.members.items() if m.membership in ("join", "invite"))
         return users
+
+    async def memberships(self, user_id: str) -> dict[str, tuple[str, bool]]:
+        """{room: (membership, ever_joined)} of the user (the media read rule)."""
+        return {room: (m.membership, m.ever_joined) for room, m in (await self.cache.user(user_id)).rooms.items()}
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        view = await self.cache.room(room_id)
+        return view is not None and (ENCRYPTION, "") in view.state
 
     async def _wake(self, users: set[str]) -> None:
         await self.notifier.wake(dict.fromkeys(users, 0))

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import uuid
 
-from laiwang.messaging.v1 import e2e_pb2, messaging_pb2
+from laiwang.messaging.v1 import e2e_pb2, media_pb2, messaging_pb2
 from plumbing import streams
 from plumbing.config import Env
 from plumbing.service import Runtime, ServiceParts, run_service
@@ -24,6 +24,9 @@ from services.messaging.events import (
     profile_handler,
     start_replication,
 )
+from services.messaging.media import Access, Media
+from services.messaging.media_api import MediaApi
+from services.messaging.media_store import GridFsBlobs, MediaRefs
 from services.messaging.rules import INVITE_POLICIES
 from services.messaging.store import MessagingStore
 
@@ -59,6 +62,16 @@ async def build(runtime: Runtime) -> ServiceParts:
     api = MessagingApi(core)
     assert core.e2e is not None
     e2e_api = E2eApi(core.e2e)
+    blobs, refs = GridFsBlobs(runtime.db), MediaRefs(runtime.db)
+    max_upload = env.int("MEDIA_MAX_UPLOAD_BYTES", 7 * 1024 * 1024, minimum=1024, maximum=7 * 1024 * 1024 + 512 * 1024)
+    media = Media(
+        blobs, settings.server_name, Access(refs.rooms_referencing, core.memberships, core.is_encrypted), max_upload
+    )
+    media_api = MediaApi(media)
+    indexes = store.indexes()
+    for plan in (e2e_store.indexes(), blobs.indexes(), refs.indexes()):
+        for collection, models in plan.items():
+            indexes[collection] = [*indexes.get(collection, []), *models]
     log.info("messaging ready", extra={"invite_policy": settings.invite_policy, "head": core.cache.head})
 
     async def every_second() -> None:
@@ -86,9 +99,10 @@ async def build(runtime: Runtime) -> ServiceParts:
         service_names=[
             messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
             e2e_pb2.DESCRIPTOR.services_by_name["E2eService"].full_name,
+            media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
         ],
-        registrations=[api.register, e2e_api.register],
-        indexes={**store.indexes(), **e2e_store.indexes()},
+        registrations=[api.register, e2e_api.register, media_api.register],
+        indexes=indexes,
         produces=[streams.MESSAGING],
         consumers=[
             (CONTACTS_CONSUMER, contacts_handler(store, notifier.relation_changed)),

@@ -196,7 +196,7 @@ def validate_message_content(event_type: str, content: JSON) -> None:
             raise bad_json("content.msgtype must be a non-empty string")
         _require_str(content, "body")
         if msgtype in MEDIA_MSGTYPES and "file" not in content:
-            _require_url(content, "url", CONTENT_SCHEMES)
+            _require_url(content, "url", ("mxc://",))  # resolved by this server's content repository
         if msgtype == "m.location":
             _require_str(content, "geo_uri", max_len=512)
     elif event_type == SHARE_CARD:
