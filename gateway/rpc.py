@@ -1,4 +1,8 @@
-"""Calling a service from a route: gRPC failures become Matrix errors with the right HTTP status."""
+"""Calling a service from a route: gRPC failures become Matrix errors with the right HTTP status.
+
+The status comes from the one table in `plumbing.domain_errors`: by the errcode a service sent in
+the trailer, or, when none came (an outage, a deadline), by the gRPC status's kind.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +12,18 @@ from typing import Any, TypeVar
 import grpc
 
 from gateway.matrix import MatrixError
-from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY, UNAVAILABLE_ERRCODE, UNAVAILABLE_RETRY_AFTER_MS
+from plumbing.domain_errors import ERRCODES, KIND_OF_GRPC_STATUS
+from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY, UNAVAILABLE_RETRY_AFTER_MS
 
 T = TypeVar("T")
-
-HTTP_OF_STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "M_INVALID_PARAM"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "M_UNKNOWN"),
-    grpc.StatusCode.OUT_OF_RANGE: (413, "M_TOO_LARGE"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "M_UNKNOWN_TOKEN"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "M_FORBIDDEN"),
-    grpc.StatusCode.NOT_FOUND: (404, "M_NOT_FOUND"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "M_UNKNOWN"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "M_LIMIT_EXCEEDED"),
-    grpc.StatusCode.UNAVAILABLE: (503, UNAVAILABLE_ERRCODE),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "M_UNKNOWN"),
-}
-# Matrix answers these with 400 whatever the gRPC status says.
-ERRCODES_THAT_ARE_400 = {
-    "M_USER_IN_USE",
-    "M_THREEPID_IN_USE",
-    "M_BAD_JSON",
-    "M_NOT_JSON",
-    "M_INVALID_USERNAME",
-    "M_WEAK_PASSWORD",
-    "M_INVALID_PEPPER",
-    "M_MISSING_PARAM",
-    "M_INVALID_PARAM",
-}
 
 
 def matrix_error_from(error: grpc.aio.AioRpcError) -> MatrixError:
     trailing = {key: value for key, value in (error.trailing_metadata() or ())}
-    status, default_errcode = HTTP_OF_STATUS.get(error.code(), (500, "M_UNKNOWN"))
-    errcode = str(trailing.get(ERRCODE_KEY) or default_errcode)
-    if errcode in ERRCODES_THAT_ARE_400:
-        status = 400
+    sent = str(trailing.get(ERRCODE_KEY) or "")
+    kind = ERRCODES.get(sent) or KIND_OF_GRPC_STATUS.get(error.code().name)
+    status = kind.http_status if kind else 500
+    errcode = sent or (kind.default_errcode if kind else "M_UNKNOWN")
     message = error.details() or errcode
     if status == 500:
         message = "internal error in a downstream service"  # never leak internals to clients

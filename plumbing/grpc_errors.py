@@ -16,22 +16,14 @@ from plumbing.domain_errors import DomainError, ErrorKind
 ERRCODE_KEY = "laiwang-errcode"
 RETRY_AFTER_KEY = "laiwang-retry-after-ms"
 
-STATUS_OF_KIND: dict[ErrorKind, grpc.StatusCode] = {
-    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    ErrorKind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
-    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorKind.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
-    ErrorKind.TOO_LARGE: grpc.StatusCode.OUT_OF_RANGE,
-    ErrorKind.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-}
+# The gRPC half of the table in plumbing.domain_errors (which names the statuses without importing grpc).
+STATUS_OF_KIND: dict[ErrorKind, grpc.StatusCode] = {kind: grpc.StatusCode[kind.grpc_status_name] for kind in ErrorKind}
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 # What a client sees while a store, the bus or a downstream service is out: 503 with a retry hint
 # (Matrix clients retry 5xx after retry_after_ms / Retry-After).
-UNAVAILABLE_ERRCODE = "M_UNAVAILABLE"
+UNAVAILABLE_ERRCODE = ErrorKind.UNAVAILABLE.default_errcode
 UNAVAILABLE_RETRY_AFTER_MS = 1000
 _NATS_OUTAGES = (NatsTimeoutError, NoServersError, ConnectionClosedError, NoRespondersError)
 _DOWNSTREAM_OUTAGES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -64,7 +56,6 @@ def outage_of(error: BaseException) -> BaseException | None:
 
 def unavailable(cause: BaseException) -> DomainError:
     return DomainError(
-        ErrorKind.UNAVAILABLE,
         UNAVAILABLE_ERRCODE,
         f"temporarily unavailable ({type(cause).__name__}); retry shortly",
         retry_after_ms=UNAVAILABLE_RETRY_AFTER_MS,

@@ -19,7 +19,6 @@ import string
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 import phonenumbers
@@ -27,62 +26,17 @@ from argon2 import PasswordHasher as _Argon2
 from argon2 import Type as _Argon2Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from plumbing.domain_errors import DomainError, ErrorKind
+from plumbing.domain_errors import DomainError, Errcode, rate_limited
 from plumbing.ids import sortable_id
 
 T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------
-# Errors
+# Errors (the one table: plumbing.domain_errors)
 
 
-class ErrorCode(StrEnum):
-    """Matrix error codes the auth service can answer with (the gateway maps them to HTTP)."""
-
-    FORBIDDEN = "M_FORBIDDEN"
-    UNKNOWN_TOKEN = "M_UNKNOWN_TOKEN"
-    USER_IN_USE = "M_USER_IN_USE"
-    INVALID_USERNAME = "M_INVALID_USERNAME"
-    WEAK_PASSWORD = "M_WEAK_PASSWORD"
-    LIMIT_EXCEEDED = "M_LIMIT_EXCEEDED"
-    NOT_FOUND = "M_NOT_FOUND"
-    INVALID_PARAM = "M_INVALID_PARAM"
-    MISSING_PARAM = "M_MISSING_PARAM"
-    THREEPID_IN_USE = "M_THREEPID_IN_USE"
-    THREEPID_AUTH_FAILED = "M_THREEPID_AUTH_FAILED"
-    THREEPID_NOT_FOUND = "M_THREEPID_NOT_FOUND"
-    USER_DEACTIVATED = "M_USER_DEACTIVATED"
-    UNAVAILABLE = "M_UNKNOWN"
-
-
-class AuthError(DomainError):
-    """A rule said no; `code` is the Matrix errcode, `kind` (from it) picks the gRPC/HTTP status."""
-
-    def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int = 0) -> None:
-        super().__init__(_KIND_OF[code], code.value, message, retry_after_ms=retry_after_ms)
-        self.code = code
-
-
-_KIND_OF: dict[ErrorCode, ErrorKind] = {
-    ErrorCode.FORBIDDEN: ErrorKind.FORBIDDEN,
-    ErrorCode.USER_DEACTIVATED: ErrorKind.FORBIDDEN,
-    ErrorCode.UNKNOWN_TOKEN: ErrorKind.UNAUTHENTICATED,
-    ErrorCode.USER_IN_USE: ErrorKind.CONFLICT,
-    ErrorCode.THREEPID_IN_USE: ErrorKind.CONFLICT,
-    ErrorCode.INVALID_USERNAME: ErrorKind.INVALID,
-    ErrorCode.WEAK_PASSWORD: ErrorKind.INVALID,
-    ErrorCode.INVALID_PARAM: ErrorKind.INVALID,
-    ErrorCode.MISSING_PARAM: ErrorKind.INVALID,
-    ErrorCode.THREEPID_AUTH_FAILED: ErrorKind.INVALID,
-    ErrorCode.THREEPID_NOT_FOUND: ErrorKind.INVALID,
-    ErrorCode.LIMIT_EXCEEDED: ErrorKind.RATE_LIMITED,
-    ErrorCode.NOT_FOUND: ErrorKind.NOT_FOUND,
-    ErrorCode.UNAVAILABLE: ErrorKind.UNAVAILABLE,
-}
-
-
-def _limit(message: str, retry_after_seconds: float) -> AuthError:
-    return AuthError(ErrorCode.LIMIT_EXCEEDED, message, retry_after_ms=max(1, int(retry_after_seconds * 1000)))
+def _limit(message: str, retry_after_seconds: float) -> DomainError:
+    return rate_limited(message, retry_after_ms=max(1, int(retry_after_seconds * 1000)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,18 +370,18 @@ def parse_username(username: str, server_name: str) -> str:
     if username.startswith("@"):
         localpart, sep, server = username[1:].partition(":")
         if not sep or server != server_name:
-            raise AuthError(ErrorCode.INVALID_USERNAME, f"user ids on this server end in :{server_name}")
+            raise DomainError(Errcode.INVALID_USERNAME, f"user ids on this server end in :{server_name}")
     if not localpart:
-        raise AuthError(ErrorCode.INVALID_USERNAME, "username must not be empty")
+        raise DomainError(Errcode.INVALID_USERNAME, "username must not be empty")
     if not _LOCALPART.match(localpart):
-        raise AuthError(
-            ErrorCode.INVALID_USERNAME, "username may contain only a-z, 0-9, and the characters . _ = - / +"
+        raise DomainError(
+            Errcode.INVALID_USERNAME, "username may contain only a-z, 0-9, and the characters . _ = - / +"
         )
     if localpart.startswith("_"):
-        raise AuthError(ErrorCode.INVALID_USERNAME, "usernames starting with _ are reserved")
+        raise DomainError(Errcode.INVALID_USERNAME, "usernames starting with _ are reserved")
     user_id = f"@{localpart}:{server_name}"
     if len(user_id.encode()) > 255:
-        raise AuthError(ErrorCode.INVALID_USERNAME, "user id is longer than 255 bytes")
+        raise DomainError(Errcode.INVALID_USERNAME, "user id is longer than 255 bytes")
     return user_id
 
 
@@ -435,7 +389,7 @@ def normalise_phone(number: str, region: str) -> str:
     """E.164 form of a phone number typed nationally (for `region`) or internationally."""
     raw = number.strip()
     if not raw or len(raw) > 32:
-        raise AuthError(ErrorCode.INVALID_PARAM, "phone number is missing or too long")
+        raise DomainError(Errcode.INVALID_PARAM, "phone number is missing or too long")
     # Matrix clients send msisdn without "+" (e.g. "8613800138000"); treat a long digit string
     # that fails as national as international.
     candidates = [raw] if raw.startswith("+") else [raw, "+" + raw]
@@ -446,7 +400,7 @@ def normalise_phone(number: str, region: str) -> str:
             continue
         if phonenumbers.is_valid_number(parsed):
             return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    raise AuthError(ErrorCode.INVALID_PARAM, "not a valid phone number")
+    raise DomainError(Errcode.INVALID_PARAM, "not a valid phone number")
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -527,12 +481,12 @@ class AuthCore:
 
     def _check_password_rules(self, password: str) -> None:
         if len(password) < self.settings.password_min_length:
-            raise AuthError(
-                ErrorCode.WEAK_PASSWORD,
+            raise DomainError(
+                Errcode.WEAK_PASSWORD,
                 f"password must be at least {self.settings.password_min_length} characters long",
             )
         if len(password) > self.settings.password_max_length:
-            raise AuthError(ErrorCode.WEAK_PASSWORD, "password is too long")
+            raise DomainError(Errcode.WEAK_PASSWORD, "password is too long")
 
     async def register(
         self,
@@ -549,10 +503,10 @@ class AuthCore:
         # No username: the server picks one (Matrix allows it).
         user_id = parse_username(username, s.server_name) if username else f"@u{secrets.token_hex(6)}:{s.server_name}"
         if not password:
-            raise AuthError(ErrorCode.MISSING_PARAM, "password is required")
+            raise DomainError(Errcode.MISSING_PARAM, "password is required")
         self._check_password_rules(password)
         if await self.store.get_user(user_id) is not None:
-            raise AuthError(ErrorCode.USER_IN_USE, "that user id is already taken")
+            raise DomainError(Errcode.USER_IN_USE, "that user id is already taken")
         if client_address:
             await self._hit_limit(
                 f"register|addr|{client_address}",
@@ -567,7 +521,7 @@ class AuthCore:
 
         async def work(tx: Tx) -> NewSession | None:
             if not await self.store.insert_user(user, tx):
-                raise AuthError(ErrorCode.USER_IN_USE, "that user id is already taken")
+                raise DomainError(Errcode.USER_IN_USE, "that user id is already taken")
             await self.store.emit(tx, UserRegisteredEvent(user_id, user.display_name, now))
             if inhibit_login:
                 return None
@@ -584,7 +538,7 @@ class AuthCore:
         now = self.now()
         device_id = device_id or new_device_id()
         if len(device_id) > 255:
-            raise AuthError(ErrorCode.INVALID_PARAM, "device_id is too long")
+            raise DomainError(Errcode.INVALID_PARAM, "device_id is too long")
         existing = await self.store.get_device(user_id, device_id)
         if existing is not None:
             # Matrix: logging in with an existing device id replaces that device's tokens.
@@ -673,13 +627,13 @@ class AuthCore:
             msisdn = normalise_phone(number, country or self.settings.default_region)
             return f"msisdn:{msisdn}", await self.store.threepid_owner("msisdn", msisdn)
         if not user:
-            raise AuthError(ErrorCode.MISSING_PARAM, "identifier.user is required")
+            raise DomainError(Errcode.MISSING_PARAM, "identifier.user is required")
         candidate = user.strip()
         if not candidate.startswith("@"):
             candidate = candidate.lower()  # Matrix logins are case-insensitive on the localpart
         try:
             user_id = parse_username(candidate, self.settings.server_name)
-        except AuthError:
+        except DomainError:
             return f"user:{digest(candidate)}", None
         return f"user:{user_id}", user_id
 
@@ -696,7 +650,7 @@ class AuthCore:
     ) -> NewSession:
         s = self.settings
         if not password:
-            raise AuthError(ErrorCode.MISSING_PARAM, "password is required")
+            raise DomainError(Errcode.MISSING_PARAM, "password is required")
         key, user_id = await self._resolve_login_user(user, phone)
         account_key = f"loginfail|{user_id or key}"
         address_key = f"loginfail|addr|{client_address}"
@@ -712,9 +666,9 @@ class AuthCore:
             await self.store.hit_counter(account_key, window, self.now())
             if client_address:
                 await self.store.hit_counter(address_key, window, self.now())
-            raise AuthError(ErrorCode.FORBIDDEN, "invalid username or password")
+            raise DomainError(Errcode.FORBIDDEN, "invalid username or password")
         if record.deactivated:
-            raise AuthError(ErrorCode.USER_DEACTIVATED, "this account has been deactivated")
+            raise DomainError(Errcode.USER_DEACTIVATED, "this account has been deactivated")
         if record.password_hash and self.hasher.needs_rehash(record.password_hash):
             await self.store.update_user(record.user_id, {"password_hash": await self.hasher.hash(password)})
         return await self.store.atomically(
@@ -732,10 +686,10 @@ class AuthCore:
     ) -> NewSession:
         taken = await self.store.take_login_token(digest(login_token)) if login_token else None
         if taken is None or taken[1] <= self.now():
-            raise AuthError(ErrorCode.FORBIDDEN, "invalid or expired login token")
+            raise DomainError(Errcode.FORBIDDEN, "invalid or expired login token")
         user = await self.store.get_user(taken[0])
         if user is None or user.deactivated:
-            raise AuthError(ErrorCode.USER_DEACTIVATED, "this account has been deactivated")
+            raise DomainError(Errcode.USER_DEACTIVATED, "this account has been deactivated")
         return await self.store.atomically(
             lambda tx: self._open_session(tx, user.user_id, device_id, device_name, want_refresh, client_address)
         )
@@ -767,7 +721,7 @@ class AuthCore:
 
         session = await self.store.atomically(work)
         if session is None:
-            raise AuthError(ErrorCode.UNKNOWN_TOKEN, "unknown, used or expired refresh token")
+            raise DomainError(Errcode.UNKNOWN_TOKEN, "unknown, used or expired refresh token")
         return session
 
     async def logout(self, user_id: str, device_id: str) -> None:
@@ -798,14 +752,14 @@ class AuthCore:
         )
         user = await self.store.get_user(user_id)
         if user is None or user.deactivated:
-            raise AuthError(ErrorCode.FORBIDDEN, "account not found or deactivated")
+            raise DomainError(Errcode.FORBIDDEN, "account not found or deactivated")
         if not password or not await self.hasher.verify(user.password_hash, password[: s.password_max_length]):
             await self.store.hit_counter(account_key, s.login_failure_window_seconds, self.now())
             if client_address:
                 await self.store.hit_counter(
                     f"loginfail|addr|{client_address}", s.login_failure_window_seconds, self.now()
                 )
-            raise AuthError(ErrorCode.FORBIDDEN, "invalid password")
+            raise DomainError(Errcode.FORBIDDEN, "invalid password")
         return user
 
     async def change_password(
@@ -857,14 +811,14 @@ class AuthCore:
     async def get_device(self, user_id: str, device_id: str) -> Device:
         device = await self.store.get_device(user_id, device_id)
         if device is None:
-            raise AuthError(ErrorCode.NOT_FOUND, "no such device")
+            raise DomainError(Errcode.NOT_FOUND, "no such device")
         return device
 
     async def rename_device(self, user_id: str, device_id: str, display_name: str) -> None:
         if len(display_name) > 200:
-            raise AuthError(ErrorCode.INVALID_PARAM, "display_name is too long")
+            raise DomainError(Errcode.INVALID_PARAM, "display_name is too long")
         if not await self.store.rename_device(user_id, device_id, display_name):
-            raise AuthError(ErrorCode.NOT_FOUND, "no such device")
+            raise DomainError(Errcode.NOT_FOUND, "no such device")
 
     async def delete_devices(
         self, user_id: str, device_ids: Sequence[str], password: str, client_address: str = ""
@@ -888,7 +842,7 @@ class AuthCore:
     ) -> PhoneSession:
         s = self.settings
         if not client_secret or len(client_secret) > 255 or not re.fullmatch(r"[0-9a-zA-Z.=_\-]+", client_secret):
-            raise AuthError(ErrorCode.INVALID_PARAM, "client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
+            raise DomainError(Errcode.INVALID_PARAM, "client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
         msisdn = normalise_phone(phone_number, country or s.default_region)
         secret_hash = digest(client_secret)
         previous = await self.store.find_phone_session_for(secret_hash, msisdn)
@@ -929,7 +883,7 @@ class AuthCore:
     async def _session_for(self, sid: str, client_secret: str) -> PhoneSession:
         session = await self.store.find_phone_session(sid) if sid else None
         if session is None or not hmac.compare_digest(session.client_secret_hash, digest(client_secret or "")):
-            raise AuthError(ErrorCode.THREEPID_AUTH_FAILED, "unknown verification session")
+            raise DomainError(Errcode.THREEPID_AUTH_FAILED, "unknown verification session")
         return session
 
     async def submit_phone_code(self, sid: str, client_secret: str, code: str, client_address: str = "") -> None:
@@ -945,16 +899,16 @@ class AuthCore:
         if session.validated_at is not None:
             return
         if session.expires_at <= self.now():
-            raise AuthError(ErrorCode.THREEPID_AUTH_FAILED, "the code has expired; request a new one")
+            raise DomainError(Errcode.THREEPID_AUTH_FAILED, "the code has expired; request a new one")
         # Count the attempt before comparing, atomically, so parallel guesses cannot exceed the limit.
         attempts = await self.store.count_phone_attempt(sid, s.code_max_attempts)
         if attempts is None:
-            raise AuthError(ErrorCode.THREEPID_AUTH_FAILED, "too many wrong codes; request a new one")
+            raise DomainError(Errcode.THREEPID_AUTH_FAILED, "too many wrong codes; request a new one")
         given = (code or "").strip()
         if not hmac.compare_digest(session.code_hash, self._code_digest(session.code_salt, given)):
             left = s.code_max_attempts - attempts
-            raise AuthError(
-                ErrorCode.THREEPID_AUTH_FAILED,
+            raise DomainError(
+                Errcode.THREEPID_AUTH_FAILED,
                 f"wrong code; {left} attempt{'s' if left != 1 else ''} left"
                 if left
                 else "wrong code; no attempts left, request a new one",
@@ -964,9 +918,9 @@ class AuthCore:
     async def bind_phone(self, user_id: str, sid: str, client_secret: str) -> str:
         session = await self._session_for(sid, client_secret)
         if session.validated_at is None:
-            raise AuthError(ErrorCode.THREEPID_AUTH_FAILED, "the phone number has not been verified yet")
+            raise DomainError(Errcode.THREEPID_AUTH_FAILED, "the phone number has not been verified yet")
         if session.created_at + self.settings.bind_window_seconds <= self.now():
-            raise AuthError(ErrorCode.THREEPID_AUTH_FAILED, "the verification is too old; verify again")
+            raise DomainError(Errcode.THREEPID_AUTH_FAILED, "the verification is too old; verify again")
         now = self.now()
         msisdn = session.msisdn
 
@@ -977,7 +931,7 @@ class AuthCore:
             if owner == user_id:
                 return  # already bound to this account: nothing changes, nothing to announce
             if owner is not None:
-                raise AuthError(ErrorCode.THREEPID_IN_USE, "this phone number belongs to another account")
+                raise DomainError(Errcode.THREEPID_IN_USE, "this phone number belongs to another account")
             await self.store.emit(tx, PhoneVerifiedEvent(user_id, msisdn, now))
             await self.store.delete_phone_session(sid, tx)
 
@@ -991,7 +945,7 @@ class AuthCore:
         async def work(tx: Tx) -> None:
             removed = await self.store.delete_threepids(user_id, [address], tx)
             if not removed:
-                raise AuthError(ErrorCode.THREEPID_NOT_FOUND, "this phone number is not bound to your account")
+                raise DomainError(Errcode.THREEPID_NOT_FOUND, "this phone number is not bound to your account")
             await self.store.emit(tx, PhoneUnboundEvent(user_id, address, now))
 
         await self.store.atomically(work)
@@ -1004,7 +958,7 @@ class AuthCore:
     async def get_profile(self, user_id: str) -> User:
         user = await self.store.get_user(user_id)
         if user is None or user.deactivated:
-            raise AuthError(ErrorCode.NOT_FOUND, "profile not found")
+            raise DomainError(Errcode.NOT_FOUND, "profile not found")
         return user
 
     async def set_profile(self, user_id: str, *, display_name: str | None, avatar_url: str | None) -> None:
@@ -1012,11 +966,11 @@ class AuthCore:
         fields: dict[str, Any] = {}
         if display_name is not None:
             if len(display_name) > 256:
-                raise AuthError(ErrorCode.INVALID_PARAM, "displayname is longer than 256 characters")
+                raise DomainError(Errcode.INVALID_PARAM, "displayname is longer than 256 characters")
             fields["display_name"] = display_name
         if avatar_url is not None:
             if (avatar_url and not avatar_url.startswith(("mxc://", "https://"))) or len(avatar_url) > 1024:
-                raise AuthError(ErrorCode.INVALID_PARAM, "avatar_url must be an mxc:// or https:// URL")
+                raise DomainError(Errcode.INVALID_PARAM, "avatar_url must be an mxc:// or https:// URL")
             fields["avatar_url"] = avatar_url
         if not fields:
             return
@@ -1036,7 +990,7 @@ class AuthCore:
 
     def _providers(self) -> OidcProviders:
         if self.oidc is None or not self.oidc.providers():
-            raise AuthError(ErrorCode.NOT_FOUND, "no external identity provider is configured")
+            raise DomainError(Errcode.NOT_FOUND, "no external identity provider is configured")
         return self.oidc
 
     def identity_providers(self) -> list[tuple[str, str]]:
@@ -1047,13 +1001,13 @@ class AuthCore:
     ) -> str:
         oidc = self._providers()
         if provider_id not in {p for p, _ in oidc.providers()}:
-            raise AuthError(ErrorCode.NOT_FOUND, f"unknown identity provider {provider_id!r}")
+            raise DomainError(Errcode.NOT_FOUND, f"unknown identity provider {provider_id!r}")
         if purpose not in ("login", "link"):
-            raise AuthError(ErrorCode.INVALID_PARAM, "purpose must be login or link")
+            raise DomainError(Errcode.INVALID_PARAM, "purpose must be login or link")
         if purpose == "link" and not user_id:
-            raise AuthError(ErrorCode.FORBIDDEN, "linking needs a signed-in user")
+            raise DomainError(Errcode.FORBIDDEN, "linking needs a signed-in user")
         if not callback_url.startswith(("http://", "https://")):
-            raise AuthError(ErrorCode.INVALID_PARAM, "callback_url must be an http(s) URL")
+            raise DomainError(Errcode.INVALID_PARAM, "callback_url must be an http(s) URL")
         state = secrets.token_urlsafe(32)
         nonce = secrets.token_urlsafe(16)
         verifier, challenge = pkce_pair()
@@ -1079,9 +1033,9 @@ class AuthCore:
         oidc = self._providers()
         record = await self.store.take_oidc_state(digest(state)) if state else None
         if record is None or record.expires_at <= self.now():
-            raise AuthError(ErrorCode.FORBIDDEN, "unknown or expired sign-in attempt; start again")
+            raise DomainError(Errcode.FORBIDDEN, "unknown or expired sign-in attempt; start again")
         if error or not code:
-            raise AuthError(ErrorCode.FORBIDDEN, f"the identity provider refused: {error[:100] or 'no code'}")
+            raise DomainError(Errcode.FORBIDDEN, f"the identity provider refused: {error[:100] or 'no code'}")
         identity = await oidc.exchange(
             record.provider_id,
             code=code,
@@ -1094,14 +1048,14 @@ class AuthCore:
                 ExternalAccount(record.provider_id, identity.subject, record.user_id, self.now())
             )
             if owner is not None and owner != record.user_id:
-                raise AuthError(ErrorCode.THREEPID_IN_USE, "that external account is linked to another user")
+                raise DomainError(Errcode.THREEPID_IN_USE, "that external account is linked to another user")
             return record, identity, record.user_id, ""
         linked = await self.store.find_external_account(record.provider_id, identity.subject)
         if linked is None:
-            raise AuthError(ErrorCode.FORBIDDEN, "no Laiwang account is linked to that external account")
+            raise DomainError(Errcode.FORBIDDEN, "no Laiwang account is linked to that external account")
         user = await self.store.get_user(linked.user_id)
         if user is None or user.deactivated:
-            raise AuthError(ErrorCode.USER_DEACTIVATED, "this account has been deactivated")
+            raise DomainError(Errcode.USER_DEACTIVATED, "this account has been deactivated")
         login_token = "lwl_" + secrets.token_urlsafe(32)
         await self.store.insert_login_token(
             digest(login_token), linked.user_id, self.now() + self.settings.login_token_ttl_seconds
@@ -1113,4 +1067,4 @@ class AuthCore:
 
     async def unlink_external_account(self, user_id: str, provider_id: str) -> None:
         if not await self.store.delete_external_accounts(user_id, provider_id):
-            raise AuthError(ErrorCode.NOT_FOUND, "no linked account for that provider")
+            raise DomainError(Errcode.NOT_FOUND, "no linked account for that provider")

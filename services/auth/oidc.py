@@ -20,12 +20,12 @@ from urllib.parse import quote_plus, urlencode
 import aiohttp
 import orjson
 
-from services.auth.core import AuthError, ErrorCode, OidcIdentity
+from plumbing.domain_errors import DomainError, Errcode, try_again
+from services.auth.core import OidcIdentity
 
 
-class OidcError(AuthError):
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.FORBIDDEN, f"external sign-in failed: {message}")
+def refused(message: str) -> DomainError:
+    return DomainError(Errcode.FORBIDDEN, f"external sign-in failed: {message}")
 
 
 def _claims(id_token: str) -> dict[str, Any]:
@@ -33,9 +33,9 @@ def _claims(id_token: str) -> dict[str, Any]:
         payload = id_token.split(".")[1]
         claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError) as exc:
-        raise OidcError("malformed id_token") from exc
+        raise refused("malformed id_token") from exc
     if not isinstance(claims, dict):
-        raise OidcError("malformed id_token")
+        raise refused("malformed id_token")
     return claims
 
 
@@ -70,18 +70,18 @@ class OidcClient:
         try:
             async with aiohttp.ClientSession(timeout=self._timeout) as http, http.get(url) as response:
                 if response.status != 200:
-                    raise AuthError(ErrorCode.UNAVAILABLE, f"identity provider discovery answered {response.status}")
+                    raise try_again(f"identity provider discovery answered {response.status}")
                 metadata = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AuthError(ErrorCode.UNAVAILABLE, f"identity provider unreachable: {type(exc).__name__}") from None
+            raise try_again(f"identity provider unreachable: {type(exc).__name__}") from None
         if metadata.get("issuer", "").rstrip("/") != self.issuer:
-            raise AuthError(ErrorCode.UNAVAILABLE, "identity provider metadata names a different issuer")
+            raise try_again("identity provider metadata names a different issuer")
         self._metadata, self._metadata_at = metadata, time.monotonic()
         return metadata
 
     def _check(self, provider_id: str) -> None:
         if provider_id != self.provider_id:
-            raise AuthError(ErrorCode.NOT_FOUND, f"unknown identity provider {provider_id!r}")
+            raise DomainError(Errcode.NOT_FOUND, f"unknown identity provider {provider_id!r}")
 
     async def authorization_url(
         self, provider_id: str, *, state: str, nonce: str, code_challenge: str, redirect_uri: str
@@ -125,24 +125,22 @@ class OidcClient:
                 body = await response.json(content_type=None)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise AuthError(
-                ErrorCode.UNAVAILABLE, f"identity provider token call failed: {type(exc).__name__}"
-            ) from None
+            raise try_again(f"identity provider token call failed: {type(exc).__name__}") from None
         if status != 200 or not isinstance(body, dict) or "id_token" not in body:
             reason = body.get("error", "no id_token") if isinstance(body, dict) else "bad answer"
-            raise OidcError(f"token endpoint refused ({status}: {str(reason)[:80]})")
+            raise refused(f"token endpoint refused ({status}: {str(reason)[:80]})")
         claims = _claims(body["id_token"])
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
         if claims.get("iss", "").rstrip("/") != self.issuer:
-            raise OidcError("id_token issuer mismatch")
+            raise refused("id_token issuer mismatch")
         if self.client_id not in audiences or (len(audiences) > 1 and claims.get("azp") != self.client_id):
-            raise OidcError("id_token audience mismatch")
+            raise refused("id_token audience mismatch")
         if not isinstance(claims.get("exp"), int | float) or claims["exp"] < time.time() - 60:
-            raise OidcError("id_token expired")
+            raise refused("id_token expired")
         if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
-            raise OidcError("id_token nonce mismatch")
+            raise refused("id_token nonce mismatch")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
-            raise OidcError("id_token has no subject")
+            raise refused("id_token has no subject")
         return OidcIdentity(subject=subject, issuer=self.issuer)

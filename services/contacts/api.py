@@ -6,8 +6,9 @@ import grpc
 
 from laiwang.contacts.v1 import contacts_pb2 as pb
 from laiwang.contacts.v1 import contacts_pb2_grpc
+from plumbing.domain_errors import invalid
 from plumbing.grpc_errors import maps_domain_errors
-from services.contacts.core import Discoverability, InvalidArgument, Pair
+from services.contacts.core import Discoverability, Pair
 from services.contacts.logic import BookResult, ContactsLogic
 
 Context = grpc.aio.ServicerContext
@@ -25,7 +26,7 @@ def _replace_all(mode: int) -> bool:
         return False
     if mode == pb.UPLOAD_MODE_REPLACE:
         return True
-    raise InvalidArgument("mode must be UPLOAD_MODE_REPLACE or UPLOAD_MODE_MERGE")
+    raise invalid("mode must be UPLOAD_MODE_REPLACE or UPLOAD_MODE_MERGE")
 
 
 def _book_reply(result: BookResult) -> dict[str, object]:
@@ -115,7 +116,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     ) -> pb.SetDiscoverabilityResponse:
         wanted = _FROM_PROTO.get(request.discoverability)
         if wanted is None:
-            raise InvalidArgument("discoverability must be EVERYONE, MUTUAL or NOBODY")
+            raise invalid("discoverability must be EVERYONE, MUTUAL or NOBODY")
         value = await self._logic.set_discoverability(request.user_id, wanted)
         return pb.SetDiscoverabilityResponse(discoverability=_TO_PROTO[value])
 

@@ -7,7 +7,7 @@ import logging
 import grpc
 
 from laiwang.auth.v1 import auth_pb2, auth_pb2_grpc
-from services.contacts.core import Conflict
+from plumbing.domain_errors import Conflict
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from enum import StrEnum
 
 import phonenumbers
 
-from plumbing.domain_errors import DomainError, ErrorKind
+from plumbing.domain_errors import forbidden, invalid, not_found, rate_limited
 
 MAX_ENTRIES = 10_000
 MAX_ENTRY_LENGTH = 64
@@ -42,59 +42,6 @@ class Discoverability(StrEnum):
 
 
 DEFAULT_DISCOVERABILITY = Discoverability.MUTUAL
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors (mapped to gRPC status codes by api.py and to Matrix errors by the gateway)
-
-
-class ContactsError(DomainError):
-    """A rule said no; `kind` picks the gRPC status, `errcode` the Matrix error."""
-
-    kind = ErrorKind.INVALID
-    errcode = "M_INVALID_PARAM"
-
-    def __init__(self, message: str, retry_after_ms: int = 0) -> None:
-        super().__init__(self.kind, self.errcode, message, retry_after_ms)
-
-
-class InvalidArgument(ContactsError):
-    pass
-
-
-class TooLarge(ContactsError):
-    kind = ErrorKind.TOO_LARGE
-    errcode = "M_TOO_LARGE"
-
-
-class InvalidPepper(ContactsError):
-    errcode = "M_INVALID_PEPPER"
-
-    def __init__(self, current_pepper: str) -> None:
-        super().__init__("the pepper is not current; hash again with lookup_pepper")
-        self.current_pepper = current_pepper
-
-
-class LimitExceeded(ContactsError):
-    kind = ErrorKind.RATE_LIMITED
-    errcode = "M_LIMIT_EXCEEDED"
-
-
-class Forbidden(ContactsError):
-    kind = ErrorKind.FORBIDDEN
-    errcode = "M_FORBIDDEN"
-
-
-class NotFound(ContactsError):
-    kind = ErrorKind.NOT_FOUND
-    errcode = "M_NOT_FOUND"
-
-
-class Conflict(ContactsError):
-    """A concurrent writer changed the document first; callers retry, clients may too."""
-
-    kind = ErrorKind.UNAVAILABLE
-    errcode = "M_UNKNOWN"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +63,7 @@ class Normaliser:
     def region(self, requested: str) -> str:
         region = (requested or self.default_region).upper()
         if region not in phonenumbers.SUPPORTED_REGIONS:
-            raise InvalidArgument(f"unknown region {requested!r}; use an ISO 3166 code such as CN")
+            raise invalid(f"unknown region {requested!r}; use an ISO 3166 code such as CN")
         return region
 
     def normalise(self, raw: str, region: str, known: dict[int, str] | None = None) -> Normalised:
@@ -350,7 +297,7 @@ class BudgetPolicy:
         return min(float(self.initial), tokens + refilled)
 
     def charge(self, available: float, cost: int) -> float:
-        """Tokens left after `cost`, or LimitExceeded (with when to retry) if not affordable."""
+        """Tokens left after `cost`, or M_LIMIT_EXCEEDED (with when to retry) if not affordable."""
         if cost <= available:
             return available - cost
         if self.refill_per_hour <= 0:
@@ -358,7 +305,7 @@ class BudgetPolicy:
         else:
             missing = (min(cost, self.initial) - available) if cost <= self.initial else self.initial - available
             retry_ms = int(max(missing, 1) / self.refill_per_hour * 3_600_000) + 1
-        raise LimitExceeded(
+        raise rate_limited(
             f"{cost} numbers not uploaded before exceed the remaining budget of {int(available)}",
             retry_after_ms=max(retry_ms, 1000),
         )
@@ -412,7 +359,7 @@ class Pair:
     @staticmethod
     def new(x: str, y: str) -> Pair:
         if x == y:
-            raise InvalidArgument("that is your own user id")
+            raise invalid("that is your own user id")
         a, b = sorted((x, y))
         return Pair(a, b)
 
@@ -471,7 +418,7 @@ def send_request(pair: Pair, sender: str, allowed: bool, message: str, now_ms: i
     """`allowed`: the other user is a current match or suggestion of the sender."""
     t = Transition(pair)
     if pair.blocked:
-        raise Forbidden("you cannot send a friend request to this user")
+        raise forbidden("you cannot send a friend request to this user")
     if pair.friends:
         return t, "friends"
     if pair.request_from == pair.other(sender):
@@ -480,7 +427,7 @@ def send_request(pair: Pair, sender: str, allowed: bool, message: str, now_ms: i
     if pair.request_from == sender:
         return t, "pending"
     if not allowed:
-        raise Forbidden("friend requests go only to people from your address book or your suggestions")
+        raise forbidden("friend requests go only to people from your address book or your suggestions")
     t.apply(None, now_ms, request_from=sender, request_message=message[:500], request_at_ms=now_ms)
     return t, "pending"
 
@@ -490,7 +437,7 @@ def accept_request(t: Transition, user: str, now_ms: int) -> None:
     if pair.friends:
         return
     if pair.request_from != pair.other(user):
-        raise NotFound("there is no friend request from this user")
+        raise not_found("there is no friend request from this user")
     t.apply(
         PairEventKind.FRIENDSHIP_CREATED,
         now_ms,
@@ -511,7 +458,7 @@ def accept(pair: Pair, user: str, now_ms: int) -> Transition:
 def decline(pair: Pair, user: str, now_ms: int) -> Transition:
     t = Transition(pair)
     if pair.request_from is None:
-        raise NotFound("there is no pending friend request between you")
+        raise not_found("there is no pending friend request between you")
     t.apply(None, now_ms, request_from=None, request_message="", request_at_ms=0)
     return t
 
@@ -519,7 +466,7 @@ def decline(pair: Pair, user: str, now_ms: int) -> Transition:
 def remove_friend(pair: Pair, user: str, now_ms: int) -> Transition:
     t = Transition(pair)
     if not pair.friends:
-        raise NotFound("you are not friends")
+        raise not_found("you are not friends")
     t.apply(PairEventKind.FRIENDSHIP_REMOVED, now_ms, friends=False, friends_since_ms=0)
     return t
 

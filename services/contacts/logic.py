@@ -15,25 +15,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from plumbing.domain_errors import (
+    Conflict,
+    DomainError,
+    Errcode,
+    ErrorKind,
+    forbidden,
+    invalid,
+    too_large,
+)
 from services.contacts import core
 from services.contacts.core import (
     HASH_ALGORITHMS,
     MAX_ENTRIES,
     BookChange,
     BudgetPolicy,
-    Conflict,
     Discoverability,
-    Forbidden,
-    InvalidArgument,
-    InvalidPepper,
     Keyring,
-    LimitExceeded,
     Normaliser,
-    NotFound,
     Pair,
     PairEvent,
     PhoneIndex,
-    TooLarge,
     Transition,
     decode_lookup_hash,
     may_reveal,
@@ -165,7 +167,7 @@ class Summary:
 
 def _check_user_id(user_id: str, what: str = "user_id") -> None:
     if not user_id.startswith("@") or ":" not in user_id or len(user_id) > 255:
-        raise InvalidArgument(f"{what} must be a full Matrix user id such as @alice:example.org")
+        raise invalid(f"{what} must be a full Matrix user id such as @alice:example.org")
 
 
 @dataclass(frozen=True)
@@ -390,11 +392,11 @@ class ContactsLogic:
     ) -> BookResult:
         _check_user_id(user_id)
         if algorithm not in HASH_ALGORITHMS:
-            raise InvalidArgument(f"unsupported algorithm {algorithm!r}; supported: {', '.join(HASH_ALGORITHMS)}")
+            raise invalid(f"unsupported algorithm {algorithm!r}; supported: {', '.join(HASH_ALGORITHMS)}")
         self._check_size(addresses, remove, replace_all)
         current = self.index.pepper
         if pepper != current:
-            raise InvalidPepper(current)
+            raise DomainError(Errcode.INVALID_PEPPER, "the pepper is not current; hash again with lookup_pepper")
         number = await self._verified_number(user_id)
         result = BookResult()
         add_keys: dict[bytes, int | None] = {}
@@ -429,7 +431,7 @@ class ContactsLogic:
         return result
 
     async def _verified_number(self, user_id: str) -> str:
-        """The verified number whose budget this user's uploads are charged to; Forbidden without one.
+        """The verified number whose budget this user's uploads are charged to; M_FORBIDDEN without one.
 
         Accounts are cheap and numbers are not: matching is tied to a verified phone, and the budget
         to the number, so it holds across the number's accounts and re-registrations.
@@ -440,15 +442,15 @@ class ContactsLogic:
                 await self.phone_verified(user_id, e164, verified_ms)
             numbers = (await self.store.numbers_of([user_id])).get(user_id, [])
         if not numbers:
-            raise Forbidden(NO_PHONE)
+            raise forbidden(NO_PHONE)
         return min(numbers)
 
     @staticmethod
     def _check_size(add: Sequence[str], remove: Sequence[str], replace_all: bool) -> None:
         if len(add) + len(remove) > MAX_ENTRIES:
-            raise TooLarge(f"at most {MAX_ENTRIES} entries per upload; send the rest incrementally")
+            raise too_large(f"at most {MAX_ENTRIES} entries per upload; send the rest incrementally")
         if replace_all and remove:
-            raise InvalidArgument("a full upload replaces the book; send removals with an incremental sync")
+            raise invalid("a full upload replaces the book; send removals with an incremental sync")
 
     async def _finish(
         self,
@@ -521,14 +523,16 @@ class ContactsLogic:
 
     async def _charge(self, charge: Charge, cost: int) -> float:
         """Take `cost` from the number's budget and the address's ceiling (all or nothing);
-        the tokens left on the number's budget. LimitExceeded if either cannot pay."""
+        the tokens left on the number's budget. M_LIMIT_EXCEEDED if either cannot pay."""
         left: list[float] = []
         paid: list[tuple[str, BudgetPolicy]] = []
         try:
             for key, policy in self._budgets(charge):
                 left.append(await self._take(key, policy, cost))
                 paid.append((key, policy))
-        except LimitExceeded:
+        except DomainError as error:
+            if error.kind is not ErrorKind.RATE_LIMITED:
+                raise
             for key, policy in paid:
                 await self._give_back(key, policy, cost)
             raise
@@ -672,7 +676,7 @@ class ContactsLogic:
         _check_user_id(user)
         _check_user_id(other, "other_user_id")
         if user == other:
-            raise InvalidArgument("that is your own user id")
+            raise invalid("that is your own user id")
         for _ in range(5):
             pair = await self.store.get_pair(user, other)
             t = await step(pair)
@@ -774,7 +778,7 @@ class ContactsLogic:
         _check_user_id(user)
         _check_user_id(other, "other_user_id")
         if user == other:
-            raise InvalidArgument("that is your own user id")
+            raise invalid("that is your own user id")
         pair = await self.store.get_pair(user, other)
         return pair, len(await self.mutual_friends(user, other))
 
@@ -785,4 +789,4 @@ class ContactsLogic:
         return sorted(mine.keys() & theirs.keys())
 
 
-__all__ = ["BookResult", "ContactsLogic", "NotFound", "Settings"]
+__all__ = ["BookResult", "ContactsLogic", "Settings"]

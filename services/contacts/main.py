@@ -24,13 +24,14 @@ import logging
 from laiwang.contacts.v1 import contacts_pb2
 from plumbing import streams
 from plumbing.config import Env
+from plumbing.domain_errors import DomainError
 from plumbing.errors import ConfigError
 from plumbing.grpc_client import open_channel
 from plumbing.mongo import ensure_indexes
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.contacts.api import ContactsApi
 from services.contacts.clients import AuthPhones
-from services.contacts.core import BudgetPolicy, InvalidArgument, Keyring, Normaliser, PhoneIndex
+from services.contacts.core import BudgetPolicy, Keyring, Normaliser, PhoneIndex
 from services.contacts.events import AUTH_CONSUMER, PairEventProducer, auth_handler
 from services.contacts.logic import ContactsLogic, Settings
 from services.contacts.store import ContactsStore
@@ -57,7 +58,7 @@ def build_logic(runtime: Runtime, env: Env | None = None) -> tuple[ContactsLogic
     normaliser = Normaliser(env.str("CONTACTS_DEFAULT_REGION", "CN"))
     try:
         normaliser.region("")
-    except InvalidArgument:
+    except DomainError:
         raise ConfigError(f"CONTACTS_DEFAULT_REGION={normaliser.default_region!r} is not a known region") from None
     settings = Settings(
         budget=BudgetPolicy(

@@ -33,8 +33,9 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from plumbing.domain_errors import Conflict
 from plumbing.mongo import IndexPlan, in_transaction
-from services.contacts.core import KEY_BYTES, Conflict, Discoverability, Pair, PairEvent, pair_key
+from services.contacts.core import KEY_BYTES, Discoverability, Pair, PairEvent, pair_key
 
 # Rows per bulk write: `$in` and big batches cost superlinearly on the embedded store (2,000 ids in one
 # `$in` took seconds, 20 chunks of 100 a tenth of that), and small steps let other users' writes through.

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from plumbing.domain_errors import DomainError, bad_json, forbidden, invalid, not_found
 from services.messaging import push_rules
 from services.messaging.commands import Deps
 from services.messaging.ports import Store
@@ -17,14 +18,9 @@ from services.messaging.rules import (
     MAX_EVENT_BYTES,
     MEMBER,
     PUSH_RULES,
-    MessagingError,
-    bad_json,
     canonical_bytes,
     check_canonical,
     check_id_field,
-    forbidden,
-    invalid,
-    not_found,
     now_ms,
     state_key_id,
 )
@@ -52,7 +48,7 @@ async def perform_set_account_data(deps: Deps, user_id: str, room_id: str, data_
         raise bad_json("account data content must be a JSON object")
     check_canonical(content)
     if len(canonical_bytes(content)) > MAX_EVENT_BYTES:
-        raise MessagingError("M_TOO_LARGE", f"account data is larger than {MAX_EVENT_BYTES} bytes")
+        raise DomainError("M_TOO_LARGE", f"account data is larger than {MAX_EVENT_BYTES} bytes")
     if data_type == PUSH_RULES and not room_id:
         raise bad_json("m.push_rules is changed through /pushrules, not account data")
     if data_type == FULLY_READ and room_id:
@@ -113,7 +109,7 @@ async def perform_push_rule(
         stored = await batch.account_data(user_id, "", PUSH_RULES)
         updated = push_rules.change_rule(user_id, stored, change, kind, rule_id, body, before, after)
         if len(canonical_bytes(updated)) > 4 * MAX_EVENT_BYTES:
-            raise MessagingError("M_TOO_LARGE", "push rules are too large")
+            raise DomainError("M_TOO_LARGE", "push rules are too large")
         batch.add_account_data(user_id, "", PUSH_RULES, updated)
 
     await deps.writer.submit(op)
@@ -127,7 +123,7 @@ def _str(body: JSON, name: str, max_len: int, *, required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value):
-        raise MessagingError("M_MISSING_PARAM" if value is None else "M_BAD_JSON", f"'{name}' must be a string")
+        raise DomainError("M_MISSING_PARAM" if value is None else "M_BAD_JSON", f"'{name}' must be a string")
     if len(value.encode()) > max_len:
         raise invalid(f"'{name}' is longer than {max_len} bytes")
     return value
@@ -148,9 +144,9 @@ def checked_pusher(body: JSON) -> tuple[JSON | None, str, str, bool]:
         raise invalid("only 'http' pushers are supported (kind null removes one)")
     data = body.get("data")
     if not isinstance(data, dict):
-        raise MessagingError("M_MISSING_PARAM", "'data' is required")
+        raise DomainError("M_MISSING_PARAM", "'data' is required")
     if len(canonical_bytes(data)) > MAX_PUSHER_DATA_BYTES:
-        raise MessagingError("M_TOO_LARGE", f"'data' is larger than {MAX_PUSHER_DATA_BYTES} bytes")
+        raise DomainError("M_TOO_LARGE", f"'data' is larger than {MAX_PUSHER_DATA_BYTES} bytes")
     url = data.get("url")
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
@@ -181,7 +177,7 @@ async def set_pusher(store: Store, user_id: str, body: JSON) -> None:
     existing = await store.pushers(user_id)
     replacing = any((p["app_id"], p["pushkey"]) == (app_id, pushkey) for p in existing)
     if not replacing and len(existing) >= MAX_PUSHERS:
-        raise MessagingError("M_LIMIT_EXCEEDED", f"at most {MAX_PUSHERS} pushers per user")
+        raise DomainError("M_LIMIT_EXCEEDED", f"at most {MAX_PUSHERS} pushers per user")
     await store.set_pusher(user_id, pusher, append)
 
 

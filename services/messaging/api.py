@@ -9,9 +9,10 @@ import orjson
 
 from laiwang.messaging.v1 import messaging_pb2 as pb
 from laiwang.messaging.v1 import messaging_pb2_grpc
+from plumbing.domain_errors import DomainError
 from plumbing.grpc_errors import maps_domain_errors
 from services.messaging.core import Messaging
-from services.messaging.rules import MessagingError, parse_content
+from services.messaging.rules import parse_content
 
 _ACTIONS = {
     pb.MEMBERSHIP_ACTION_INVITE: "invite",
@@ -40,14 +41,14 @@ _PUSH_RULE_CHANGES = {
 def _object(raw: bytes) -> dict[str, Any]:
     value = parse_content(raw)
     if not isinstance(value, dict):
-        raise MessagingError("M_BAD_JSON", "expected a JSON object")
+        raise DomainError("M_BAD_JSON", "expected a JSON object")
     return value
 
 
 def _requester(request: Any) -> tuple[str, str]:
     user_id = request.requester.user_id
     if not user_id:
-        raise MessagingError("M_INVALID_PARAM", "requester.user_id is required")
+        raise DomainError("M_INVALID_PARAM", "requester.user_id is required")
     return user_id, request.requester.device_id
 
 
@@ -69,7 +70,7 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         user_id, _ = _requester(request)
         action = _ACTIONS.get(request.action)
         if action is None:
-            raise MessagingError("M_INVALID_PARAM", "action is required")
+            raise DomainError("M_INVALID_PARAM", "action is required")
         event_id = await self._core.change_membership(
             user_id, request.room_id, action, request.target_user_id, request.reason
         )
@@ -188,7 +189,7 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         user_id, _ = _requester(request)
         change = _PUSH_RULE_CHANGES.get(request.change)
         if change is None:
-            raise MessagingError("M_INVALID_PARAM", "change is required")
+            raise DomainError("M_INVALID_PARAM", "change is required")
         body = _object(request.body_json) if request.body_json else {}
         await self._core.change_push_rule(
             user_id, change, request.scope, request.kind, request.rule_id, body, request.before, request.after
@@ -229,7 +230,7 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         self, request: pb.ServiceCreateRoomRequest, context: Any
     ) -> pb.ServiceCreateRoomResponse:
         if not request.service:
-            raise MessagingError("M_INVALID_PARAM", "service is required")
+            raise DomainError("M_INVALID_PARAM", "service is required")
         body: dict[str, Any] = {"invite": list(request.invite)}
         for key in ("preset", "name", "topic"):
             if getattr(request, key):
@@ -245,7 +246,7 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> pb.ServiceSetMembershipResponse:
         membership = _MEMBERSHIPS.get(request.membership)
         if membership is None:
-            raise MessagingError("M_INVALID_PARAM", "membership is required")
+            raise DomainError("M_INVALID_PARAM", "membership is required")
         event_id = await self._core.service_set_membership(
             request.service, request.room_id, request.user_id, membership, request.reason
         )

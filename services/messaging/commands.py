@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from plumbing.domain_errors import bad_json, forbidden, invalid, not_found
 from services.messaging.ports import Notifier
 from services.messaging.rules import (
     APP_CARD,
@@ -24,16 +25,12 @@ from services.messaging.rules import (
     REDACTION,
     TOPIC,
     action_level,
-    bad_json,
     check_canonical,
     check_id_field,
     checked_initial_state,
     create_options,
     event_level,
-    forbidden,
-    invalid,
     new_id,
-    not_found,
     now_ms,
     parse_content,
     receipt_key,

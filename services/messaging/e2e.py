@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from plumbing.domain_errors import DomainError, ErrorKind
+from plumbing.domain_errors import DomainError, Errcode, forbidden, invalid, not_found
 from services.messaging.rules import JSON, check_canonical, valid_user_id
 
 MAX_KEYS_PER_UPLOAD = 200
@@ -28,23 +28,15 @@ MAX_ID = 255
 MAX_BACKUP_SESSIONS = 5000
 
 
-def _invalid(message: str, errcode: str = "M_INVALID_PARAM") -> DomainError:
-    return DomainError(ErrorKind.INVALID, errcode, message)
-
-
-def _not_found(message: str) -> DomainError:
-    return DomainError(ErrorKind.NOT_FOUND, "M_NOT_FOUND", message)
-
-
 def _obj(value: Any, where: str) -> JSON:
     if not isinstance(value, dict):
-        raise _invalid(f"{where} must be an object", "M_BAD_JSON")
+        raise invalid(f"{where} must be an object", "M_BAD_JSON")
     return value
 
 
 def _id(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value or len(value.encode()) > MAX_ID:
-        raise _invalid(f"{where} must be a non-empty string of at most {MAX_ID} bytes")
+        raise invalid(f"{where} must be a non-empty string of at most {MAX_ID} bytes")
     return value
 
 
@@ -53,7 +45,7 @@ def _key_id(key_id: str, where: str) -> str:
     _id(key_id, where)
     algorithm, sep, rest = key_id.partition(":")
     if not sep or not algorithm or not rest:
-        raise _invalid(f"{where}: key ids are algorithm:id")
+        raise invalid(f"{where}: key ids are algorithm:id")
     return algorithm
 
 
@@ -101,21 +93,21 @@ class E2e:
 
     async def upload(self, user_id: str, device_id: str, body: JSON) -> JSON:
         if not device_id:
-            raise _invalid("this access token has no device")
+            raise invalid("this access token has no device")
         check_canonical(body, "body")
         device_keys = body.get("device_keys")
         one_time = _obj(body.get("one_time_keys", {}), "one_time_keys")
         fallback = _obj(body.get("fallback_keys", body.get("org.matrix.msc2732.fallback_keys", {})), "fallback_keys")
         if len(one_time) + len(fallback) > MAX_KEYS_PER_UPLOAD:
-            raise _invalid(f"at most {MAX_KEYS_PER_UPLOAD} keys per upload", "M_TOO_LARGE")
+            raise invalid(f"at most {MAX_KEYS_PER_UPLOAD} keys per upload", "M_TOO_LARGE")
         for key_id in [*one_time, *fallback]:
             _key_id(key_id, "one_time_keys/fallback_keys")
         if device_keys is not None:
             keys = _obj(device_keys, "device_keys")
             if keys.get("user_id") != user_id or keys.get("device_id") != device_id:
-                raise _invalid("device_keys must name your own user_id and device_id")
+                raise invalid("device_keys must name your own user_id and device_id")
             if not isinstance(keys.get("algorithms"), list) or not isinstance(keys.get("keys"), dict):
-                raise _invalid("device_keys needs algorithms and keys")
+                raise invalid("device_keys needs algorithms and keys")
             _obj(keys.get("signatures", {}), "device_keys.signatures")
             stored = await self.store.device_keys(user_id, device_id)
             if stored != keys:
@@ -137,12 +129,12 @@ class E2e:
             if kind in body:
                 key = _obj(body[kind], kind)
                 if key.get("user_id") != user_id or not isinstance(key.get("keys"), dict):
-                    raise _invalid(f"{kind} must name your user_id and carry keys")
+                    raise invalid(f"{kind} must name your user_id and carry keys")
                 keys[kind] = key
         if not keys:
-            raise _invalid("no cross-signing keys given")
+            raise invalid("no cross-signing keys given")
         if not await self.store.put_cross_signing(user_id, keys):
-            raise DomainError(ErrorKind.FORBIDDEN, "M_FORBIDDEN", "cross-signing keys are already set")
+            raise forbidden("cross-signing keys are already set")
         await self.wake(await self.shared_users(user_id) | {user_id})
         return {}
 
@@ -151,11 +143,11 @@ class E2e:
     async def query(self, user_id: str, body: JSON) -> JSON:
         wanted = _obj(body.get("device_keys"), "device_keys")
         if len(wanted) > MAX_QUERY_USERS:
-            raise _invalid(f"at most {MAX_QUERY_USERS} users per query", "M_TOO_LARGE")
+            raise invalid(f"at most {MAX_QUERY_USERS} users per query", "M_TOO_LARGE")
         users: dict[str, set[str] | None] = {}
         for target, devices in wanted.items():
             if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
-                raise _invalid("device_keys values must be lists of device ids", "M_BAD_JSON")
+                raise invalid("device_keys values must be lists of device ids", "M_BAD_JSON")
             users[_id(target, "user id")] = set(devices) or None
         result: JSON = {target: {} for target in users if self._local(target)}
         local = sorted(result)
@@ -185,7 +177,7 @@ class E2e:
             for device, algorithm in _obj(devices, "one_time_keys." + str(target)).items()
         ]
         if len(asked) > MAX_CLAIM_DEVICES:
-            raise _invalid(f"at most {MAX_CLAIM_DEVICES} devices per claim", "M_TOO_LARGE")
+            raise invalid(f"at most {MAX_CLAIM_DEVICES} devices per claim", "M_TOO_LARGE")
         result: JSON = {}
         for target, device, algorithm in asked:
             if not self._local(target):
@@ -219,7 +211,7 @@ class E2e:
             for device, content in _obj(devices, "messages." + str(target)).items():
                 pending.append((_id(target, "user id"), _id(device, "device id"), _obj(content, "content")))
         if len(pending) > MAX_TO_DEVICE_MESSAGES:
-            raise _invalid(f"at most {MAX_TO_DEVICE_MESSAGES} messages per request", "M_TOO_LARGE")
+            raise invalid(f"at most {MAX_TO_DEVICE_MESSAGES} messages per request", "M_TOO_LARGE")
         wildcard = sorted({t for t, d, _ in pending if d == "*" and t in allowed})
         devices_of: dict[str, list[str]] = {}
         for doc in await self.store.devices_of(wildcard):
@@ -270,17 +262,17 @@ class E2e:
         if resource == "version":
             return await self._backup_version(user_id, method, version, body)
         if resource != "keys":
-            raise _not_found("unknown room_keys resource")
+            raise not_found("unknown room_keys resource")
         if not version:
-            raise _invalid("the version query parameter is required", "M_MISSING_PARAM")
+            raise invalid("the version query parameter is required", "M_MISSING_PARAM")
         backup = await self.store.backup(user_id, version)
         if backup is None:
-            raise _not_found("no such backup version")
+            raise not_found("no such backup version")
         if method == "GET":
             docs = await self.store.backup_keys(user_id, version, room_id, session_id)
             if session_id:
                 if not docs:
-                    raise _not_found("no such session in the backup")
+                    raise not_found("no such session in the backup")
                 return docs[0]["data"]
             rooms: JSON = {}
             for doc in docs:
@@ -291,13 +283,13 @@ class E2e:
         if method == "PUT":
             latest = await self.store.backup(user_id)
             if latest is None or latest["version"] != version:
-                raise DomainError(ErrorKind.FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION", "not the current backup version")
+                raise DomainError(Errcode.WRONG_ROOM_KEYS_VERSION, "not the current backup version")
             check_canonical(body, "body")
             await self.store.put_backup_keys(user_id, version, _backup_items(body, room_id, session_id))
         elif method == "DELETE":
             await self.store.delete_backup_keys(user_id, version, room_id, session_id)
         else:
-            raise _invalid("unsupported method", "M_UNRECOGNIZED")
+            raise invalid("unsupported method", "M_UNRECOGNIZED")
         updated = await self.store.backup(user_id, version) or backup
         return {"etag": str(updated.get("etag", 0)), "count": int(updated.get("count", 0))}
 
@@ -310,7 +302,7 @@ class E2e:
         if method == "GET":
             backup = await self.store.backup(user_id, version)
             if backup is None:
-                raise _not_found("no current backup version" if not version else "unknown backup version")
+                raise not_found("no current backup version" if not version else "unknown backup version")
             return {
                 "algorithm": backup["algorithm"],
                 "auth_data": backup["auth_data"],
@@ -319,31 +311,31 @@ class E2e:
                 "count": int(backup.get("count", 0)),
             }
         if not version:
-            raise _invalid("a version is required", "M_MISSING_PARAM")
+            raise invalid("a version is required", "M_MISSING_PARAM")
         backup = await self.store.backup(user_id, version)
         if backup is None:
-            raise _not_found("unknown backup version")
+            raise not_found("unknown backup version")
         if method == "PUT":
             check_canonical(body, "body")
             if body.get("algorithm") != backup["algorithm"]:
-                raise _invalid("the algorithm of a backup cannot change")
+                raise invalid("the algorithm of a backup cannot change")
             if "version" in body and body["version"] != version:
-                raise _invalid("the version in the body does not match the path")
+                raise invalid("the version in the body does not match the path")
             await self.store.update_backup(user_id, version, _obj(body.get("auth_data"), "auth_data"))
             return {}
         if method == "DELETE":
             await self.store.delete_backup(user_id, version)
             return {}
-        raise _invalid("unsupported method", "M_UNRECOGNIZED")
+        raise invalid("unsupported method", "M_UNRECOGNIZED")
 
 
 def _session_data(value: Any) -> JSON:
     data = _obj(value, "session data")
     for field in ("first_message_index", "forwarded_count"):
         if not isinstance(data.get(field), int) or isinstance(data.get(field), bool):
-            raise _invalid(f"session data needs an integer {field}", "M_BAD_JSON")
+            raise invalid(f"session data needs an integer {field}", "M_BAD_JSON")
     if not isinstance(data.get("is_verified"), bool) or not isinstance(data.get("session_data"), dict):
-        raise _invalid("session data needs is_verified and session_data", "M_BAD_JSON")
+        raise invalid("session data needs is_verified and session_data", "M_BAD_JSON")
     return data
 
 
@@ -357,7 +349,7 @@ def _backup_items(body: JSON, room_id: str, session_id: str) -> list[tuple[str, 
         for session, data in _obj(_obj(room_body, "room").get("sessions"), "sessions").items()
     ]
     if len(items) > MAX_BACKUP_SESSIONS:
-        raise _invalid(f"at most {MAX_BACKUP_SESSIONS} sessions per request", "M_TOO_LARGE")
+        raise invalid(f"at most {MAX_BACKUP_SESSIONS} sessions per request", "M_TOO_LARGE")
     return items
 
 

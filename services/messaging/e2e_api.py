@@ -9,14 +9,15 @@ import orjson
 
 from laiwang.messaging.v1 import e2e_pb2 as pb
 from laiwang.messaging.v1 import e2e_pb2_grpc
+from plumbing.domain_errors import DomainError
 from plumbing.grpc_errors import maps_domain_errors
 from services.messaging.e2e import E2e
-from services.messaging.rules import JSON, MessagingError, check_canonical, sync_token_e2e
+from services.messaging.rules import JSON, check_canonical, sync_token_e2e
 
 
 def _who(request: Any) -> tuple[str, str]:
     if not request.requester.user_id:
-        raise MessagingError("M_INVALID_PARAM", "requester.user_id is required")
+        raise DomainError("M_INVALID_PARAM", "requester.user_id is required")
     return request.requester.user_id, request.requester.device_id
 
 
@@ -25,15 +26,15 @@ MAX_BODY_BYTES = 512 * 1024  # a to-device fan-out or a key upload is bigger tha
 
 def _body(raw: bytes) -> JSON:
     if len(raw) > MAX_BODY_BYTES:
-        raise MessagingError("M_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
+        raise DomainError("M_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
     if not raw.strip():
         return {}
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise MessagingError("M_NOT_JSON", "body is not valid JSON") from None
+        raise DomainError("M_NOT_JSON", "body is not valid JSON") from None
     if not isinstance(value, dict):
-        raise MessagingError("M_BAD_JSON", "body must be a JSON object")
+        raise DomainError("M_BAD_JSON", "body must be a JSON object")
     check_canonical(value, "body")
     return value
 
@@ -69,7 +70,7 @@ class E2eApi(e2e_pb2_grpc.E2eServiceServicer):
         try:
             since, upto = sync_token_e2e(getattr(request, "from")), sync_token_e2e(request.to)
         except ValueError:
-            raise MessagingError("M_INVALID_PARAM", "unknown token") from None
+            raise DomainError("M_INVALID_PARAM", "unknown token") from None
         body = await self._e2e.changes(user_id, since, upto)
         return pb.KeyChangesResponse(body_json=orjson.dumps(body))
 

@@ -7,13 +7,11 @@ anyone else an event is indistinguishable from a missing one (404), as the spec 
 
 from __future__ import annotations
 
+from plumbing.domain_errors import DomainError, invalid, not_found
 from services.messaging.ports import Store
 from services.messaging.rules import (
     JSON,
     MEMBER,
-    MessagingError,
-    invalid,
-    not_found,
     page_token,
     parse_page_token,
 )
@@ -33,7 +31,7 @@ class EventReads:
     async def _visible(self, user_id: str, room_id: str) -> tuple[RoomView, int]:
         try:
             return await self._reader._room_for_reader(user_id, room_id)
-        except MessagingError as exc:
+        except DomainError as exc:
             if exc.errcode == "M_FORBIDDEN":
                 raise not_found("event not found") from None  # do not tell outsiders what exists
             raise

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from plumbing.domain_errors import DomainError, ErrorKind
+from plumbing.domain_errors import DomainError, Errcode, ErrorKind, invalid, not_found, too_large
 
 # Pillow format name -> MIME type, for the image types served and thumbnailed.
 IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -34,10 +34,6 @@ MAX_THUMBNAIL_SIDE = 1600
 _MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9.+-]{1,64}/[a-z0-9.+-]{1,127}$")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-def _error(kind: ErrorKind, errcode: str, message: str) -> DomainError:
-    return DomainError(kind, errcode, message)
 
 
 @dataclass(frozen=True)
@@ -64,23 +60,21 @@ def checked_upload(content: bytes, content_type: str, limit: int) -> tuple[bytes
     """The bytes to store and their type: the declared type must fit the content; images are
     re-encoded without their metadata (EXIF with GPS location, XMP, comments)."""
     if len(content) > limit:
-        raise _error(ErrorKind.TOO_LARGE, "M_TOO_LARGE", f"the upload is larger than {limit} bytes")
+        raise too_large(f"the upload is larger than {limit} bytes")
     if not content:
-        raise _error(ErrorKind.INVALID, "M_INVALID_PARAM", "the upload is empty")
+        raise invalid("the upload is empty")
     declared = (content_type or "application/octet-stream").split(";")[0].strip().lower()
     if not _CONTENT_TYPE.match(declared):
-        raise _error(ErrorKind.INVALID, "M_INVALID_PARAM", "Content-Type is not a MIME type")
+        raise invalid("Content-Type is not a MIME type")
     sniffed = _image_format(content)
     if declared.startswith("image/") or sniffed is not None:
         if sniffed is None or IMAGE_TYPES.get(sniffed) != declared:
-            raise _error(
-                ErrorKind.INVALID,
-                "M_INVALID_PARAM",
+            raise invalid(
                 f"the content is not {declared} (it looks like {sniffed or 'no image'})",
             )
         return _without_metadata(content, sniffed), declared
     if declared in ("text/html", "application/xhtml+xml", "image/svg+xml") or _looks_like_markup(content):
-        raise _error(ErrorKind.INVALID, "M_INVALID_PARAM", "markup uploads are not accepted")
+        raise invalid("markup uploads are not accepted")
     return content, declared
 
 
@@ -143,7 +137,7 @@ class Media:
 
     async def upload(self, uploader: str, content: bytes, content_type: str, filename: str) -> str:
         if len(filename.encode()) > 255 or any(c in filename for c in "/\\\r\n\0"):
-            raise _error(ErrorKind.INVALID, "M_INVALID_PARAM", "bad filename")
+            raise invalid("bad filename")
         stored, declared = await asyncio.to_thread(checked_upload, content, content_type, self.max_upload_bytes)
         media_id = secrets.token_urlsafe(18)
         await self.blobs.put(Blob(media_id, uploader, declared, filename, stored))
@@ -151,30 +145,30 @@ class Media:
 
     async def _readable(self, requester: str, server_name: str, media_id: str) -> str:
         if not _MEDIA_ID.match(media_id) or not server_name:
-            raise _error(ErrorKind.INVALID, "M_INVALID_PARAM", "bad media id")
+            raise invalid("bad media id")
         if server_name != self.server_name:  # no federation: remote media cannot be fetched
-            raise _error(ErrorKind.NOT_FOUND, "M_NOT_FOUND", "media not found")
+            raise not_found("media not found")
         uploader = await self.blobs.uploader(media_id)
         mxc = f"mxc://{server_name}/{media_id}"
         if uploader is None or not (uploader == requester or await self.may_read(requester, uploader, mxc)):
             # The same answer for "absent" and "not yours": media ids are not probed.
-            raise _error(ErrorKind.NOT_FOUND, "M_NOT_FOUND", "media not found")
+            raise not_found("media not found")
         return uploader
 
     async def download(self, requester: str, server_name: str, media_id: str) -> Blob:
         await self._readable(requester, server_name, media_id)
         blob = await self.blobs.get(media_id)
         if blob is None:
-            raise _error(ErrorKind.NOT_FOUND, "M_NOT_FOUND", "media not found")
+            raise not_found("media not found")
         return blob
 
     async def thumbnail(
         self, requester: str, server_name: str, media_id: str, width: int, height: int, method: str
     ) -> tuple[bytes, str]:
         if method not in ("", "scale", "crop"):
-            raise _error(ErrorKind.INVALID, "M_INVALID_PARAM", "method must be scale or crop")
+            raise invalid("method must be scale or crop")
         if not (1 <= width <= MAX_THUMBNAIL_SIDE and 1 <= height <= MAX_THUMBNAIL_SIDE):
-            raise _error(ErrorKind.INVALID, "M_INVALID_PARAM", f"width and height must be 1..{MAX_THUMBNAIL_SIDE}")
+            raise invalid(f"width and height must be 1..{MAX_THUMBNAIL_SIDE}")
         await self._readable(requester, server_name, media_id)
         key = f"{media_id}|{width}x{height}|{method or 'scale'}"
         cached = await self.blobs.get_thumbnail(key)
@@ -182,9 +176,9 @@ class Media:
             return cached
         blob = await self.blobs.get(media_id)
         if blob is None:
-            raise _error(ErrorKind.NOT_FOUND, "M_NOT_FOUND", "media not found")
+            raise not_found("media not found")
         if blob.content_type not in IMAGE_TYPES.values():
-            raise _error(ErrorKind.INVALID, "M_UNKNOWN", "no thumbnail for this media type")
+            raise DomainError(Errcode.UNKNOWN, "no thumbnail for this media type", kind=ErrorKind.INVALID)
         content, content_type = await asyncio.to_thread(thumbnail, blob.content, width, height, method or "scale")
         await self.blobs.put_thumbnail(key, content, content_type)
         return content, content_type

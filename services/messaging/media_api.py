@@ -8,14 +8,14 @@ import grpc
 
 from laiwang.messaging.v1 import media_pb2 as pb
 from laiwang.messaging.v1 import media_pb2_grpc
+from plumbing.domain_errors import DomainError
 from plumbing.grpc_errors import maps_domain_errors
 from services.messaging.media import Media
-from services.messaging.rules import MessagingError
 
 
 def _user(request: Any) -> str:
     if not request.requester.user_id:
-        raise MessagingError("M_INVALID_PARAM", "requester.user_id is required")
+        raise DomainError("M_INVALID_PARAM", "requester.user_id is required")
     return str(request.requester.user_id)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from services.messaging.rules import MessagingError
+from plumbing.domain_errors import DomainError
 
 JSON = dict[str, Any]
 
@@ -304,8 +304,8 @@ MAX_ACTIONS = 20
 _HISTORICAL_ACTIONS = ("dont_notify", "coalesce")
 
 
-def _fail(errcode: str, message: str) -> MessagingError:
-    return MessagingError(errcode, message)
+def _fail(errcode: str, message: str) -> DomainError:
+    return DomainError(errcode, message)
 
 
 def checked_actions(actions: Any) -> list[Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from plumbing.domain_errors import DomainError, ErrorKind
+from plumbing.domain_errors import DomainError, bad_json, forbidden, invalid
 
 JSON = dict[str, Any]
 
@@ -41,37 +41,6 @@ MEMBERSHIPS = ("invite", "join", "leave", "ban")
 RECEIPT_TYPES = ("m.read", "m.read.private")
 PRESETS = ("private_chat", "trusted_private_chat", "public_chat")
 INVITE_POLICIES = ("friends", "anyone")
-
-
-_KIND_OF_ERRCODE = {
-    "M_FORBIDDEN": ErrorKind.FORBIDDEN,
-    "M_NOT_FOUND": ErrorKind.NOT_FOUND,
-    "M_LIMIT_EXCEEDED": ErrorKind.RATE_LIMITED,
-}
-
-
-class MessagingError(DomainError):
-    """A refusal with its Matrix error code. Everything but the codes above is a 400, M_TOO_LARGE
-    included (oversized events are bad requests in the Matrix C-S API)."""
-
-    def __init__(self, errcode: str, message: str) -> None:
-        super().__init__(_KIND_OF_ERRCODE.get(errcode, ErrorKind.INVALID), errcode, message)
-
-
-def forbidden(message: str) -> MessagingError:
-    return MessagingError("M_FORBIDDEN", message)
-
-
-def not_found(message: str) -> MessagingError:
-    return MessagingError("M_NOT_FOUND", message)
-
-
-def bad_json(message: str) -> MessagingError:
-    return MessagingError("M_BAD_JSON", message)
-
-
-def invalid(message: str) -> MessagingError:
-    return MessagingError("M_INVALID_PARAM", message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,13 +115,13 @@ def check_id_field(value: str, what: str) -> None:
 
 def parse_content(raw: bytes) -> JSON:
     if len(raw) > MAX_EVENT_BYTES:
-        raise MessagingError("M_TOO_LARGE", f"event content is larger than {MAX_EVENT_BYTES} bytes")
+        raise DomainError("M_TOO_LARGE", f"event content is larger than {MAX_EVENT_BYTES} bytes")
     if not raw.strip():
         return {}
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise MessagingError("M_NOT_JSON", "content is not valid JSON") from None
+        raise DomainError("M_NOT_JSON", "content is not valid JSON") from None
     if not isinstance(value, dict):
         raise bad_json("content must be a JSON object")
     check_canonical(value)
@@ -423,7 +392,7 @@ def create_options(creator: str, body: JSON) -> tuple[str, bool, list[str]]:
     if version is not None and not isinstance(version, str):
         raise bad_json("room_version must be a string")
     if version is not None and version not in ROOM_VERSIONS:
-        raise MessagingError("M_UNSUPPORTED_ROOM_VERSION", f"room version {version[:32]!r} is not supported")
+        raise DomainError("M_UNSUPPORTED_ROOM_VERSION", f"room version {version[:32]!r} is not supported")
     is_direct = body.get("is_direct", False)
     if not isinstance(is_direct, bool):
         raise bad_json("is_direct must be a boolean")

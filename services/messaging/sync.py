@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from plumbing.domain_errors import forbidden, invalid, not_found
 from services.messaging.ports import Store
 from services.messaging.push_rules import ruleset
 from services.messaging.rules import (
@@ -19,9 +20,6 @@ from services.messaging.rules import (
     NAME,
     PUSH_RULES,
     TOPIC,
-    forbidden,
-    invalid,
-    not_found,
     page_token,
     parse_page_token,
     parse_sync_token,

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from plumbing.domain_errors import DomainError, not_found
 from services.messaging.ports import DuplicateWrite, Notifier, PartialAppend, StaleCache, Store, Tx, Writes
 from services.messaging.rules import (
     DEFAULT_POWER_LEVELS,
@@ -25,11 +26,9 @@ from services.messaging.rules import (
     MAX_EVENT_BYTES,
     MEMBER,
     POWER_LEVELS,
-    MessagingError,
     account_data_key,
     canonical_bytes,
     new_id,
-    not_found,
     now_ms,
     pair_id,
     pruned,
@@ -229,7 +228,7 @@ class Batch:
         if redacts is not None:
             event["redacts"] = redacts
         if len(canonical_bytes(event)) > MAX_EVENT_BYTES:
-            raise MessagingError("M_TOO_LARGE", f"event is larger than {MAX_EVENT_BYTES} bytes")
+            raise DomainError("M_TOO_LARGE", f"event is larger than {MAX_EVENT_BYTES} bytes")
         entry: JSON = {"_id": event["event_id"], "kind": "event", "room_id": room_id, "event": event, "pos": 0}
         relates = content.get("m.relates_to")
         if (
@@ -471,7 +470,7 @@ class Writer:
             try:
                 outcomes.append((True, await item.op(batch)))
             except Exception as exc:  # a refusal, or a fault: either way this request's alone
-                if not isinstance(exc, MessagingError):
+                if not isinstance(exc, DomainError):
                     log.error("write request failed while validating", exc_info=exc)
                 batch.rollback(mark)
                 batch.refused = True

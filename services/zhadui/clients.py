@@ -6,7 +6,7 @@ import grpc
 
 from laiwang.messaging.v1 import messaging_pb2 as mpb
 from laiwang.messaging.v1 import messaging_pb2_grpc
-from plumbing.domain_errors import DomainError, ErrorKind
+from plumbing.domain_errors import try_again
 
 SERVICE_NAME = "zhadui"
 
@@ -29,9 +29,7 @@ class MessagingRooms:
                 )
             )
         except grpc.aio.AioRpcError as error:
-            raise DomainError(
-                ErrorKind.UNAVAILABLE, "M_UNKNOWN", f"could not create the discussion room: {error.code().name}"
-            ) from None
+            raise try_again(f"could not create the discussion room: {error.code().name}") from None
         return reply.room_id
 
     async def join(self, room_id: str, user: str) -> None:

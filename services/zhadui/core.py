@@ -26,7 +26,7 @@ from typing import Protocol
 
 import orjson
 
-from plumbing.domain_errors import DomainError, ErrorKind, forbidden, invalid, not_found, rate_limited
+from plumbing.domain_errors import forbidden, invalid, not_found, rate_limited, too_large
 
 MAX_TITLE_CHARS = 100
 MAX_BODY_CHARS = 4000
@@ -112,28 +112,23 @@ class Preview:
     unread: bool = False
 
 
-class TooLarge(DomainError):
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorKind.TOO_LARGE, "M_TOO_LARGE", message)
-
-
 def validate_draft(title: str, body: str, link_url: str, card_json: str, tags: Sequence[str]) -> Draft:
     """Check a new zhadui; over-long fields are M_TOO_LARGE, missing or malformed ones M_BAD_JSON."""
     title = title.strip()
     if not title:
         raise invalid("a zhadui needs a title", errcode="M_BAD_JSON")
     if len(title) > MAX_TITLE_CHARS:
-        raise TooLarge(f"title is {len(title)} characters; at most {MAX_TITLE_CHARS} are allowed")
+        raise too_large(f"title is {len(title)} characters; at most {MAX_TITLE_CHARS} are allowed")
     if len(body) > MAX_BODY_CHARS:
-        raise TooLarge(f"body is {len(body)} characters; at most {MAX_BODY_CHARS} are allowed")
+        raise too_large(f"body is {len(body)} characters; at most {MAX_BODY_CHARS} are allowed")
     if link_url:
         if len(link_url) > MAX_LINK_CHARS:
-            raise TooLarge(f"link is longer than {MAX_LINK_CHARS} characters")
+            raise too_large(f"link is longer than {MAX_LINK_CHARS} characters")
         if not _LINK.match(link_url):
             raise invalid("link must be an http(s) URL", errcode="M_BAD_JSON")
     if card_json:
         if len(card_json.encode()) > MAX_CARD_BYTES:
-            raise TooLarge(f"share card is larger than {MAX_CARD_BYTES} bytes")
+            raise too_large(f"share card is larger than {MAX_CARD_BYTES} bytes")
         try:
             card = orjson.loads(card_json)
         except orjson.JSONDecodeError:
@@ -142,14 +137,14 @@ def validate_draft(title: str, body: str, link_url: str, card_json: str, tags: S
             raise invalid("share card must be a JSON object without floats (canonical JSON)", errcode="M_BAD_JSON")
         card_json = orjson.dumps(card, option=orjson.OPT_SORT_KEYS).decode()
     if len(tags) > MAX_TAGS:
-        raise TooLarge(f"at most {MAX_TAGS} tags are allowed")
+        raise too_large(f"at most {MAX_TAGS} tags are allowed")
     clean_tags: list[str] = []
     for tag in tags:
         tag = tag.strip()
         if not tag:
             raise invalid("tags must not be empty", errcode="M_BAD_JSON")
         if len(tag) > MAX_TAG_CHARS:
-            raise TooLarge(f"tag {tag[:16]!r}… is longer than {MAX_TAG_CHARS} characters")
+            raise too_large(f"tag {tag[:16]!r}… is longer than {MAX_TAG_CHARS} characters")
         if tag not in clean_tags:
             clean_tags.append(tag)
     return Draft(title=title, body=body, link_url=link_url, card_json=card_json, tags=tuple(clean_tags))

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from services.auth.core import AuthError, ErrorCode
+from plumbing.domain_errors import DomainError, Errcode, ErrorKind
 from services.auth.oidc import OidcClient
 from tests.support import free_port
 
@@ -119,16 +119,16 @@ async def test_bad_id_tokens_are_refused(provider: Scripted, change: dict[str, A
         "sub": "u",
         **change,
     }
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(DomainError) as caught:
         await _client(provider.issuer).exchange(
             "taobao", code="c", code_verifier="v", redirect_uri="http://127.0.0.1:1/cb", nonce="n1"
         )
-    assert caught.value.code == ErrorCode.FORBIDDEN and reason in caught.value.message
+    assert caught.value.errcode == Errcode.FORBIDDEN and reason in caught.value.message
 
 
 async def test_an_unreachable_provider_is_unavailable_not_a_crash() -> None:
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(DomainError) as caught:
         await _client(f"http://127.0.0.1:{free_port()}").authorization_url(
             "taobao", state="s", nonce="n", code_challenge="c", redirect_uri="http://127.0.0.1:1/cb"
         )
-    assert caught.value.code == ErrorCode.UNAVAILABLE
+    assert caught.value.errcode == Errcode.UNKNOWN and caught.value.kind is ErrorKind.UNAVAILABLE

@@ -11,10 +11,11 @@ from nats.js import JetStreamContext
 
 from laiwang.events.v1 import auth_events_pb2 as ev
 from plumbing import streams
+from plumbing.domain_errors import DomainError, Errcode
 from plumbing.jetstream import EventPublisher, connect_nats, ensure_stream
 from plumbing.mongo import connect_mongo, ensure_indexes
 from plumbing.outbox import OUTBOX_INDEXES, Outbox
-from services.auth.core import AuthCore, AuthError, AuthSettings, ErrorCode, PasswordHasher, digest
+from services.auth.core import AuthCore, AuthSettings, PasswordHasher, digest
 from services.auth.store import AuthStore
 from tests.unit.auth_fakes import FAST_ARGON2, FakeSms
 
@@ -106,8 +107,8 @@ async def test_one_number_one_account_is_enforced_by_the_database(wiring: Wiring
         return_exceptions=True,
     )
     wins = [r for r in results if r == "+8613900139000"]
-    losses = [r for r in results if isinstance(r, AuthError)]
-    assert len(wins) == 1 and len(losses) == 1 and losses[0].code == ErrorCode.THREEPID_IN_USE, results
+    losses = [r for r in results if isinstance(r, DomainError)]
+    assert len(wins) == 1 and len(losses) == 1 and losses[0].errcode == Errcode.THREEPID_IN_USE, results
     assert await wiring.store.threepids.count_documents({}) == 1
 
 
@@ -118,10 +119,10 @@ async def test_parallel_code_guesses_never_exceed_the_attempt_limit(wiring: Wiri
     results = await asyncio.gather(
         *(wiring.core.submit_phone_code(session.sid, "secret", wrong) for _ in range(20)), return_exceptions=True
     )
-    assert all(isinstance(r, AuthError) for r in results)
+    assert all(isinstance(r, DomainError) for r in results)
     stored = await wiring.store.phone_sessions.find_one({"_id": session.sid})
     assert stored["attempts"] == 5
-    with pytest.raises(AuthError):
+    with pytest.raises(DomainError):
         await wiring.core.submit_phone_code(session.sid, "secret", code)
 
 
@@ -162,7 +163,7 @@ async def test_revocation_event_names_the_revoked_tokens(wiring: Wiring) -> None
 
 async def test_a_rejected_change_writes_no_event(wiring: Wiring) -> None:
     user_id, _ = await wiring.core.register("fay", PW)
-    with pytest.raises(AuthError):
+    with pytest.raises(DomainError):
         await wiring.core.unbind_phone(user_id, "+8613800138000")
     await wiring.outbox.relay_once()
     assert await wiring.store._db["outbox"].count_documents({}) == 0

@@ -14,12 +14,13 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from laiwang.events.v1 import contacts_events_pb2 as ce
+from plumbing.domain_errors import DomainError
 from plumbing.jetstream import ConsumerSpec, DurableConsumer, connect_nats, ensure_stream
 from plumbing.mongo import ensure_indexes
 from plumbing.streams import StreamSpec
 from services.messaging.core import Messaging, Settings
 from services.messaging.events import contacts_handler
-from services.messaging.rules import MessagingError, pair_id
+from services.messaging.rules import pair_id
 from services.messaging.store import MessagingStore
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,7 @@ async def test_projection_follows_versions_and_drives_the_friends_policy(setup) 
     pair = pair_id(ALICE, BOB)
     a, b = sorted((ALICE, BOB))
 
-    with pytest.raises(MessagingError) as refused:
+    with pytest.raises(DomainError) as refused:
         await core.create_room(ALICE, {"is_direct": True, "invite": [BOB]})
     assert refused.value.errcode == "M_FORBIDDEN"
 
@@ -99,7 +100,7 @@ async def test_projection_follows_versions_and_drives_the_friends_policy(setup) 
     await _until(lambda: _has(store, pair, version=3))
     assert (await store.relation(pair))["friends"] is True  # the stale removal was ignored
     for sender in (ALICE, BOB):
-        with pytest.raises(MessagingError) as refused:
+        with pytest.raises(DomainError) as refused:
             await core.send_event(sender, "d", room, "m.room.message", f"x{sender}", b'{"msgtype":"m.text","body":"?"}')
         assert refused.value.errcode == "M_FORBIDDEN"
 

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
+from plumbing.domain_errors import DomainError
 from plumbing.mongo import ensure_indexes
 from services.messaging.core import Messaging, Settings
-from services.messaging.rules import MessagingError
 from services.messaging.store import MessagingStore
 
 pytestmark = pytest.mark.integration
@@ -73,7 +73,7 @@ async def test_room_lifecycle_sync_history_and_idempotent_send(store: MessagingS
         left = later.body["rooms"]["leave"][room]["timeline"]["events"]
         left_bodies = [e.get("content", {}).get("body") for e in left]
         assert "after kick" not in left_bodies
-        with pytest.raises(MessagingError) as err:
+        with pytest.raises(DomainError) as err:
             await core.send_event(BOB, "B1", room, "m.room.message", "x", _body("let me in"))
         assert err.value.errcode == "M_FORBIDDEN"
     finally:
@@ -87,12 +87,12 @@ async def test_nothing_half_written_after_refusals(store: MessagingStore) -> Non
         head = await store.head()
         oversized = orjson.dumps({"msgtype": "m.text", "body": "x" * 70000})
         for raw in (b'{"msgtype":"m.text","body":"x","n":1.5}', oversized):
-            with pytest.raises(MessagingError):
+            with pytest.raises(DomainError):
                 await core.send_event(ALICE, "D", room, "m.room.message", "bad", raw)
-        with pytest.raises(MessagingError) as err:
+        with pytest.raises(DomainError) as err:
             await core.send_event(CAROL, "D", room, "m.room.message", "c", _body("hi"))
         assert err.value.errcode == "M_FORBIDDEN"
-        with pytest.raises(MessagingError) as err:
+        with pytest.raises(DomainError) as err:
             await core.send_event(ALICE, "D", "!nope:t", "m.room.message", "n", _body("hi"))
         assert err.value.errcode == "M_NOT_FOUND"
         assert await store.head() == head

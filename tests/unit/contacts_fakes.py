@@ -8,7 +8,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from services.contacts.core import Conflict, Discoverability, Pair, PairEvent, pair_key
+from plumbing.domain_errors import Conflict
+from services.contacts.core import Discoverability, Pair, PairEvent, pair_key
 from services.contacts.store import Book, BookEntry, Budget, StageEvent
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from plumbing.domain_errors import DomainError, Errcode
 from services.auth.core import (
     AccountDeactivatedEvent,
-    AuthError,
-    ErrorCode,
     PhoneUnboundEvent,
     PhoneVerifiedEvent,
     ProfileChangedEvent,
@@ -25,10 +24,10 @@ pytestmark = pytest.mark.unit
 PW = "a good long password"
 
 
-async def _code_error(awaitable, code: ErrorCode) -> AuthError:
-    with pytest.raises(AuthError) as caught:
+async def _code_error(awaitable, code: Errcode) -> DomainError:
+    with pytest.raises(DomainError) as caught:
         await awaitable
-    assert caught.value.code == code, caught.value.message
+    assert caught.value.errcode == code, caught.value.message
     return caught.value
 
 
@@ -45,9 +44,9 @@ def test_valid_usernames(username: str) -> None:
     ["Alice", "al ice", "@alice:elsewhere.org", "_reserved", "", "ali#ce", "x" * 300, "@:laiwang.test", "名字"],
 )
 def test_invalid_usernames(username: str) -> None:
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(DomainError) as caught:
         parse_username(username, "laiwang.test")
-    assert caught.value.code == ErrorCode.INVALID_USERNAME
+    assert caught.value.errcode == Errcode.INVALID_USERNAME
 
 
 @pytest.mark.parametrize(
@@ -66,9 +65,9 @@ def test_phone_numbers_are_normalised_to_e164(raw: str, region: str, e164: str) 
 
 @pytest.mark.parametrize("raw", ["12345", "not a number", "", "+86 000", "1" * 40])
 def test_invalid_phone_numbers(raw: str) -> None:
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(DomainError) as caught:
         normalise_phone(raw, "CN")
-    assert caught.value.code == ErrorCode.INVALID_PARAM
+    assert caught.value.errcode == Errcode.INVALID_PARAM
 
 
 def test_pkce_challenge_is_s256_of_the_verifier() -> None:
@@ -92,8 +91,8 @@ async def test_register_stores_an_argon2id_hash_and_announces_the_user() -> None
     assert store.events[0] == UserRegisteredEvent(user_id, "alice", core.now())
     # Only the token's digest is stored.
     assert digest(session.access_token) in store.access and session.access_token not in str(store.access)
-    await _code_error(core.register("alice", PW), ErrorCode.USER_IN_USE)
-    await _code_error(core.register("bob", "short"), ErrorCode.WEAK_PASSWORD)
+    await _code_error(core.register("alice", PW), Errcode.USER_IN_USE)
+    await _code_error(core.register("bob", "short"), Errcode.WEAK_PASSWORD)
 
 
 async def test_inhibit_login_creates_no_session() -> None:
@@ -109,9 +108,9 @@ async def test_login_by_user_id_or_localpart_and_wrong_password() -> None:
         session = await core.login_password(user=identifier, password=PW)
         assert session.user_id == user_id
         assert (await core.introspect(session.access_token)).user_id == user_id
-    await _code_error(core.login_password(user="dave", password="wrong one!"), ErrorCode.FORBIDDEN)
+    await _code_error(core.login_password(user="dave", password="wrong one!"), Errcode.FORBIDDEN)
     # An unknown user gets the same answer as a wrong password.
-    await _code_error(core.login_password(user="nobody", password=PW), ErrorCode.FORBIDDEN)
+    await _code_error(core.login_password(user="nobody", password=PW), Errcode.FORBIDDEN)
 
 
 async def test_password_guessing_is_limited_per_account_and_per_address() -> None:
@@ -122,20 +121,18 @@ async def test_password_guessing_is_limited_per_account_and_per_address() -> Non
     await core.register("frank", PW)
     for _ in range(3):
         await _code_error(
-            core.login_password(user="erin", password="guess!!!", client_address="10.0.0.1"), ErrorCode.FORBIDDEN
+            core.login_password(user="erin", password="guess!!!", client_address="10.0.0.1"), Errcode.FORBIDDEN
         )
     limited = await _code_error(
-        core.login_password(user="erin", password=PW, client_address="10.0.0.2"), ErrorCode.LIMIT_EXCEEDED
+        core.login_password(user="erin", password=PW, client_address="10.0.0.2"), Errcode.LIMIT_EXCEEDED
     )
     assert 0 < limited.retry_after_ms <= 600_000
     # Per address: two more failures on another account exhaust 10.0.0.1's budget of 5.
     for _ in range(2):
         await _code_error(
-            core.login_password(user="frank", password="guess!!!", client_address="10.0.0.1"), ErrorCode.FORBIDDEN
+            core.login_password(user="frank", password="guess!!!", client_address="10.0.0.1"), Errcode.FORBIDDEN
         )
-    await _code_error(
-        core.login_password(user="frank", password=PW, client_address="10.0.0.1"), ErrorCode.LIMIT_EXCEEDED
-    )
+    await _code_error(core.login_password(user="frank", password=PW, client_address="10.0.0.1"), Errcode.LIMIT_EXCEEDED)
     assert (await core.login_password(user="frank", password=PW, client_address="10.0.0.3")).user_id
     clock.advance(601)
     assert (await core.login_password(user="erin", password=PW, client_address="10.0.0.1")).user_id
@@ -170,11 +167,11 @@ async def test_refresh_rotation_expiry_and_reuse_detection() -> None:
     assert not (await core.introspect(session.access_token)).active
 
     # The old refresh token was used once; presenting it again signs the device out.
-    await _code_error(core.refresh(session.refresh_token), ErrorCode.UNKNOWN_TOKEN)
+    await _code_error(core.refresh(session.refresh_token), Errcode.UNKNOWN_TOKEN)
     assert not (await core.introspect(rotated.access_token)).active
-    await _code_error(core.refresh(rotated.refresh_token), ErrorCode.UNKNOWN_TOKEN)
+    await _code_error(core.refresh(rotated.refresh_token), Errcode.UNKNOWN_TOKEN)
     assert any(isinstance(e, TokenRevokedEvent) and e.reason == "refresh_token_reuse" for e in store.events)
-    await _code_error(core.refresh(""), ErrorCode.UNKNOWN_TOKEN)
+    await _code_error(core.refresh(""), Errcode.UNKNOWN_TOKEN)
 
 
 async def test_tokens_without_refresh_do_not_expire() -> None:
@@ -200,12 +197,12 @@ async def test_logout_logout_all_and_password_change_revoke_and_announce() -> No
         core.change_password(
             "@jack:laiwang.test", "wrong!!!", "new password 1", logout_devices=True, keep_device_id="A"
         ),
-        ErrorCode.FORBIDDEN,
+        Errcode.FORBIDDEN,
     )
     await core.change_password("@jack:laiwang.test", PW, "new password 1", logout_devices=True, keep_device_id="A")
     assert (await core.introspect(a.access_token)).active
     assert not (await core.introspect(c.access_token)).active
-    await _code_error(core.login_password(user="jack", password=PW), ErrorCode.FORBIDDEN)
+    await _code_error(core.login_password(user="jack", password=PW), Errcode.FORBIDDEN)
     d = await core.login_password(user="jack", password="new password 1")
 
     await core.logout_all("@jack:laiwang.test")
@@ -218,11 +215,11 @@ async def test_delete_devices_needs_the_password() -> None:
     core, _, _, _ = make_core()
     await core.register("kate", PW, device_id="A")
     b = await core.login_password(user="kate", password=PW, device_id="B")
-    await _code_error(core.delete_devices("@kate:laiwang.test", ["B"], "nope nope"), ErrorCode.FORBIDDEN)
+    await _code_error(core.delete_devices("@kate:laiwang.test", ["B"], "nope nope"), Errcode.FORBIDDEN)
     assert (await core.introspect(b.access_token)).active
     await core.delete_devices("@kate:laiwang.test", ["B"], PW)
     assert not (await core.introspect(b.access_token)).active
-    await _code_error(core.get_device("@kate:laiwang.test", "B"), ErrorCode.NOT_FOUND)
+    await _code_error(core.get_device("@kate:laiwang.test", "B"), Errcode.NOT_FOUND)
 
 
 # --- phone verification ---------------------------------------------------------------------------------
@@ -249,20 +246,20 @@ async def test_code_is_six_digits_sent_once_per_attempt_and_stored_only_as_a_dig
 async def test_resend_waits_sixty_seconds_and_numbers_and_addresses_are_limited() -> None:
     core, _, sms, clock = make_core(sms_per_number_per_hour=3, sms_per_address_per_hour=4)
     await core.request_phone_code("CN", "13800138000", "s", 1)
-    limited = await _code_error(core.request_phone_code("CN", "13800138000", "s", 2), ErrorCode.LIMIT_EXCEEDED)
+    limited = await _code_error(core.request_phone_code("CN", "13800138000", "s", 2), Errcode.LIMIT_EXCEEDED)
     assert 59_000 < limited.retry_after_ms <= 60_000
     clock.advance(60)
     await core.request_phone_code("CN", "13800138000", "s", 2)
     clock.advance(60)
     await core.request_phone_code("CN", "13800138000", "s", 3)
     clock.advance(60)
-    await _code_error(core.request_phone_code("CN", "13800138000", "s", 4), ErrorCode.LIMIT_EXCEEDED)
+    await _code_error(core.request_phone_code("CN", "13800138000", "s", 4), Errcode.LIMIT_EXCEEDED)
     assert len(sms.sent) == 3
     # Per client address: 4 per hour across numbers.
     for n in range(4):
         await core.request_phone_code("CN", f"1390013800{n}", "s", 1, client_address="10.1.1.1")
     await _code_error(
-        core.request_phone_code("CN", "13900138009", "s", 1, client_address="10.1.1.1"), ErrorCode.LIMIT_EXCEEDED
+        core.request_phone_code("CN", "13900138009", "s", 1, client_address="10.1.1.1"), Errcode.LIMIT_EXCEEDED
     )
 
 
@@ -275,20 +272,20 @@ async def test_five_attempts_then_the_code_is_dead() -> None:
     for _ in range(5):
         messages.append(
             (
-                await _code_error(core.submit_phone_code(session.sid, "s3cret", wrong), ErrorCode.THREEPID_AUTH_FAILED)
+                await _code_error(core.submit_phone_code(session.sid, "s3cret", wrong), Errcode.THREEPID_AUTH_FAILED)
             ).message
         )
     assert "4 attempts left" in messages[0] and "no attempts left" in messages[-1]
-    await _code_error(core.submit_phone_code(session.sid, "s3cret", code), ErrorCode.THREEPID_AUTH_FAILED)
+    await _code_error(core.submit_phone_code(session.sid, "s3cret", code), Errcode.THREEPID_AUTH_FAILED)
 
 
 async def test_codes_expire_after_five_minutes_and_need_the_client_secret() -> None:
     core, _, sms, clock = make_core()
     session = await core.request_phone_code("CN", "13800138000", "s3cret", 1)
     code = sms.last_code(session.msisdn)
-    await _code_error(core.submit_phone_code(session.sid, "other-secret", code), ErrorCode.THREEPID_AUTH_FAILED)
+    await _code_error(core.submit_phone_code(session.sid, "other-secret", code), Errcode.THREEPID_AUTH_FAILED)
     clock.advance(300)
-    error = await _code_error(core.submit_phone_code(session.sid, "s3cret", code), ErrorCode.THREEPID_AUTH_FAILED)
+    error = await _code_error(core.submit_phone_code(session.sid, "s3cret", code), Errcode.THREEPID_AUTH_FAILED)
     assert "expired" in error.message
 
 
@@ -296,7 +293,7 @@ async def test_bind_announces_phone_verified_and_one_number_one_account() -> Non
     core, store, sms, clock = make_core()
     await core.register("leo", PW)
     await core.register("mia", PW)
-    await _code_error(core.bind_phone("@leo:laiwang.test", "nosuchsid", "s3cret"), ErrorCode.THREEPID_AUTH_FAILED)
+    await _code_error(core.bind_phone("@leo:laiwang.test", "nosuchsid", "s3cret"), Errcode.THREEPID_AUTH_FAILED)
     sid = await _verified(core, sms)
     assert await core.bind_phone("@leo:laiwang.test", sid, "s3cret") == "+8613800138000"
     verified = [e for e in store.events if isinstance(e, PhoneVerifiedEvent)]
@@ -304,7 +301,7 @@ async def test_bind_announces_phone_verified_and_one_number_one_account() -> Non
 
     clock.advance(61)
     sid2 = await _verified(core, sms, secret="other")
-    await _code_error(core.bind_phone("@mia:laiwang.test", sid2, "other"), ErrorCode.THREEPID_IN_USE)
+    await _code_error(core.bind_phone("@mia:laiwang.test", sid2, "other"), Errcode.THREEPID_IN_USE)
     assert len([e for e in store.events if isinstance(e, PhoneVerifiedEvent)]) == 1
 
     login = await core.login_password(phone=("CN", "138 0013 8000"), password=PW)
@@ -319,7 +316,7 @@ async def test_an_unverified_session_cannot_be_bound() -> None:
     core, _, _, _ = make_core()
     await core.register("nina", PW)
     session = await core.request_phone_code("CN", "13800138000", "s3cret", 1)
-    await _code_error(core.bind_phone("@nina:laiwang.test", session.sid, "s3cret"), ErrorCode.THREEPID_AUTH_FAILED)
+    await _code_error(core.bind_phone("@nina:laiwang.test", session.sid, "s3cret"), Errcode.THREEPID_AUTH_FAILED)
 
 
 # --- profiles and deactivation -----------------------------------------------------------------------------
@@ -334,9 +331,9 @@ async def test_profile_changes_are_validated_and_announced() -> None:
     assert (user.display_name, user.avatar_url) == ("Olga", "mxc://laiwang.test/x")
     assert store.events[-1] == ProfileChangedEvent("@olga:laiwang.test", "Olga", "mxc://laiwang.test/x")
     await _code_error(
-        core.set_profile("@olga:laiwang.test", display_name="x" * 300, avatar_url=None), ErrorCode.INVALID_PARAM
+        core.set_profile("@olga:laiwang.test", display_name="x" * 300, avatar_url=None), Errcode.INVALID_PARAM
     )
-    await _code_error(core.get_profile("@ghost:laiwang.test"), ErrorCode.NOT_FOUND)
+    await _code_error(core.get_profile("@ghost:laiwang.test"), Errcode.NOT_FOUND)
 
 
 async def test_deactivation_revokes_unbinds_and_blocks() -> None:
@@ -348,8 +345,8 @@ async def test_deactivation_revokes_unbinds_and_blocks() -> None:
     assert not (await core.introspect(session.access_token)).active
     kinds = [type(e) for e in store.events]
     assert kinds[-3:] == [TokenRevokedEvent, PhoneUnboundEvent, AccountDeactivatedEvent]
-    await _code_error(core.login_password(user="pete", password=PW), ErrorCode.FORBIDDEN)
-    await _code_error(core.register("pete", PW), ErrorCode.USER_IN_USE)
+    await _code_error(core.login_password(user="pete", password=PW), Errcode.FORBIDDEN)
+    await _code_error(core.register("pete", PW), Errcode.USER_IN_USE)
     assert await core.store.threepid_owner("msisdn", "+8613800138000") is None
 
 
@@ -360,6 +357,6 @@ async def test_a_failed_unit_of_work_leaves_nothing_behind() -> None:
     sid = await _verified(core, sms)
     await core.bind_phone("@quin:laiwang.test", sid, "s3cret")
     events_before = list(store.events)
-    await _code_error(core.unbind_phone("@rita:laiwang.test", "+8613800138000"), ErrorCode.THREEPID_NOT_FOUND)
+    await _code_error(core.unbind_phone("@rita:laiwang.test", "+8613800138000"), Errcode.THREEPID_NOT_FOUND)
     assert store.events == events_before
     assert await store.threepid_owner("msisdn", "+8613800138000") == "@quin:laiwang.test"

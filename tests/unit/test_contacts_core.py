@@ -11,18 +11,15 @@ from services.contacts import core
 from services.contacts.core import (
     BudgetPolicy,
     Discoverability,
-    Forbidden,
-    InvalidArgument,
     Keyring,
-    LimitExceeded,
     Normaliser,
-    NotFound,
     Pair,
     PairEventKind,
     PhoneIndex,
     may_reveal,
     plan_book_change,
 )
+from tests.unit.refusals import refused
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +51,7 @@ def test_invalid_entries_carry_a_reason(raw: str, reason: str) -> None:
 
 
 def test_unknown_region_is_refused() -> None:
-    with pytest.raises(InvalidArgument):
+    with refused("M_INVALID_PARAM"):
         Normaliser("CN").region("ZZ")
     assert Normaliser("cn").region("") == "CN"
 
@@ -137,7 +134,7 @@ def test_budget_starts_full_refills_slowly_and_never_exceeds_the_initial_amount(
     assert policy.available(0, 0, 1_800_000) == pytest.approx(5)
     assert policy.available(90, 0, 10 * 3_600_000) == 100
     assert policy.charge(100, 100) == 0
-    with pytest.raises(LimitExceeded) as error:
+    with refused("M_LIMIT_EXCEEDED") as error:
         policy.charge(5, 6)
     assert error.value.errcode == "M_LIMIT_EXCEEDED"
     assert error.value.retry_after_ms >= 360_000  # one token takes six minutes
@@ -157,13 +154,13 @@ def test_plan_charges_only_new_keys_and_replaces_or_merges() -> None:
 def test_request_accept_remove_with_growing_versions() -> None:
     pair = Pair.new(BOB, ALICE)
     assert (pair.a, pair.b) == (ALICE, BOB)
-    with pytest.raises(Forbidden):
+    with refused("M_FORBIDDEN"):
         core.send_request(pair, ALICE, allowed=False, message="", now_ms=1)
     t, state = core.send_request(pair, ALICE, allowed=True, message="hi", now_ms=1)
     assert state == "pending" and not t.events and t.pair.request_to() == BOB
     again, state = core.send_request(t.pair, ALICE, allowed=True, message="hi", now_ms=2)
     assert state == "pending" and not again.changed
-    with pytest.raises(NotFound):
+    with refused("M_NOT_FOUND"):
         core.accept(t.pair, ALICE, 3)  # one cannot accept one's own request
     accepted = core.accept(t.pair, BOB, 3)
     assert accepted.pair.friends and accepted.pair.request_from is None
@@ -173,7 +170,7 @@ def test_request_accept_remove_with_growing_versions() -> None:
     removed = core.remove_friend(accepted.pair, ALICE, 4)
     assert [e.kind for e in removed.events] == [PairEventKind.FRIENDSHIP_REMOVED]
     assert removed.events[0].version == 3 and not removed.pair.friends
-    with pytest.raises(NotFound):
+    with refused("M_NOT_FOUND"):
         core.remove_friend(removed.pair, ALICE, 5)
 
 
@@ -193,9 +190,9 @@ def test_block_ends_friendship_and_refuses_requests_until_unblocked() -> None:
     assert (block_event.first, block_event.second) == (BOB, ALICE)
     assert block_event.state.b_blocks_a and not block_event.state.friends
     assert not core.block(blocked.pair, BOB, 4).changed  # idempotent
-    with pytest.raises(Forbidden):
+    with refused("M_FORBIDDEN"):
         core.send_request(blocked.pair, ALICE, allowed=True, message="", now_ms=5)
-    with pytest.raises(Forbidden):
+    with refused("M_FORBIDDEN"):
         core.send_request(blocked.pair, BOB, allowed=True, message="", now_ms=5)
     unblocked = core.unblock(blocked.pair, BOB, 6)
     assert [e.kind for e in unblocked.events] == [PairEventKind.USER_UNBLOCKED]
@@ -204,5 +201,5 @@ def test_block_ends_friendship_and_refuses_requests_until_unblocked() -> None:
 
 
 def test_a_pair_needs_two_users() -> None:
-    with pytest.raises(InvalidArgument):
+    with refused("M_INVALID_PARAM"):
         Pair.new(ALICE, ALICE)

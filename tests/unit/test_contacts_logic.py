@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from services.contacts import core
-from services.contacts.core import BudgetPolicy, Discoverability, Forbidden, Keyring, LimitExceeded, Normaliser
+from services.contacts.core import BudgetPolicy, Discoverability, Keyring, Normaliser
 from services.contacts.logic import ContactsLogic, Settings
 from tests.unit.contacts_fakes import FakeContactsStore
+from tests.unit.refusals import refused
 
 pytestmark = pytest.mark.unit
 
@@ -48,10 +49,10 @@ async def _no_stage(session: object, event: object) -> None:
 
 
 async def test_no_verified_phone_no_matching(logic: ContactsLogic) -> None:
-    with pytest.raises(Forbidden, match="verified phone"):
+    with refused("M_FORBIDDEN", match="verified phone"):
         await logic.upload(CAROL, True, [ALICE_NO], [], "CN")
     pepper = logic.index.pepper
-    with pytest.raises(Forbidden):
+    with refused("M_FORBIDDEN"):
         await logic.lookup_hashes(CAROL, "sha256", pepper, [core.lookup_hash(ALICE_NO, pepper)], [], False)
 
 
@@ -59,13 +60,13 @@ async def test_the_budget_follows_the_number_to_a_new_account(logic: ContactsLog
     assert (await logic.upload(ALICE, True, fresh(8), [], "CN")).budget_remaining == 2
     await logic.phone_unbound(ALICE, ALICE_NO, 2)
     await logic.phone_verified(CAROL, ALICE_NO, 3)  # the same number on a fresh account
-    with pytest.raises(LimitExceeded):
+    with refused("M_LIMIT_EXCEEDED"):
         await logic.upload(CAROL, True, fresh(3, 100), [], "CN")
 
 
 async def test_the_address_ceiling_refuses_as_a_whole_and_refunds(logic: ContactsLogic) -> None:
     await logic.upload(ALICE, False, fresh(10), [], "CN", client_address="10.0.0.1")  # address: 5 left
-    with pytest.raises(LimitExceeded):
+    with refused("M_LIMIT_EXCEEDED"):
         await logic.upload(BOB, False, fresh(6, 100), [], "CN", client_address="10.0.0.1")
     # Bob's own budget was not spent by the refused upload.
     assert (await logic.upload(BOB, False, fresh(5, 200), [], "CN", client_address="10.0.0.1")).budget_remaining == 5

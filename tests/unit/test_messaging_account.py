@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from plumbing.domain_errors import DomainError
 from services.messaging.core import Messaging, Settings
-from services.messaging.rules import MessagingError
 from tests.unit.messaging_fakes import FakeStore, RecordingNotifier
 
 pytestmark = pytest.mark.unit
@@ -30,7 +30,7 @@ def text(body: str, **extra: object) -> bytes:
 
 
 async def errcode(awaitable) -> str:
-    with pytest.raises(MessagingError) as caught:
+    with pytest.raises(DomainError) as caught:
         await awaitable
     return caught.value.errcode
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from plumbing.domain_errors import DomainError
 from services.messaging.core import Messaging, Settings
 from services.messaging.rules import (
-    MessagingError,
     check_canonical,
     pair_id,
     parse_page_token,
@@ -53,7 +53,7 @@ async def world() -> AsyncIterator[tuple[Messaging, FakeStore, RecordingNotifier
 
 
 async def errcode(awaitable) -> str:
-    with pytest.raises(MessagingError) as caught:
+    with pytest.raises(DomainError) as caught:
         await awaitable
     return caught.value.errcode
 
@@ -178,13 +178,13 @@ def test_content_rules(event_type: str, content: dict, ok: bool) -> None:
     if ok:
         validate_message_content(event_type, content)
     else:
-        with pytest.raises(MessagingError):
+        with pytest.raises(DomainError):
             validate_message_content(event_type, content)
 
 
 @pytest.mark.parametrize("value", [1.5, {"a": [0.0]}, 2**53, -(2**53)])
 def test_canonical_json_refuses_floats_and_big_integers(value) -> None:
-    with pytest.raises(MessagingError) as caught:
+    with pytest.raises(DomainError) as caught:
         check_canonical(value)
     assert caught.value.errcode == "M_BAD_JSON"
 
@@ -365,9 +365,9 @@ def test_tokens_round_trip_and_refuse_garbage() -> None:
     assert parse_sync_token(sync_token(12, 34)) == (12, 34)
     assert parse_page_token("t7") == 7
     assert parse_page_token("s9_1") == 9
-    with pytest.raises(MessagingError):
+    with pytest.raises(DomainError):
         parse_sync_token("nonsense")
-    with pytest.raises(MessagingError):
+    with pytest.raises(DomainError):
         parse_page_token("x1")
 
 

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from plumbing.domain_errors import DomainError
 from services.messaging.core import Messaging, Settings
 from services.messaging.rules import (
     JSON,
     MAX_DEPTH,
-    MessagingError,
     check_canonical,
     valid_user_id,
 )
@@ -42,7 +42,7 @@ def nested(levels: int) -> JSON:
 
 
 async def errcode(awaitable) -> str:
-    with pytest.raises(MessagingError) as caught:
+    with pytest.raises(DomainError) as caught:
         await awaitable
     return caught.value.errcode
 
@@ -93,7 +93,7 @@ async def core() -> AsyncIterator[Messaging]:
     ],
 )
 def test_check_canonical_refuses_what_serialisation_or_storage_would(value) -> None:
-    with pytest.raises(MessagingError) as caught:
+    with pytest.raises(DomainError) as caught:
         check_canonical(value)
     assert caught.value.errcode == "M_BAD_JSON"
 
