@@ -8,18 +8,28 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from nats.aio.client import Client as NatsClient
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Rate
 from gateway.downstream import Downstream
 from gateway.matrix import MatrixError, json_response
+from gateway.ratelimit import RateLimiter
 from gateway.token_cache import TokenCache
+from laiwang.auth.v1 import auth_pb2_grpc
+from laiwang.contacts.v1 import contacts_pb2_grpc
+from laiwang.messaging.v1 import e2e_pb2_grpc, media_pb2_grpc, messaging_pb2_grpc
+from laiwang.zhadui.v1 import zhadui_pb2_grpc
 from plumbing.logs import request_id_var
+
+if TYPE_CHECKING:
+    from nats.aio.subscription import Subscription
+
+    from gateway.routes.sync import WakeHub
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +49,84 @@ CORS_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class Stubs:
+    """One typed stub per downstream service, over the channels opened once at start-up."""
+
+    auth: auth_pb2_grpc.AuthServiceStub
+    contacts: contacts_pb2_grpc.ContactsServiceStub
+    messaging: messaging_pb2_grpc.MessagingServiceStub
+    e2e: e2e_pb2_grpc.E2eServiceStub  # served by the messaging process
+    media: media_pb2_grpc.MediaServiceStub  # served by the messaging process
+    zhadui: zhadui_pb2_grpc.ZhaduiServiceStub
+
+    @classmethod
+    def over(cls, downstream: Downstream) -> Stubs:
+        channels = downstream.channels
+        return cls(
+            auth=auth_pb2_grpc.AuthServiceStub(channels["auth"]),
+            contacts=contacts_pb2_grpc.ContactsServiceStub(channels["contacts"]),
+            messaging=messaging_pb2_grpc.MessagingServiceStub(channels["messaging"]),
+            e2e=e2e_pb2_grpc.E2eServiceStub(channels["messaging"]),
+            media=media_pb2_grpc.MediaServiceStub(channels["messaging"]),
+            zhadui=zhadui_pb2_grpc.ZhaduiServiceStub(channels["zhadui"]),
+        )
+
+
+@dataclass(frozen=True)
+class Limiters:
+    """This replica's request-rate limiters, one per budget in GatewayConfig."""
+
+    send: RateLimiter
+    contacts: RateLimiter
+    contacts_upload: RateLimiter
+    zhadui: RateLimiter
+    credentials: RateLimiter
+    e2e: RateLimiter
+    media: RateLimiter
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> Limiters:
+        def limiter(rate: Rate) -> RateLimiter:
+            return RateLimiter(rate.per_second, rate.burst)
+
+        return cls(
+            send=limiter(config.send_rate),
+            contacts=limiter(config.contacts_rate),
+            contacts_upload=limiter(config.contacts_upload_rate),
+            zhadui=limiter(config.zhadui_rate),
+            credentials=limiter(config.credential_rate),
+            e2e=limiter(config.e2e_rate),
+            media=limiter(config.media_rate),
+        )
+
+
 @dataclass
 class GatewayDeps:
-    """What route handlers may use. Extended by each capability (sessions, sync wake-ups, ...)."""
+    """What route handlers may use: built once by gateway/main.py (the composition root)."""
 
     config: GatewayConfig
     downstream: Downstream
     nats: NatsClient | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     # Token introspection answers, evicted by laiwang.auth.token_revoked (see gateway/session.py).
     tokens: TokenCache = field(default_factory=TokenCache)
     # Set on SIGTERM: readiness fails so that balancers stop sending while in-flight calls drain.
     draining: bool = False
+    stubs: Stubs = field(init=False)
+    limits: Limiters = field(init=False)
+    # Per-replica state, each owned by one module: session.py (introspections in flight, the NATS
+    # reconnect count the token cache was filled at, revocation subscriptions), routes/sync.py
+    # (the wake-up hub) and routes/contacts.py (the served OpenAPI document).
+    introspections: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    nats_reconnects: int | None = None
+    revocation_subscriptions: list[Subscription] = field(default_factory=list)
+    wake_hub: WakeHub | None = None
+    openapi_document: bytes | None = None
+
+    def __post_init__(self) -> None:
+        self.stubs = Stubs.over(self.downstream)
+        self.limits = Limiters.of(self.config)
+        self.tokens.ttl = self.config.token_cache_seconds
 
 
 DEPS_KEY = web.AppKey("deps", GatewayDeps)

@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from plumbing.config import LOG_LEVELS, Env
+from plumbing.errors import ConfigError
 
 SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
 DEFAULT_GRPC_PORTS = {"auth": 50051, "contacts": 50052, "messaging": 50053, "zhadui": 50054, "open_platform": 50055}
 
 
 @dataclass(frozen=True)
+class Rate:
+    """A token bucket's refill rate and size (gateway/ratelimit.py)."""
+
+    per_second: float
+    burst: int
+
+    @classmethod
+    def from_env(cls, env: Env, name: str, per_second: float, burst: int, minimum_rate: float = 0.01) -> Rate:
+        return cls(
+            per_second=env.float(f"GATEWAY_{name}_RATE_PER_SECOND", per_second, minimum=minimum_rate),
+            burst=env.int(f"GATEWAY_{name}_BURST", burst, minimum=1),
+        )
+
+
+def _trusted_proxies(env: Env) -> tuple[IPv4Network | IPv6Network, ...]:
+    proxies = []
+    for item in env.str("GATEWAY_TRUSTED_PROXIES", "-").split(","):
+        if item.strip() and item.strip() != "-":
+            try:
+                proxies.append(ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"GATEWAY_TRUSTED_PROXIES has {item.strip()!r}, not an IP address or CIDR") from None
+    return tuple(proxies)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
+    """Every gateway setting, read and checked at start-up (a bad value stops the process with one
+    line naming the variable, never at first use)."""
+
     host: str
     port: int
     server_name: str
@@ -29,6 +60,20 @@ class GatewayConfig:
     keepalive_seconds: float = 75.0
     # Media uploads (gateway/routes/media.py) may be bigger than other bodies.
     max_upload_bytes: int = 7 * 1024 * 1024
+    # Per-user request rates (per replica), and the per-address flood limit on credential endpoints.
+    send_rate: Rate = Rate(20.0, 100)
+    contacts_rate: Rate = Rate(10.0, 40)
+    contacts_upload_rate: Rate = Rate(0.5, 20)
+    zhadui_rate: Rate = Rate(20.0, 60)
+    credential_rate: Rate = Rate(20.0, 100)
+    e2e_rate: Rate = Rate(20.0, 200)
+    media_rate: Rate = Rate(10.0, 100)
+    # Peers whose X-Forwarded-For is believed (the client is the last untrusted hop).
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    token_cache_seconds: float = 30.0
+    wake_linger_seconds: float = 60.0
+    # Extra prefixes an SSO redirectUrl may start with (besides this server and loopback).
+    sso_redirect_prefixes: tuple[str, ...] = field(default=())
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewayConfig:
@@ -54,5 +99,18 @@ class GatewayConfig:
             keepalive_seconds=env.float("GATEWAY_KEEPALIVE_SECONDS", 75.0, minimum=1.0),
             max_upload_bytes=env.int(
                 "MEDIA_MAX_UPLOAD_BYTES", 7 * 1024 * 1024, minimum=1024, maximum=7 * 1024 * 1024 + 512 * 1024
+            ),
+            send_rate=Rate.from_env(env, "SEND", 20.0, 100),
+            contacts_rate=Rate.from_env(env, "CONTACTS", 10.0, 40),
+            contacts_upload_rate=Rate.from_env(env, "CONTACTS_UPLOAD", 0.5, 20, minimum_rate=0.001),
+            zhadui_rate=Rate.from_env(env, "ZHADUI", 20.0, 60),
+            credential_rate=Rate.from_env(env, "CREDENTIAL", 20.0, 100),
+            e2e_rate=Rate.from_env(env, "E2E", 20.0, 200),
+            media_rate=Rate.from_env(env, "MEDIA", 10.0, 100),
+            trusted_proxies=_trusted_proxies(env),
+            token_cache_seconds=env.float("GATEWAY_TOKEN_CACHE_SECONDS", 30.0, minimum=0.0),
+            wake_linger_seconds=env.float("GATEWAY_WAKE_LINGER_SECONDS", 60.0, minimum=0.1),
+            sso_redirect_prefixes=tuple(
+                p.strip() for p in env.str("GATEWAY_SSO_REDIRECT_PREFIXES", "").split(",") if p.strip()
             ),
         )

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from typing import Any
 
 import grpc
 from aiohttp import web
@@ -28,7 +27,6 @@ from gateway.rpc import matrix_error_from
 from gateway.token_cache import Rejection, Requester, TokenCache
 from laiwang.auth.v1 import auth_pb2, auth_pb2_grpc
 from laiwang.events.v1 import auth_events_pb2
-from plumbing.config import Env
 
 __all__ = [
     "Requester",
@@ -45,10 +43,6 @@ log = logging.getLogger(__name__)
 REQUESTER_KEY = "laiwang.requester"
 TOKEN_REVOKED_SUBJECT = "laiwang.auth.token_revoked"
 ACCOUNT_DEACTIVATED_SUBJECT = "laiwang.auth.account_deactivated"
-_STUB_KEY = "auth_stub"
-_INFLIGHT_KEY = "introspections_in_flight"
-_RECONNECTS_KEY = "token_cache_nats_reconnects"
-_SUBSCRIPTIONS_KEY = "token_revocation_subscriptions"
 
 
 def token_key(access_token: str) -> str:
@@ -71,10 +65,7 @@ def access_token_of(request: web.Request) -> str | None:
 
 
 def auth_stub(deps: GatewayDeps) -> auth_pb2_grpc.AuthServiceStub:
-    stub = deps.extras.get(_STUB_KEY)
-    if stub is None:
-        stub = deps.extras[_STUB_KEY] = auth_pb2_grpc.AuthServiceStub(deps.downstream.channels["auth"])
-    return stub
+    return deps.stubs.auth
 
 
 def _drop_cache_after_reconnect(deps: GatewayDeps) -> None:
@@ -82,9 +73,9 @@ def _drop_cache_after_reconnect(deps: GatewayDeps) -> None:
     if deps.nats is None:
         return
     reconnects = deps.nats.stats.get("reconnects", 0)
-    if deps.extras.get(_RECONNECTS_KEY, reconnects) != reconnects:
+    if deps.nats_reconnects is not None and deps.nats_reconnects != reconnects:
         deps.tokens.clear()
-    deps.extras[_RECONNECTS_KEY] = reconnects
+    deps.nats_reconnects = reconnects
 
 
 async def _introspect(deps: GatewayDeps, key: str, access_token: str) -> Requester | Rejection:
@@ -120,7 +111,7 @@ async def authenticate(request: web.Request) -> Requester:
     answer = deps.tokens.get(key)
     if answer is None:
         # Concurrent requests with the same uncached token share one introspection call.
-        inflight: dict[str, asyncio.Future[Any]] = deps.extras.setdefault(_INFLIGHT_KEY, {})
+        inflight = deps.introspections
         pending = inflight.get(key)
         if pending is None:
             pending = inflight[key] = asyncio.ensure_future(_introspect(deps, key, access_token))
@@ -148,8 +139,6 @@ def handle_revocation(cache: TokenCache, subject: str, data: bytes) -> None:
 
 async def start_revocation_listener(deps: GatewayDeps) -> None:
     """Subscribe this replica to revocations (plain NATS: every replica gets every event)."""
-    ttl = Env().float("GATEWAY_TOKEN_CACHE_SECONDS", deps.tokens.ttl, minimum=0.0)
-    deps.tokens.ttl = ttl
     if deps.nats is None:
         return
 
@@ -166,11 +155,12 @@ async def start_revocation_listener(deps: GatewayDeps) -> None:
         await deps.nats.subscribe(ACCOUNT_DEACTIVATED_SUBJECT, cb=on_event),
     ]
     await deps.nats.flush()
-    deps.extras[_SUBSCRIPTIONS_KEY] = subscriptions
-    deps.extras[_RECONNECTS_KEY] = deps.nats.stats.get("reconnects", 0)
+    deps.revocation_subscriptions = subscriptions
+    deps.nats_reconnects = deps.nats.stats.get("reconnects", 0)
 
 
 async def stop_revocation_listener(deps: GatewayDeps) -> None:
-    for subscription in deps.extras.pop(_SUBSCRIPTIONS_KEY, []):
+    subscriptions, deps.revocation_subscriptions = deps.revocation_subscriptions, []
+    for subscription in subscriptions:
         with contextlib.suppress(Exception):
             await subscription.unsubscribe()

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +20,6 @@ from aiohttp import web
 from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.fields import body_bool, body_object, body_str, path_user_id, query_str, read_json_object
 from gateway.matrix import MatrixError, json_response
-from gateway.ratelimit import RateLimiter
 from gateway.rpc import matrix_error_from
 from gateway.session import (
     REQUESTER_KEY,
@@ -32,8 +30,6 @@ from gateway.session import (
     stop_revocation_listener,
 )
 from laiwang.auth.v1 import auth_pb2 as pb
-from plumbing.config import Env
-from plumbing.errors import ConfigError
 
 PREFIX = "/_matrix/client/v3"
 
@@ -47,43 +43,7 @@ async def rpc_errors() -> AsyncIterator[None]:
         raise matrix_error_from(exc) from None
 
 
-_LIMITER_KEY = "accounts_limiter"
-_SETTINGS_KEY = "accounts_settings"
-
-
 # --- small request helpers (shared with the other account route modules) ---------------------------
-
-
-@dataclass(frozen=True)
-class AccountSettings:
-    credential_rate_per_second: float
-    credential_burst: int
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
-
-    @classmethod
-    def from_env(cls, env: Env | None = None) -> AccountSettings:
-        env = env or Env()
-        proxies = []
-        for item in env.str("GATEWAY_TRUSTED_PROXIES", "-").split(","):
-            if item.strip() and item.strip() != "-":
-                try:
-                    proxies.append(ip_network(item.strip(), strict=False))
-                except ValueError:
-                    raise ConfigError(
-                        f"GATEWAY_TRUSTED_PROXIES has {item.strip()!r}, not an IP address or CIDR"
-                    ) from None
-        return cls(
-            credential_rate_per_second=env.float("GATEWAY_CREDENTIAL_RATE_PER_SECOND", 20.0, minimum=0.01),
-            credential_burst=env.int("GATEWAY_CREDENTIAL_BURST", 100, minimum=1),
-            trusted_proxies=tuple(proxies),
-        )
-
-
-def _settings(deps: GatewayDeps) -> AccountSettings:
-    settings: AccountSettings | None = deps.extras.get(_SETTINGS_KEY)
-    if settings is None:
-        settings = deps.extras[_SETTINGS_KEY] = AccountSettings.from_env()
-    return settings
 
 
 def _trusted(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
@@ -97,7 +57,7 @@ def _trusted(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bo
 def client_address(request: web.Request) -> str:
     """The client's IP: the peer, or behind trusted proxies the last untrusted X-Forwarded-For hop."""
     remote = request.remote or ""
-    proxies = _settings(request.app[DEPS_KEY]).trusted_proxies
+    proxies = request.app[DEPS_KEY].config.trusted_proxies
     if not proxies or not _trusted(remote, proxies):
         return remote
     hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
@@ -109,14 +69,7 @@ def client_address(request: web.Request) -> str:
 
 def limit_address(request: web.Request, cost: float = 1.0) -> None:
     """First-line, per-replica flood limit on credential endpoints (auth enforces the real limits)."""
-    deps = request.app[DEPS_KEY]
-    limiter: RateLimiter | None = deps.extras.get(_LIMITER_KEY)
-    if limiter is None:
-        settings = _settings(deps)
-        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(
-            settings.credential_rate_per_second, settings.credential_burst
-        )
-    limiter.check(f"addr:{client_address(request)}", cost)
+    request.app[DEPS_KEY].limits.credentials.check(f"addr:{client_address(request)}", cost)
 
 
 def session_body(deps: GatewayDeps, session: pb.Session) -> dict[str, Any]:
@@ -567,7 +520,6 @@ def routes(deps: GatewayDeps) -> list[web.RouteDef]:
 
 
 async def startup(deps: GatewayDeps) -> None:
-    _settings(deps)  # a bad setting stops the gateway at start, with one line
     await start_revocation_listener(deps)
 
 

@@ -27,11 +27,9 @@ from gateway.matrix import MatrixError, json_response
 from gateway.routes.accounts import PREFIX, limit_address, rpc_errors
 from gateway.session import auth_stub, authenticate
 from laiwang.auth.v1 import auth_pb2 as pb
-from plumbing.config import Env
 
 LAIWANG_PREFIX = "/_laiwang/client/v1"
 CALLBACK_PATH = f"{LAIWANG_PREFIX}/oidc/callback"
-_ALLOWED_KEY = "sso_redirect_prefixes"
 
 
 def callback_url(deps: GatewayDeps) -> str:
@@ -39,18 +37,14 @@ def callback_url(deps: GatewayDeps) -> str:
 
 
 def _allowed_redirect(deps: GatewayDeps, url: str) -> bool:
-    prefixes: list[str] | None = deps.extras.get(_ALLOWED_KEY)
-    if prefixes is None:
-        configured = Env().str("GATEWAY_SSO_REDIRECT_PREFIXES", "")
-        prefixes = [
-            deps.config.public_base_url + "/",
-            "http://127.0.0.1:",
-            "http://127.0.0.1/",
-            "http://localhost:",
-            "http://localhost/",
-            *(p.strip() for p in configured.split(",") if p.strip()),
-        ]
-        deps.extras[_ALLOWED_KEY] = prefixes
+    prefixes = [
+        deps.config.public_base_url + "/",
+        "http://127.0.0.1:",
+        "http://127.0.0.1/",
+        "http://localhost:",
+        "http://localhost/",
+        *deps.config.sso_redirect_prefixes,
+    ]
     return any(url.startswith(prefix) for prefix in prefixes)
 
 

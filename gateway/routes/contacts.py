@@ -34,20 +34,14 @@ from aiohttp import web
 from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.fields import body_bool, body_int, body_str, body_strings, body_user_id, path_user_id, read_json_object
 from gateway.matrix import MatrixError, json_response
-from gateway.ratelimit import RateLimiter
 from gateway.routes.accounts import client_address
 from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
 from laiwang.contacts.v1 import contacts_pb2 as pb
 from laiwang.contacts.v1 import contacts_pb2_grpc
-from plumbing.config import Env
 
 PREFIX = "/_laiwang/client/v1"
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
-_STUB_KEY = "contacts_stub"
-_LIMITER_KEY = "contacts_limiter"
-_UPLOAD_LIMITER_KEY = "contacts_upload_limiter"
-_OPENAPI_KEY = "openapi_document"
 
 _SETTINGS = {
     "everyone": pb.DISCOVERABILITY_EVERYONE,
@@ -58,18 +52,14 @@ _SETTING_NAMES = {value: name for name, value in _SETTINGS.items()}
 
 
 def _stub(request: web.Request) -> contacts_pb2_grpc.ContactsServiceStub:
-    deps = request.app[DEPS_KEY]
-    stub = deps.extras.get(_STUB_KEY)
-    if stub is None:
-        stub = deps.extras[_STUB_KEY] = contacts_pb2_grpc.ContactsServiceStub(deps.downstream.channels["contacts"])
-    return stub
+    return request.app[DEPS_KEY].stubs.contacts
 
 
 async def _viewer(request: web.Request, upload: bool = False) -> str:
     """The authenticated user, within their request rate (uploads have their own, lower rate)."""
     requester = await authenticate(request)
-    extras = request.app[DEPS_KEY].extras
-    extras[_UPLOAD_LIMITER_KEY if upload else _LIMITER_KEY].check(requester.user_id)
+    limits = request.app[DEPS_KEY].limits
+    (limits.contacts_upload if upload else limits.contacts).check(requester.user_id)
     return requester.user_id
 
 
@@ -354,23 +344,14 @@ async def user_directory_search(request: web.Request) -> web.Response:
 
 # ------------------------------------------------------------------------------ OpenAPI
 async def openapi(request: web.Request) -> web.Response:
-    extras = request.app[DEPS_KEY].extras
-    document = extras.get(_OPENAPI_KEY)
+    deps = request.app[DEPS_KEY]
+    document = deps.openapi_document
     if document is None:
-        document = extras[_OPENAPI_KEY] = orjson.dumps(orjson.loads(OPENAPI_PATH.read_bytes()))
+        document = deps.openapi_document = orjson.dumps(orjson.loads(OPENAPI_PATH.read_bytes()))
     return web.Response(body=document, content_type="application/json")
 
 
 def routes(deps: GatewayDeps) -> list[web.RouteDef]:
-    env = Env()
-    deps.extras[_LIMITER_KEY] = RateLimiter(
-        per_second=env.float("GATEWAY_CONTACTS_RATE_PER_SECOND", 10.0, minimum=0.01),
-        burst=env.int("GATEWAY_CONTACTS_BURST", 40, minimum=1),
-    )
-    deps.extras[_UPLOAD_LIMITER_KEY] = RateLimiter(
-        per_second=env.float("GATEWAY_CONTACTS_UPLOAD_RATE_PER_SECOND", 0.5, minimum=0.001),
-        burst=env.int("GATEWAY_CONTACTS_UPLOAD_BURST", 20, minimum=1),
-    )
     c = f"{PREFIX}/contacts"
     f = f"{PREFIX}/friends"
     return [

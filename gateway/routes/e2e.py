@@ -11,38 +11,24 @@ from aiohttp import web
 from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.fields import query_str
 from gateway.matrix import MatrixError
-from gateway.ratelimit import RateLimiter
 from gateway.rpc import call
 from gateway.session import authenticate
 from laiwang.messaging.v1 import e2e_pb2 as pb
 from laiwang.messaging.v1 import e2e_pb2_grpc
 from laiwang.messaging.v1 import messaging_pb2 as mpb
-from plumbing.config import Env
 
 PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
-_STUB_KEY = "e2e_stub"
-_LIMITER_KEY = "e2e_limiter"
 _MAX_BODY = 512 * 1024
 
 
 def _stub(deps: GatewayDeps) -> e2e_pb2_grpc.E2eServiceStub:
-    stub = deps.extras.get(_STUB_KEY)
-    if stub is None:
-        stub = deps.extras[_STUB_KEY] = e2e_pb2_grpc.E2eServiceStub(deps.downstream.channels["messaging"])
-    return stub
+    return deps.stubs.e2e
 
 
 async def _start(request: web.Request) -> tuple[e2e_pb2_grpc.E2eServiceStub, mpb.Requester, bytes]:
     who = await authenticate(request)
     deps = request.app[DEPS_KEY]
-    limiter: RateLimiter | None = deps.extras.get(_LIMITER_KEY)
-    if limiter is None:
-        env = Env()
-        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(
-            per_second=env.float("GATEWAY_E2E_RATE_PER_SECOND", 20.0, minimum=0.01),
-            burst=env.int("GATEWAY_E2E_BURST", 200, minimum=1),
-        )
-    limiter.check(who.user_id)
+    deps.limits.e2e.check(who.user_id)
     raw = await request.read()
     if len(raw) > _MAX_BODY:
         raise MatrixError(413, "M_TOO_LARGE", f"request body is larger than {_MAX_BODY} bytes")

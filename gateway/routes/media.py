@@ -16,16 +16,12 @@ from aiohttp import web
 from gateway.app import DEPS_KEY, UPLOAD_PATHS, GatewayDeps
 from gateway.fields import query_int, query_str
 from gateway.matrix import MatrixError
-from gateway.ratelimit import RateLimiter
 from gateway.rpc import call
 from gateway.session import authenticate
 from laiwang.messaging.v1 import media_pb2 as pb
 from laiwang.messaging.v1 import media_pb2_grpc
 from laiwang.messaging.v1 import messaging_pb2 as mpb
-from plumbing.config import Env
 
-_STUB_KEY = "media_stub"
-_LIMITER_KEY = "media_limiter"
 _INLINE = frozenset(
     {
         "image/jpeg",
@@ -42,23 +38,13 @@ _INLINE = frozenset(
 
 
 def _stub(deps: GatewayDeps) -> media_pb2_grpc.MediaServiceStub:
-    stub = deps.extras.get(_STUB_KEY)
-    if stub is None:
-        stub = deps.extras[_STUB_KEY] = media_pb2_grpc.MediaServiceStub(deps.downstream.channels["messaging"])
-    return stub
+    return deps.stubs.media
 
 
 async def _start(request: web.Request) -> tuple[media_pb2_grpc.MediaServiceStub, mpb.Requester]:
     who = await authenticate(request)
     deps = request.app[DEPS_KEY]
-    limiter: RateLimiter | None = deps.extras.get(_LIMITER_KEY)
-    if limiter is None:
-        env = Env()
-        limiter = deps.extras[_LIMITER_KEY] = RateLimiter(
-            per_second=env.float("GATEWAY_MEDIA_RATE_PER_SECOND", 10.0, minimum=0.01),
-            burst=env.int("GATEWAY_MEDIA_BURST", 100, minimum=1),
-        )
-    limiter.check(who.user_id)
+    deps.limits.media.check(who.user_id)
     return _stub(deps), mpb.Requester(user_id=who.user_id, device_id=who.device_id)
 
 

@@ -22,24 +22,17 @@ from gateway.fields import (
     read_json_object,
 )
 from gateway.matrix import MatrixError, json_response
-from gateway.ratelimit import RateLimiter
 from gateway.rpc import call
 from gateway.session import authenticate
 from laiwang.messaging.v1 import messaging_pb2 as pb
 from laiwang.messaging.v1 import messaging_pb2_grpc
-from plumbing.config import Env
 
 PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
-_STUB_KEY = "messaging_stub"
-_SEND_LIMITER_KEY = "messaging_send_limiter"
 _EMPTY = b"{}"
 
 
 def messaging_stub(deps: GatewayDeps) -> messaging_pb2_grpc.MessagingServiceStub:
-    stub = deps.extras.get(_STUB_KEY)
-    if stub is None:
-        stub = deps.extras[_STUB_KEY] = messaging_pb2_grpc.MessagingServiceStub(deps.downstream.channels["messaging"])
-    return stub
+    return deps.stubs.messaging
 
 
 def _raw(body: bytes, status: int = 200) -> web.Response:
@@ -53,14 +46,7 @@ async def _requester(request: web.Request) -> tuple[GatewayDeps, pb.Requester]:
 
 def limit_writes(deps: GatewayDeps, user_id: str) -> None:
     """The per-user write limit (sends, state, redactions, account data, push rules)."""
-    limiter: RateLimiter | None = deps.extras.get(_SEND_LIMITER_KEY)
-    if limiter is None:
-        env = Env()
-        limiter = deps.extras[_SEND_LIMITER_KEY] = RateLimiter(
-            per_second=env.float("GATEWAY_SEND_RATE_PER_SECOND", 20.0, minimum=0.01),
-            burst=env.int("GATEWAY_SEND_BURST", 100, minimum=1),
-        )
-    limiter.check(user_id)
+    deps.limits.send.check(user_id)
 
 
 async def create_room(request: web.Request) -> web.Response:

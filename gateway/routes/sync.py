@@ -43,7 +43,6 @@ from gateway.routes.rooms import PREFIXES, messaging_stub
 from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
 from laiwang.messaging.v1 import messaging_pb2 as pb
-from plumbing.config import Env
 from plumbing.streams import wake_subject
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 MAX_TIMEOUT_MS = 30_000
 SYNC_WAITING = Gauge("gateway_sync_long_polls", "/sync requests currently held open by this gateway replica.")
 SYNC_SUBSCRIPTIONS = Gauge("gateway_sync_wake_subscriptions", "Per-user wake subjects this replica subscribes to.")
-_HUB_KEY = "wake_hub"
 _MAX_FILTER_BYTES = 4096
 
 
@@ -251,7 +249,7 @@ async def post_filter(request: web.Request) -> web.Response:
         raise MatrixError(403, "M_FORBIDDEN", "you can only create filters for yourself")
     body = await read_json_object(request)
     if len(orjson.dumps(body)) > _MAX_FILTER_BYTES:
-        raise MatrixError(400, "M_TOO_LARGE", "filter is too large")
+        raise MatrixError(413, "M_TOO_LARGE", "filter is too large")
     return json_response({"filter_id": _encode_filter(body)})
 
 
@@ -276,7 +274,9 @@ async def sync(request: web.Request) -> web.Response:
         full_state=query_bool(request, "full_state"),
     )
     stub = messaging_stub(deps)
-    hub: WakeHub = deps.extras[_HUB_KEY]
+    hub = deps.wake_hub
+    if hub is None:  # startup() runs before the first request is served
+        raise MatrixError(503, "M_UNAVAILABLE", "sync is starting", retry_after_ms=1000)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     if timeout_ms <= 0:
@@ -328,19 +328,18 @@ def routes(deps: GatewayDeps) -> list[web.RouteDef]:
 
 
 async def startup(deps: GatewayDeps) -> None:
-    hub = WakeHub(deps.nats, Env().float("GATEWAY_WAKE_LINGER_SECONDS", 60.0, minimum=0.1))
+    hub = WakeHub(deps.nats, deps.config.wake_linger_seconds)
     hub.start()
     SYNC_SUBSCRIPTIONS.set_function(lambda: hub.subscriptions)
-    deps.extras[_HUB_KEY] = hub
+    deps.wake_hub = hub
 
 
 async def drain(deps: GatewayDeps) -> None:
-    hub: WakeHub | None = deps.extras.get(_HUB_KEY)
-    if hub is not None:
-        hub.drain()
+    if deps.wake_hub is not None:
+        deps.wake_hub.drain()
 
 
 async def cleanup(deps: GatewayDeps) -> None:
-    hub: WakeHub | None = deps.extras.pop(_HUB_KEY, None)
+    hub, deps.wake_hub = deps.wake_hub, None
     if hub is not None:
         await hub.close()

@@ -31,17 +31,13 @@ from gateway.fields import (
     read_json_object,
 )
 from gateway.matrix import json_response
-from gateway.ratelimit import RateLimiter
 from gateway.rpc import call
 from gateway.session import authenticate
 from laiwang.zhadui.v1 import zhadui_pb2 as pb
 from laiwang.zhadui.v1 import zhadui_pb2_grpc
-from plumbing.config import Env
 
 PREFIX = "/_laiwang/client/v1/zhadui"
 MAX_PAGE_LIMIT = 1000
-_STUB_KEY = "zhadui_stub"
-_LIMITER_KEY = "zhadui_limiter"
 _STATUS_NAMES = {
     pb.ZHADUI_STATUS_OPEN: "open",
     pb.ZHADUI_STATUS_CLOSED: "closed",
@@ -50,17 +46,13 @@ _STATUS_NAMES = {
 
 
 def _stub(request: web.Request) -> zhadui_pb2_grpc.ZhaduiServiceStub:
-    deps = request.app[DEPS_KEY]
-    stub = deps.extras.get(_STUB_KEY)
-    if stub is None:
-        stub = deps.extras[_STUB_KEY] = zhadui_pb2_grpc.ZhaduiServiceStub(deps.downstream.channels["zhadui"])
-    return stub
+    return request.app[DEPS_KEY].stubs.zhadui
 
 
 async def _viewer(request: web.Request) -> str:
     """The authenticated user, within their request rate."""
     requester = await authenticate(request)
-    request.app[DEPS_KEY].extras[_LIMITER_KEY].check(requester.user_id)
+    request.app[DEPS_KEY].limits.zhadui.check(requester.user_id)
     return requester.user_id
 
 
@@ -207,11 +199,6 @@ async def discussion(request: web.Request) -> web.Response:
 
 
 def routes(deps: GatewayDeps) -> list[web.RouteDef]:
-    env = Env()
-    deps.extras[_LIMITER_KEY] = RateLimiter(
-        per_second=env.float("GATEWAY_ZHADUI_RATE_PER_SECOND", 20.0, minimum=0.01),
-        burst=env.int("GATEWAY_ZHADUI_BURST", 60, minimum=1),
-    )
     one = f"{PREFIX}/{{zhadui_id}}"
     return [
         web.post(PREFIX, create),

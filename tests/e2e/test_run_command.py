@@ -208,6 +208,14 @@ async def test_a_bad_setting_is_one_line_naming_the_setting(tmp_path: Path) -> N
     assert stderr == "laiwang: NATS_PORT='four' is not an integer"
 
 
+async def test_a_bad_gateway_setting_stops_the_gateway_at_start_not_at_first_use(tmp_path: Path) -> None:
+    # The send rate is used only by PUT /send; the gateway must refuse it before serving anything.
+    env = {**stack_env(tmp_path), "GATEWAY_SEND_RATE_PER_SECOND": "abc"}
+    code, stderr = await run_to_exit([sys.executable, "-m", "gateway"], env)
+    assert code == 2
+    assert stderr == "laiwang-gateway: GATEWAY_SEND_RATE_PER_SECOND='abc' is not a number"
+
+
 async def test_a_service_with_unreachable_mongo_exits_with_one_line(tmp_path: Path) -> None:
     closed = free_port()
     env = {

@@ -8,7 +8,8 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.config import GatewayConfig
-from gateway.routes.accounts import AccountSettings, client_address
+from gateway.downstream import Downstream
+from gateway.routes.accounts import client_address
 from plumbing.config import Env
 from plumbing.errors import ConfigError
 
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.unit
 
 
 def _request(remote: str, forwarded: str | None, trusted: str) -> web.Request:
-    deps = GatewayDeps(config=GatewayConfig.from_env(Env({})), downstream=None)  # type: ignore[arg-type]
-    deps.extras["accounts_settings"] = AccountSettings.from_env(Env({"GATEWAY_TRUSTED_PROXIES": trusted}))
+    config = GatewayConfig.from_env(Env({"GATEWAY_TRUSTED_PROXIES": trusted}))
+    deps = GatewayDeps(config=config, downstream=Downstream(config.service_addresses))
     app = web.Application()
     app[DEPS_KEY] = deps
     headers = {"X-Forwarded-For": forwarded} if forwarded else {}
@@ -41,6 +42,24 @@ def test_an_untrusted_peer_cannot_claim_another_address() -> None:
 
 def test_bad_settings_fail_with_one_line_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="GATEWAY_TRUSTED_PROXIES"):
-        AccountSettings.from_env(Env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8, not-an-ip"}))
+        GatewayConfig.from_env(Env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8, not-an-ip"}))
     with pytest.raises(ConfigError, match="GATEWAY_CREDENTIAL_BURST"):
-        AccountSettings.from_env(Env({"GATEWAY_CREDENTIAL_BURST": "lots"}))
+        GatewayConfig.from_env(Env({"GATEWAY_CREDENTIAL_BURST": "lots"}))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_SEND_RATE_PER_SECOND", "abc"),
+        ("GATEWAY_SEND_BURST", "0"),
+        ("GATEWAY_CONTACTS_RATE_PER_SECOND", "fast"),
+        ("GATEWAY_CONTACTS_UPLOAD_BURST", "x"),
+        ("GATEWAY_ZHADUI_RATE_PER_SECOND", "-1"),
+        ("GATEWAY_TOKEN_CACHE_SECONDS", "soon"),
+        ("GATEWAY_WAKE_LINGER_SECONDS", "0"),
+    ],
+)
+def test_every_gateway_setting_is_checked_at_start_up(name: str, value: str) -> None:
+    """Read when the config is built (before serving), not at the first request that needs it."""
+    with pytest.raises(ConfigError, match=name):
+        GatewayConfig.from_env(Env({name: value}))
