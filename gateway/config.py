@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
 
 from plumbing.config import LOG_LEVELS, Env
 from plumbing.errors import ConfigError
@@ -74,6 +75,8 @@ class GatewayConfig:
     wake_linger_seconds: float = 60.0
     # Extra prefixes an SSO redirectUrl may start with (besides this server and loopback).
     sso_redirect_prefixes: tuple[str, ...] = field(default=())
+    # The built web client (`make web` writes web/dist); `/` serves it when it exists.
+    web_dist_dir: str = str(Path(__file__).resolve().parent.parent / "web" / "dist")
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewayConfig:
@@ -113,4 +116,5 @@ class GatewayConfig:
             sso_redirect_prefixes=tuple(
                 p.strip() for p in env.str("GATEWAY_SSO_REDIRECT_PREFIXES", "").split(",") if p.strip()
             ),
+            web_dist_dir=env.str("WEB_DIST_DIR", str(Path(__file__).resolve().parent.parent / "web" / "dist")),
         )

@@ -1,0 +1,371 @@
+import {
+  ClientEvent,
+  KnownMembership,
+  type MatrixEvent,
+  type Room,
+  RoomEvent,
+  RoomMemberEvent,
+} from 'matrix-js-sdk';
+import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
+import type { Ctx } from '../App';
+import { CardView } from '../components/CardView';
+import { ErrorText, useAction } from '../components/ui';
+import { CARD_TYPES, MUSIC_CARD, musicCardContent, SHARE_CARD, shareCardContent } from '../lib/cards';
+import { go, useEvents } from '../lib/hooks';
+import { t } from '../lib/i18n';
+import { editContent, formatTime, isEdit, latestEdits, localpart, typingText } from '../lib/present';
+
+const ROOM_EVENTS = [
+  RoomEvent.Timeline,
+  RoomEvent.Redaction,
+  RoomEvent.Receipt,
+  RoomEvent.LocalEchoUpdated,
+  RoomEvent.MyMembership,
+  RoomEvent.Name,
+  RoomEvent.TimelineReset,
+] as const;
+const CLIENT_EVENTS = [ClientEvent.Room, RoomMemberEvent.Typing] as const;
+
+function shown(e: MatrixEvent): boolean {
+  const type = e.getType();
+  if (type === 'm.room.message') return !isEdit(e.getContent()) || e.isRedacted();
+  return CARD_TYPES.has(type);
+}
+
+export function RoomView({ ctx, roomId }: { ctx: Ctx; roomId: string }) {
+  const { client } = ctx;
+  useEvents(client, CLIENT_EVENTS);
+  const room = client.getRoom(roomId);
+  if (!room) {
+    return (
+      <p class="loading pad" role="status">
+        {t('loading')}
+      </p>
+    );
+  }
+  return <Conversation ctx={ctx} room={room} />;
+}
+
+function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
+  const { client, session } = ctx;
+  useEvents(room, ROOM_EVENTS);
+  const me = session.userId;
+  const membership = room.getMyMembership();
+  const all = room.getLiveTimeline().getEvents();
+  const edits = latestEdits(
+    all.map((e) => ({ id: e.getId() ?? '', sender: e.getSender() ?? '', type: e.getType(), content: e.getContent() })),
+  );
+  const events = all.filter(shown);
+  const scroller = useRef<HTMLDivElement>(null);
+  const stick = useRef(true);
+  const [atStart, setAtStart] = useState(false);
+  const [editing, setEditing] = useState<MatrixEvent | null>(null);
+  const [busy, error, run] = useAction();
+
+  // Keep the newest message in view unless the reader scrolled up.
+  useLayoutEffect(() => {
+    const el = scroller.current;
+    if (el && stick.current) el.scrollTop = el.scrollHeight;
+  });
+  const onScroll = () => {
+    const el = scroller.current;
+    if (el) stick.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+  };
+
+  // Read receipt for the newest event from someone else, while the conversation is on screen.
+  const newest = [...all].reverse().find((e) => e.getSender() !== me && !e.isSending() && e.getId()?.startsWith('$'));
+  useEffect(() => {
+    if (!newest || membership !== KnownMembership.Join) return;
+    if (room.hasUserReadEvent(me, newest.getId() ?? '')) return;
+    void client.sendReadReceipt(newest).catch(() => undefined);
+  }, [newest?.getId(), membership]);
+
+  const typers = room
+    .getMembers()
+    .filter((m) => m.typing && m.userId !== me)
+    .map((m) => m.name || localpart(m.userId));
+
+  const mine = events.filter((e) => e.getSender() === me && !e.isRedacted());
+  const lastMine = mine[mine.length - 1];
+  const readers = lastMine
+    ? room
+        .getUsersReadUpTo(lastMine)
+        .filter((u) => u !== me)
+        .map((u) => room.getMember(u)?.name ?? localpart(u))
+    : [];
+
+  const loadEarlier = () =>
+    run(async () => {
+      stick.current = false;
+      await client.scrollback(room, 30);
+      setAtStart(room.getLiveTimeline().getPaginationToken('b' as never) === null);
+    });
+
+  if (membership === KnownMembership.Invite) {
+    return (
+      <div class="conversation">
+        <RoomHead room={room} />
+        <div class="invite pad">
+          <p>
+            {t('invited')}: {room.name}
+          </p>
+          <ErrorText error={error} />
+          <div class="row">
+            <button class="primary" disabled={busy} onClick={() => run(async () => void (await client.joinRoom(room.roomId)))}>
+              {t('join')}
+            </button>
+            <button
+              disabled={busy}
+              onClick={() =>
+                run(async () => {
+                  await client.leave(room.roomId);
+                  go('chats');
+                })
+              }
+            >
+              {t('decline')}
+            </button>
+          </div>
+        </div>
+      </div>
+    );
+  }
+
+  return (
+    <div class="conversation">
+      <RoomHead room={room} />
+      <div class="timeline" ref={scroller} onScroll={onScroll} role="log" aria-label={room.name} aria-live="polite">
+        <div class="timeline-start">
+          {atStart ? (
+            <p class="muted">{t('noEarlier')}</p>
+          ) : (
+            <button class="small" onClick={loadEarlier} disabled={busy}>
+              {t('loadEarlier')}
+            </button>
+          )}
+        </div>
+        <ol class="events">
+          {events.map((e) => (
+            <EventRow
+              key={e.getId() ?? e.getTxnId()}
+              event={e}
+              own={e.getSender() === me}
+              name={room.getMember(e.getSender() ?? '')?.name ?? localpart(e.getSender() ?? '')}
+              replacement={edits.get(e.getId() ?? '')}
+              readers={e === lastMine ? readers : []}
+              onEdit={() => setEditing(e)}
+              onDelete={() => run(async () => void (await client.redactEvent(room.roomId, e.getId() ?? '')))}
+            />
+          ))}
+        </ol>
+      </div>
+      <p class="typing" aria-live="polite" data-testid="typing">
+        {typingText(typers)}
+      </p>
+      <ErrorText error={error} />
+      <Composer ctx={ctx} room={room} editing={editing} edits={edits} onDone={() => setEditing(null)} />
+    </div>
+  );
+}
+
+function RoomHead({ room }: { room: Room }) {
+  return (
+    <header class="pane-head room-head">
+      <a href="#/chats" class="back" aria-label={t('back')}>
+        ‹
+      </a>
+      <h1>{room.name}</h1>
+      <span class="muted">{t('participants', { count: room.getJoinedMemberCount() })}</span>
+    </header>
+  );
+}
+
+interface RowProps {
+  event: MatrixEvent;
+  own: boolean;
+  name: string;
+  replacement?: Record<string, unknown>;
+  readers: string[];
+  onEdit: () => void;
+  onDelete: () => void;
+}
+
+function EventRow({ event, own, name, replacement, readers, onEdit, onDelete }: RowProps) {
+  const redacted = event.isRedacted();
+  const type = event.getType();
+  const content = replacement ?? event.getContent();
+  const editable = own && !redacted && type === 'm.room.message' && content.msgtype === 'm.text' && !event.isSending();
+  return (
+    <li class={`event ${own ? 'own' : ''} ${redacted ? 'redacted' : ''}`} data-event-id={event.getId()}>
+      {!own && <span class="sender">{name}</span>}
+      <div class="bubble">
+        {redacted ? (
+          <em class="muted">{t('deleted')}</em>
+        ) : type === 'm.room.message' ? (
+          <span class="text">{String(content.body ?? '')}</span>
+        ) : (
+          <CardView type={type} content={content} />
+        )}
+        {replacement && !redacted && <span class="muted edited"> {t('edited')}</span>}
+      </div>
+      <div class="meta">
+        <time dateTime={new Date(event.getTs()).toISOString()}>{formatTime(event.getTs())}</time>
+        {own && !redacted && !event.isSending() && (
+          <span class="actions">
+            {editable && (
+              <button class="link" onClick={onEdit} aria-label={`${t('edit')}: ${String(content.body ?? '')}`}>
+                {t('edit')}
+              </button>
+            )}
+            <button class="link" onClick={onDelete} aria-label={`${t('delete')}: ${String(content.body ?? '')}`}>
+              {t('delete')}
+            </button>
+          </span>
+        )}
+      </div>
+      {readers.length > 0 && (
+        <p class="receipt" data-testid="read-receipt">
+          {t('readBy', { names: readers.join(', ') })}
+        </p>
+      )}
+    </li>
+  );
+}
+
+interface ComposerProps {
+  ctx: Ctx;
+  room: Room;
+  editing: MatrixEvent | null;
+  edits: Map<string, Record<string, unknown>>;
+  onDone: () => void;
+}
+
+function Composer({ ctx, room, editing, edits, onDone }: ComposerProps) {
+  const { client } = ctx;
+  const [text, setText] = useState('');
+  const [attach, setAttach] = useState<'link' | 'music' | null>(null);
+  const typingSent = useRef(0);
+  const [busy, error, run] = useAction();
+  const input = useRef<HTMLTextAreaElement>(null);
+
+  useEffect(() => {
+    if (editing) {
+      const content = edits.get(editing.getId() ?? '') ?? editing.getContent();
+      setText(String(content.body ?? ''));
+      input.current?.focus();
+    }
+  }, [editing?.getId()]);
+
+  const onInput = (value: string) => {
+    setText(value);
+    const now = Date.now();
+    if (value && now - typingSent.current > 3000) {
+      typingSent.current = now;
+      void client.sendTyping(room.roomId, true, 6000).catch(() => undefined);
+    }
+  };
+  const send = (e?: Event) => {
+    e?.preventDefault();
+    const body = text.trim();
+    if (!body) return;
+    void run(async () => {
+      setText('');
+      typingSent.current = 0;
+      if (editing) {
+        await client.sendEvent(room.roomId, 'm.room.message' as never, editContent(editing.getId() ?? '', body) as never);
+        onDone();
+      } else {
+        await client.sendTextMessage(room.roomId, body);
+      }
+      void client.sendTyping(room.roomId, false, 0).catch(() => undefined);
+    });
+  };
+  return (
+    <div class="composer-wrap">
+      {attach && <Attach ctx={ctx} room={room} kind={attach} onClose={() => setAttach(null)} />}
+      {editing && (
+        <p class="editing">
+          {t('editing')}{' '}
+          <button
+            class="link"
+            onClick={() => {
+              onDone();
+              setText('');
+            }}
+          >
+            {t('cancel')}
+          </button>
+        </p>
+      )}
+      <ErrorText error={error} />
+      <form class="composer" onSubmit={send}>
+        <button type="button" class="icon" onClick={() => setAttach(attach === 'link' ? null : 'link')} aria-label={t('shareLink')}>
+          🔗
+        </button>
+        <button type="button" class="icon" onClick={() => setAttach(attach === 'music' ? null : 'music')} aria-label={t('shareMusic')}>
+          ♪
+        </button>
+        <label class="sr-only" for="composer-input">
+          {t('messageLabel')}
+        </label>
+        <textarea
+          id="composer-input"
+          ref={input}
+          rows={1}
+          placeholder={t('messageLabel')}
+          value={text}
+          maxLength={4000}
+          onInput={(e) => onInput(e.currentTarget.value)}
+          onKeyDown={(e) => {
+            if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) send(e);
+            if (e.key === 'Escape' && editing) onDone();
+          }}
+        />
+        <button class="primary" type="submit" disabled={busy || !text.trim()}>
+          {editing ? t('save') : t('send')}
+        </button>
+      </form>
+    </div>
+  );
+}
+
+function Attach({ ctx, room, kind, onClose }: { ctx: Ctx; room: Room; kind: 'link' | 'music'; onClose: () => void }) {
+  const [url, setUrl] = useState('');
+  const [title, setTitle] = useState('');
+  const [extra, setExtra] = useState('');
+  const [busy, error, run] = useAction();
+  const submit = (e: Event) => {
+    e.preventDefault();
+    void run(async () => {
+      const [type, content] =
+        kind === 'link' ? [SHARE_CARD, shareCardContent(url, title, extra)] : [MUSIC_CARD, musicCardContent(url, title, extra)];
+      await ctx.client.sendEvent(room.roomId, type as never, content as never);
+      onClose();
+    });
+  };
+  return (
+    <form class="panel attach" onSubmit={submit} aria-label={kind === 'link' ? t('shareLink') : t('shareMusic')}>
+      <label>
+        {kind === 'link' ? t('linkUrl') : t('musicUrl')}
+        <input name="url" type="url" required pattern="https?://.+" value={url} onInput={(e) => setUrl(e.currentTarget.value)} />
+      </label>
+      <label>
+        {t('linkTitle')}
+        <input name="title" required maxLength={256} value={title} onInput={(e) => setTitle(e.currentTarget.value)} />
+      </label>
+      <label>
+        {kind === 'link' ? t('description') : t('artist')}
+        <input name="extra" maxLength={kind === 'link' ? 2048 : 256} value={extra} onInput={(e) => setExtra(e.currentTarget.value)} />
+      </label>
+      <ErrorText error={error} />
+      <div class="row">
+        <button type="button" onClick={onClose}>
+          {t('cancel')}
+        </button>
+        <button class="primary" type="submit" disabled={busy}>
+          {t('send')}
+        </button>
+      </div>
+    </form>
+  );
+}
