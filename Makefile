@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help run demo test install proto check-proto lint format bench bench-contacts bench-chat bench-auth \
+.PHONY: help run demo test install proto web web-test check-proto lint format bench bench-contacts bench-chat bench-auth \
 	bench-zhadui clean-data image
 
 # `make help` prints every target that has a `## ` description (a test checks that all of them do).
@@ -26,6 +26,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
 $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The web client: rebuilt only when its sources, the OpenAPI document or the npm lock changed.
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json \
+	gateway/openapi.json package-lock.json
+
+web/dist/index.html: $(WEB_SOURCES) | $(BUF)
+	npm run --silent web:build
+	@touch $@
+
+web: web/dist/index.html ## build the web client into web/dist (the gateway serves it at /)
+
+web-test: $(BUF) ## Vitest unit tests of the web client's own logic
+	npm run --silent web:test
 
 install: $(VENV)/.installed $(BUF) ## .venv (pinned packages) and node_modules (buf); the other targets do it when needed
 
@@ -48,10 +61,10 @@ format: install ## ruff --fix and ruff format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: check-proto lint ## lint, contract checks and every test (unit, integration, e2e)
+test: check-proto lint web web-test ## lint, contract checks and every test (unit, integration, e2e, browser)
 	$(PY) -m pytest
 
-run: proto ## the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client
+run: proto web ## the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client
 	$(VENV)/bin/laiwang run
 
 # Against the stack `make run` started (same GATEWAY_PORT and LAIWANG_DATA_DIR); safe to repeat.

@@ -47,7 +47,8 @@ async def run_stack() -> None:
     for name, address, pid in rows:
         print(f"{name:<14}{address:<52}{pid}")
     print(
-        f"\nLaiwang is ready in {elapsed:.1f}s. Point a Matrix client at {config.gateway_url}"
+        f"\nLaiwang is ready in {elapsed:.1f}s. Open {config.gateway_url}/ in a browser for the web client,"
+        f" or point a Matrix client at {config.gateway_url}"
         f" (server name {config.server_name}); data lives in {config.data_dir}. Ctrl-C stops everything.\n",
         flush=True,
     )

@@ -46,14 +46,25 @@ function SignedIn({ session, onSignedOut }: { session: Session; onSignedOut: () 
   );
   const api = useMemo(() => laiwangApi(baseUrl, () => session.accessToken), [session]);
   const [sync, setSync] = useState<SyncState | null>(null);
+  const [online, setOnline] = useState(navigator.onLine);
 
   useEffect(() => {
     const onSync = (state: SyncState) => setSync(state);
     const onLoggedOut = () => onSignedOut();
     client.on(ClientEvent.Sync, onSync);
     client.on(HttpApiEvent.SessionLoggedOut, onLoggedOut);
+    // The browser knows first when the network goes; when it is back, sync retries at once.
+    const wentOffline = () => setOnline(false);
+    const cameBack = () => {
+      setOnline(true);
+      client.retryImmediately();
+    };
+    window.addEventListener('offline', wentOffline);
+    window.addEventListener('online', cameBack);
     void client.startClient({ initialSyncLimit: 30, pollTimeout: 25_000 });
     return () => {
+      window.removeEventListener('offline', wentOffline);
+      window.removeEventListener('online', cameBack);
       client.off(ClientEvent.Sync, onSync);
       client.off(HttpApiEvent.SessionLoggedOut, onLoggedOut);
       client.stopClient();
@@ -70,7 +81,7 @@ function SignedIn({ session, onSignedOut }: { session: Session; onSignedOut: () 
   const ctx: Ctx = { client, api, session, signOut };
   const route = useHashRoute();
   const tab = ['chats', 'friends', 'zhadui', 'me'].includes(route[0]) ? route[0] : 'chats';
-  const offline = sync === SyncState.Error || sync === SyncState.Reconnecting;
+  const offline = !online || sync === SyncState.Error || sync === SyncState.Reconnecting;
   const ready = sync !== null && sync !== SyncState.Stopped && (sync !== SyncState.Error || client.isInitialSyncComplete());
 
   return (
@@ -90,7 +101,7 @@ function SignedIn({ session, onSignedOut }: { session: Session; onSignedOut: () 
         {(['chats', 'friends', 'zhadui', 'me'] as const).map((name) => (
           <a key={name} href={`#/${name}`} aria-current={tab === name ? 'page' : undefined} class={`nav-${name}`}>
             <span class="nav-icon" aria-hidden="true">
-              {{ chats: '💬', friends: '👥', zhadui: '🔥', me: '👤' }[name]}
+              {{ chats: '✉', friends: '☺', zhadui: '✦', me: '⚙' }[name]}
             </span>
             <span>{t(name)}</span>
           </a>

@@ -115,9 +115,11 @@ async function main() {
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   const errors = [];
+  const pages = [];
   const open = async (p) => {
     const context = await browser.newContext({ locale: p.locale, viewport: PHONE });
     const page = await context.newPage();
+    pages.push([p.name, page]);
     page.on('pageerror', (e) => errors.push(`${p.name}: ${e.message}`));
     page.on('console', (m) => {
       if (m.type() === 'error' && /Content.Security.Policy|Refused to/i.test(m.text())) errors.push(`${p.name}: CSP: ${m.text()}`);
@@ -292,6 +294,9 @@ async function main() {
 
     if (errors.length > 0) throw new Error(`page errors: ${errors.join('; ')}`);
     console.log(JSON.stringify({ ok: true, screenshots: SHOTS }));
+  } catch (error) {
+    for (const [name, page] of pages) await page.screenshot({ path: join(SHOTS, `failure-${name}.png`) }).catch(() => undefined);
+    throw error;
   } finally {
     await browser.close();
   }

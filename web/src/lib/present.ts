@@ -83,3 +83,10 @@ export function isEdit(content: Record<string, unknown>): boolean {
   const relation = content['m.relates_to'] as { rel_type?: unknown } | undefined;
   return relation?.rel_type === 'm.replace';
 }
+
+/** Who has read up to `eventId`: a reader's receipt at that event or any later one in `order`. */
+export function readersUpTo(order: readonly string[], eventId: string, receipts: ReadonlyMap<string, string>): string[] {
+  const target = order.indexOf(eventId);
+  if (target < 0) return [];
+  return [...receipts].filter(([, readAt]) => order.indexOf(readAt) >= target).map(([userId]) => userId);
+}

@@ -14,6 +14,7 @@ import { go, useEvents } from '../lib/hooks';
 import { t } from '../lib/i18n';
 import { ok } from '../lib/laiwang';
 import { formatTime, isEdit, previewOf, unreadBadge } from '../lib/present';
+import { roomName } from '../lib/rooms';
 import { RoomView } from './Room';
 
 const LIST_EVENTS = [
@@ -100,9 +101,9 @@ function RoomRow({ room, selected }: { room: Room; selected: boolean }) {
       aria-current={selected ? 'true' : undefined}
       data-room-id={room.roomId}
     >
-      <Avatar name={room.name} />
+      <Avatar name={roomName(room)} />
       <span class="room-main">
-        <span class="room-name">{room.name}</span>
+        <span class="room-name">{roomName(room)}</span>
         <span class="room-last">{invited ? t('invited') : last.text}</span>
       </span>
       <span class="room-meta">

@@ -12,8 +12,9 @@ import { CardView } from '../components/CardView';
 import { ErrorText, useAction } from '../components/ui';
 import { CARD_TYPES, MUSIC_CARD, musicCardContent, SHARE_CARD, shareCardContent } from '../lib/cards';
 import { go, useEvents } from '../lib/hooks';
+import { roomName } from '../lib/rooms';
 import { t } from '../lib/i18n';
-import { editContent, formatTime, isEdit, latestEdits, localpart, typingText } from '../lib/present';
+import { editContent, formatTime, isEdit, latestEdits, localpart, readersUpTo, typingText } from '../lib/present';
 
 const ROOM_EVENTS = [
   RoomEvent.Timeline,
@@ -25,6 +26,12 @@ const ROOM_EVENTS = [
   RoomEvent.TimelineReset,
 ] as const;
 const CLIENT_EVENTS = [ClientEvent.Room, RoomMemberEvent.Typing] as const;
+
+/** A member's display name, or their localpart when they set none (never the full @id:server). */
+function displayName(room: Room, userId: string): string {
+  const name = room.getMember(userId)?.rawDisplayName;
+  return name && name !== userId ? name : localpart(userId);
+}
 
 function shown(e: MatrixEvent): boolean {
   const type = e.getType();
@@ -74,24 +81,37 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
 
   // Read receipt for the newest event from someone else, while the conversation is on screen.
   const newest = [...all].reverse().find((e) => e.getSender() !== me && !e.isSending() && e.getId()?.startsWith('$'));
+  // Not room.hasUserReadEvent: the SDK counts our own later events (our join) as an implicit read,
+  // and the sender would then never see a receipt. Explicit receipts only move forward on the server.
+  const receipted = useRef('');
   useEffect(() => {
-    if (!newest || membership !== KnownMembership.Join) return;
-    if (room.hasUserReadEvent(me, newest.getId() ?? '')) return;
-    void client.sendReadReceipt(newest).catch(() => undefined);
+    const id = newest?.getId();
+    if (!newest || !id || membership !== KnownMembership.Join || receipted.current === id) return;
+    if (room.getReadReceiptForUserId(me, true)?.eventId === id) return;
+    receipted.current = id;
+    void client.sendReadReceipt(newest).catch(() => {
+      receipted.current = '';
+    });
   }, [newest?.getId(), membership]);
 
   const typers = room
     .getMembers()
     .filter((m) => m.typing && m.userId !== me)
-    .map((m) => m.name || localpart(m.userId));
+    .map((m) => displayName(room, m.userId));
 
   const mine = events.filter((e) => e.getSender() === me && !e.isRedacted());
   const lastMine = mine[mine.length - 1];
+  const receipts = new Map<string, string>();
+  for (const member of room.getJoinedMembers()) {
+    const readAt = member.userId !== me ? room.getReadReceiptForUserId(member.userId, true)?.eventId : undefined;
+    if (readAt) receipts.set(member.userId, readAt);
+  }
   const readers = lastMine
-    ? room
-        .getUsersReadUpTo(lastMine)
-        .filter((u) => u !== me)
-        .map((u) => room.getMember(u)?.name ?? localpart(u))
+    ? readersUpTo(
+        all.map((e) => e.getId() ?? ''),
+        lastMine.getId() ?? '',
+        receipts,
+      ).map((u) => displayName(room, u))
     : [];
 
   const loadEarlier = () =>
@@ -134,7 +154,7 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
   return (
     <div class="conversation">
       <RoomHead room={room} />
-      <div class="timeline" ref={scroller} onScroll={onScroll} role="log" aria-label={room.name} aria-live="polite">
+      <div class="timeline" ref={scroller} onScroll={onScroll} role="log" aria-label={roomName(room)} aria-live="polite">
         <div class="timeline-start">
           {atStart ? (
             <p class="muted">{t('noEarlier')}</p>
@@ -150,7 +170,7 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
               key={e.getId() ?? e.getTxnId()}
               event={e}
               own={e.getSender() === me}
-              name={room.getMember(e.getSender() ?? '')?.name ?? localpart(e.getSender() ?? '')}
+              name={displayName(room, e.getSender() ?? '')}
               replacement={edits.get(e.getId() ?? '')}
               readers={e === lastMine ? readers : []}
               onEdit={() => setEditing(e)}
@@ -174,7 +194,7 @@ function RoomHead({ room }: { room: Room }) {
       <a href="#/chats" class="back" aria-label={t('back')}>
         ‹
       </a>
-      <h1>{room.name}</h1>
+      <h1>{roomName(room)}</h1>
       <span class="muted">{t('participants', { count: room.getJoinedMemberCount() })}</span>
     </header>
   );
@@ -300,7 +320,7 @@ function Composer({ ctx, room, editing, edits, onDone }: ComposerProps) {
       <ErrorText error={error} />
       <form class="composer" onSubmit={send}>
         <button type="button" class="icon" onClick={() => setAttach(attach === 'link' ? null : 'link')} aria-label={t('shareLink')}>
-          🔗
+          ↗
         </button>
         <button type="button" class="icon" onClick={() => setAttach(attach === 'music' ? null : 'music')} aria-label={t('shareMusic')}>
           ♪
