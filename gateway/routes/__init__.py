@@ -24,6 +24,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.media",
     "gateway.routes.zhadui",
     "gateway.routes.contacts",
+    "gateway.routes.apps",
     "gateway.routes.root",
 )
 

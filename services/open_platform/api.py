@@ -2,11 +2,114 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
+from laiwang.open_platform.v1 import open_platform_pb2 as pb
 from laiwang.open_platform.v1 import open_platform_pb2_grpc
+from plumbing.grpc_errors import maps_domain_errors
+from services.open_platform.core import App, AppRegistry, AppSettings, bot_user_id, validate_settings
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
+    def __init__(self, registry: AppRegistry, server_name: str, allow_loopback_webhooks: bool) -> None:
+        self._registry = registry
+        self._server_name = server_name
+        self._allow_loopback = allow_loopback_webhooks
+
     def register(self, server: grpc.aio.Server) -> None:
         open_platform_pb2_grpc.add_OpenPlatformServiceServicer_to_server(self, server)
+
+    def _settings(self, s: pb.AppSettings) -> AppSettings:
+        return validate_settings(
+            s.name,
+            s.description,
+            s.icon_url,
+            s.homepage_url,
+            list(s.redirect_uris),
+            s.webhook_url,
+            list(s.scopes),
+            allow_loopback_webhooks=self._allow_loopback,
+        )
+
+    def _app(self, app: App) -> pb.App:
+        s = app.settings
+        now = _now_ms()
+        return pb.App(
+            client_id=app.client_id,
+            owner_user_id=app.owner,
+            settings=pb.AppSettings(
+                name=s.name,
+                description=s.description,
+                icon_url=s.icon_url,
+                homepage_url=s.homepage_url,
+                redirect_uris=list(s.redirect_uris),
+                webhook_url=s.webhook_url,
+                scopes=list(s.scopes),
+            ),
+            public_client=app.public_client,
+            suspended=app.suspended,
+            created_at_ms=app.created_ms,
+            updated_at_ms=app.updated_ms,
+            bot_user_id=bot_user_id(app.client_id, self._server_name),
+            webhook_secret_rotated_at_ms=app.webhook_rotated_ms,
+            previous_webhook_secret_expires_at_ms=app.previous_expires_ms(now),
+        )
+
+    @maps_domain_errors
+    async def CreateApp(self, request: pb.CreateAppRequest, context: grpc.aio.ServicerContext) -> pb.CreateAppResponse:
+        created = await self._registry.create(
+            request.caller_user_id, self._settings(request.settings), request.public_client, _now_ms()
+        )
+        return pb.CreateAppResponse(
+            app=self._app(created.app), client_secret=created.client_secret, webhook_secret=created.webhook_secret
+        )
+
+    @maps_domain_errors
+    async def ListApps(self, request: pb.ListAppsRequest, context: grpc.aio.ServicerContext) -> pb.ListAppsResponse:
+        return pb.ListAppsResponse(apps=[self._app(app) for app in await self._registry.list(request.caller_user_id)])
+
+    @maps_domain_errors
+    async def GetApp(self, request: pb.GetAppRequest, context: grpc.aio.ServicerContext) -> pb.GetAppResponse:
+        return pb.GetAppResponse(app=self._app(await self._registry.get(request.caller_user_id, request.client_id)))
+
+    @maps_domain_errors
+    async def UpdateApp(self, request: pb.UpdateAppRequest, context: grpc.aio.ServicerContext) -> pb.UpdateAppResponse:
+        settings = self._settings(request.settings)
+        app = await self._registry.update(request.caller_user_id, request.client_id, settings, _now_ms())
+        return pb.UpdateAppResponse(app=self._app(app))
+
+    @maps_domain_errors
+    async def SetAppSuspended(
+        self, request: pb.SetAppSuspendedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetAppSuspendedResponse:
+        app = await self._registry.set_suspended(
+            request.caller_user_id, request.client_id, request.suspended, _now_ms()
+        )
+        return pb.SetAppSuspendedResponse(app=self._app(app))
+
+    @maps_domain_errors
+    async def DeleteApp(self, request: pb.DeleteAppRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAppResponse:
+        await self._registry.delete(request.caller_user_id, request.client_id)
+        return pb.DeleteAppResponse()
+
+    @maps_domain_errors
+    async def RotateClientSecret(
+        self, request: pb.RotateClientSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateClientSecretResponse:
+        app, secret = await self._registry.rotate_client_secret(request.caller_user_id, request.client_id, _now_ms())
+        return pb.RotateClientSecretResponse(app=self._app(app), client_secret=secret)
+
+    @maps_domain_errors
+    async def RotateWebhookSecret(
+        self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateWebhookSecretResponse:
+        app, secret = await self._registry.rotate_webhook_secret(
+            request.caller_user_id, request.client_id, request.overlap_seconds * 1000, _now_ms()
+        )
+        return pb.RotateWebhookSecretResponse(app=self._app(app), webhook_secret=secret)

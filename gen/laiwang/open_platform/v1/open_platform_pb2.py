@@ -24,13 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,laiwang/open_platform/v1/open_platform.proto\x12\x18laiwang.open_platform.v12\x15\n\x13OpenPlatformServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,laiwang/open_platform/v1/open_platform.proto\x12\x18laiwang.open_platform.v1\"\x94\x01\n\x0b\x41ppSettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08icon_url\x18\x03 \x01(\t\x12\x14\n\x0chomepage_url\x18\x04 \x01(\t\x12\x15\n\rredirect_uris\x18\x05 \x03(\t\x12\x13\n\x0bwebhook_url\x18\x06 \x01(\t\x12\x0e\n\x06scopes\x18\x07 \x03(\t\"\xaa\x02\n\x03\x41pp\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rowner_user_id\x18\x02 \x01(\t\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32%.laiwang.open_platform.v1.AppSettings\x12\x15\n\rpublic_client\x18\x04 \x01(\x08\x12\x11\n\tsuspended\x18\x05 \x01(\x08\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x07 \x01(\x03\x12\x13\n\x0b\x62ot_user_id\x18\x08 \x01(\t\x12$\n\x1cwebhook_secret_rotated_at_ms\x18\t \x01(\x03\x12-\n%previous_webhook_secret_expires_at_ms\x18\n \x01(\x03\"z\n\x10\x43reateAppRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.laiwang.open_platform.v1.AppSettings\x12\x15\n\rpublic_client\x18\x03 \x01(\x08\"n\n\x11\x43reateAppResponse\x12*\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x1d.laiwang.open_platform.v1.App\x12\x15\n\rclient_secret\x18\x02 \x01(\t\x12\x16\n\x0ewebhook_secret\x18\x03 \x01(\t\")\n\x0fListAppsRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\"?\n\x10ListAppsResponse\x12+\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x1d.laiwang.open_platform.v1.App\":\n\rGetAppRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\"<\n\x0eGetAppResponse\x12*\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x1d.laiwang.open_platform.v1.App\"v\n\x10UpdateAppRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32%.laiwang.open_platform.v1.AppSettings\"?\n\x11UpdateAppResponse\x12*\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x1d.laiwang.open_platform.v1.App\"V\n\x16SetAppSuspendedRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x11\n\tsuspended\x18\x03 \x01(\x08\"E\n\x17SetAppSuspendedResponse\x12*\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x1d.laiwang.open_platform.v1.App\"=\n\x10\x44\x65leteAppRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteAppResponse\"F\n\x19RotateClientSecretRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\"_\n\x1aRotateClientSecretResponse\x12*\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x1d.laiwang.open_platform.v1.App\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"`\n\x1aRotateWebhookSecretRequest\x12\x16\n\x0e\x63\x61ller_user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x17\n\x0foverlap_seconds\x18\x03 \x01(\x03\"a\n\x1bRotateWebhookSecretResponse\x12*\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x1d.laiwang.open_platform.v1.App\x12\x16\n\x0ewebhook_secret\x18\x02 \x01(\t2\x85\x07\n\x13OpenPlatformService\x12\x64\n\tCreateApp\x12*.laiwang.open_platform.v1.CreateAppRequest\x1a+.laiwang.open_platform.v1.CreateAppResponse\x12\x61\n\x08ListApps\x12).laiwang.open_platform.v1.ListAppsRequest\x1a*.laiwang.open_platform.v1.ListAppsResponse\x12[\n\x06GetApp\x12\'.laiwang.open_platform.v1.GetAppRequest\x1a(.laiwang.open_platform.v1.GetAppResponse\x12\x64\n\tUpdateApp\x12*.laiwang.open_platform.v1.UpdateAppRequest\x1a+.laiwang.open_platform.v1.UpdateAppResponse\x12v\n\x0fSetAppSuspended\x12\x30.laiwang.open_platform.v1.SetAppSuspendedRequest\x1a\x31.laiwang.open_platform.v1.SetAppSuspendedResponse\x12\x64\n\tDeleteApp\x12*.laiwang.open_platform.v1.DeleteAppRequest\x1a+.laiwang.open_platform.v1.DeleteAppResponse\x12\x7f\n\x12RotateClientSecret\x12\x33.laiwang.open_platform.v1.RotateClientSecretRequest\x1a\x34.laiwang.open_platform.v1.RotateClientSecretResponse\x12\x82\x01\n\x13RotateWebhookSecret\x12\x34.laiwang.open_platform.v1.RotateWebhookSecretRequest\x1a\x35.laiwang.open_platform.v1.RotateWebhookSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'laiwang.open_platform.v1.open_platform_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPENPLATFORMSERVICE']._serialized_start=74
-  _globals['_OPENPLATFORMSERVICE']._serialized_end=95
+  _globals['_APPSETTINGS']._serialized_start=75
+  _globals['_APPSETTINGS']._serialized_end=223
+  _globals['_APP']._serialized_start=226
+  _globals['_APP']._serialized_end=524
+  _globals['_CREATEAPPREQUEST']._serialized_start=526
+  _globals['_CREATEAPPREQUEST']._serialized_end=648
+  _globals['_CREATEAPPRESPONSE']._serialized_start=650
+  _globals['_CREATEAPPRESPONSE']._serialized_end=760
+  _globals['_LISTAPPSREQUEST']._serialized_start=762
+  _globals['_LISTAPPSREQUEST']._serialized_end=803
+  _globals['_LISTAPPSRESPONSE']._serialized_start=805
+  _globals['_LISTAPPSRESPONSE']._serialized_end=868
+  _globals['_GETAPPREQUEST']._serialized_start=870
+  _globals['_GETAPPREQUEST']._serialized_end=928
+  _globals['_GETAPPRESPONSE']._serialized_start=930
+  _globals['_GETAPPRESPONSE']._serialized_end=990
+  _globals['_UPDATEAPPREQUEST']._serialized_start=992
+  _globals['_UPDATEAPPREQUEST']._serialized_end=1110
+  _globals['_UPDATEAPPRESPONSE']._serialized_start=1112
+  _globals['_UPDATEAPPRESPONSE']._serialized_end=1175
+  _globals['_SETAPPSUSPENDEDREQUEST']._serialized_start=1177
+  _globals['_SETAPPSUSPENDEDREQUEST']._serialized_end=1263
+  _globals['_SETAPPSUSPENDEDRESPONSE']._serialized_start=1265
+  _globals['_SETAPPSUSPENDEDRESPONSE']._serialized_end=1334
+  _globals['_DELETEAPPREQUEST']._serialized_start=1336
+  _globals['_DELETEAPPREQUEST']._serialized_end=1397
+  _globals['_DELETEAPPRESPONSE']._serialized_start=1399
+  _globals['_DELETEAPPRESPONSE']._serialized_end=1418
+  _globals['_ROTATECLIENTSECRETREQUEST']._serialized_start=1420
+  _globals['_ROTATECLIENTSECRETREQUEST']._serialized_end=1490
+  _globals['_ROTATECLIENTSECRETRESPONSE']._serialized_start=1492
+  _globals['_ROTATECLIENTSECRETRESPONSE']._serialized_end=1587
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1589
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1685
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_start=1687
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_end=1784
+  _globals['_OPENPLATFORMSERVICE']._serialized_start=1787
+  _globals['_OPENPLATFORMSERVICE']._serialized_end=2688
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,476 @@
 isort:skip_file
 The open_platform service's gRPC contract. Only the gateway and other services' clients use it;
 nothing outside this package may read the service's database.
+
+App registry: a Laiwang user (the owner) registers partner apps. `caller_user_id` is always the
+authenticated caller as resolved by the gateway; an app is visible to its owner only (NOT_FOUND
+for everyone else, so that client ids cannot be probed).
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class AppSettings(_message.Message):
+    """What an owner sets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ICON_URL_FIELD_NUMBER: _builtins.int
+    HOMEPAGE_URL_FIELD_NUMBER: _builtins.int
+    REDIRECT_URIS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    icon_url: _builtins.str
+    """https URL of a square icon."""
+    homepage_url: _builtins.str
+    webhook_url: _builtins.str
+    """Where events are delivered (https; loopback only behind a development setting)."""
+    @_builtins.property
+    def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OAuth2 redirect URIs, matched exactly."""
+
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The scopes the app may ask users for: profile:read, cards:write, subscribers:message, payments."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        icon_url: _builtins.str = ...,
+        homepage_url: _builtins.str = ...,
+        redirect_uris: _abc.Iterable[_builtins.str] | None = ...,
+        webhook_url: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "homepage_url", b"homepage_url", "icon_url", b"icon_url", "name", b"name", "redirect_uris", b"redirect_uris", "scopes", b"scopes", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppSettings: _TypeAlias = AppSettings  # noqa: Y015
+
+@_typing.final
+class App(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    OWNER_USER_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    PUBLIC_CLIENT_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
+    BOT_USER_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_ROTATED_AT_MS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WEBHOOK_SECRET_EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    owner_user_id: _builtins.str
+    public_client: _builtins.bool
+    """A public client (a mobile or single-page app) has no secret it can keep and must use PKCE S256."""
+    suspended: _builtins.bool
+    created_at_ms: _builtins.int
+    updated_at_ms: _builtins.int
+    bot_user_id: _builtins.str
+    """The app's Matrix identity, e.g. @app_<id>:<server>."""
+    webhook_secret_rotated_at_ms: _builtins.int
+    previous_webhook_secret_expires_at_ms: _builtins.int
+    """0 when no previous secret signs any more."""
+    @_builtins.property
+    def settings(self) -> Global___AppSettings: ...
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        owner_user_id: _builtins.str = ...,
+        settings: Global___AppSettings | None = ...,
+        public_client: _builtins.bool = ...,
+        suspended: _builtins.bool = ...,
+        created_at_ms: _builtins.int = ...,
+        updated_at_ms: _builtins.int = ...,
+        bot_user_id: _builtins.str = ...,
+        webhook_secret_rotated_at_ms: _builtins.int = ...,
+        previous_webhook_secret_expires_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_user_id", b"bot_user_id", "client_id", b"client_id", "created_at_ms", b"created_at_ms", "owner_user_id", b"owner_user_id", "previous_webhook_secret_expires_at_ms", b"previous_webhook_secret_expires_at_ms", "public_client", b"public_client", "settings", b"settings", "suspended", b"suspended", "updated_at_ms", b"updated_at_ms", "webhook_secret_rotated_at_ms", b"webhook_secret_rotated_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___App: _TypeAlias = App  # noqa: Y015
+
+@_typing.final
+class CreateAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    PUBLIC_CLIENT_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    public_client: _builtins.bool
+    @_builtins.property
+    def settings(self) -> Global___AppSettings: ...
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        settings: Global___AppSettings | None = ...,
+        public_client: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "public_client", b"public_client", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAppRequest: _TypeAlias = CreateAppRequest  # noqa: Y015
+
+@_typing.final
+class CreateAppResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    client_secret: _builtins.str
+    """Empty for public clients."""
+    webhook_secret: _builtins.str
+    @_builtins.property
+    def app(self) -> Global___App: ...
+    def __init__(
+        self,
+        *,
+        app: Global___App | None = ...,
+        client_secret: _builtins.str = ...,
+        webhook_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_secret", b"client_secret", "webhook_secret", b"webhook_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAppResponse: _TypeAlias = CreateAppResponse  # noqa: Y015
+
+@_typing.final
+class ListAppsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAppsRequest: _TypeAlias = ListAppsRequest  # noqa: Y015
+
+@_typing.final
+class ListAppsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def apps(self) -> _containers.RepeatedCompositeFieldContainer[Global___App]: ...
+    def __init__(
+        self,
+        *,
+        apps: _abc.Iterable[Global___App] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps", b"apps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAppsResponse: _TypeAlias = ListAppsResponse  # noqa: Y015
+
+@_typing.final
+class GetAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAppRequest: _TypeAlias = GetAppRequest  # noqa: Y015
+
+@_typing.final
+class GetAppResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def app(self) -> Global___App: ...
+    def __init__(
+        self,
+        *,
+        app: Global___App | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAppResponse: _TypeAlias = GetAppResponse  # noqa: Y015
+
+@_typing.final
+class UpdateAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    @_builtins.property
+    def settings(self) -> Global___AppSettings: ...
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        settings: Global___AppSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAppRequest: _TypeAlias = UpdateAppRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAppResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def app(self) -> Global___App: ...
+    def __init__(
+        self,
+        *,
+        app: Global___App | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAppResponse: _TypeAlias = UpdateAppResponse  # noqa: Y015
+
+@_typing.final
+class SetAppSuspendedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    suspended: _builtins.bool
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        suspended: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id", "suspended", b"suspended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAppSuspendedRequest: _TypeAlias = SetAppSuspendedRequest  # noqa: Y015
+
+@_typing.final
+class SetAppSuspendedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def app(self) -> Global___App: ...
+    def __init__(
+        self,
+        *,
+        app: Global___App | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAppSuspendedResponse: _TypeAlias = SetAppSuspendedResponse  # noqa: Y015
+
+@_typing.final
+class DeleteAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAppRequest: _TypeAlias = DeleteAppRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAppResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAppResponse: _TypeAlias = DeleteAppResponse  # noqa: Y015
+
+@_typing.final
+class RotateClientSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateClientSecretRequest: _TypeAlias = RotateClientSecretRequest  # noqa: Y015
+
+@_typing.final
+class RotateClientSecretResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    client_secret: _builtins.str
+    @_builtins.property
+    def app(self) -> Global___App: ...
+    def __init__(
+        self,
+        *,
+        app: Global___App | None = ...,
+        client_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_secret", b"client_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateClientSecretResponse: _TypeAlias = RotateClientSecretResponse  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_SECONDS_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    overlap_seconds: _builtins.int
+    """How long the previous secret keeps signing; 0 means the service default (24 h)."""
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        overlap_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id", "overlap_seconds", b"overlap_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    webhook_secret: _builtins.str
+    @_builtins.property
+    def app(self) -> Global___App: ...
+    def __init__(
+        self,
+        *,
+        app: Global___App | None = ...,
+        webhook_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "webhook_secret", b"webhook_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretResponse: _TypeAlias = RotateWebhookSecretResponse  # noqa: Y015

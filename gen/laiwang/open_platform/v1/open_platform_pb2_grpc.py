@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from laiwang.open_platform.v1 import open_platform_pb2 as laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -33,14 +34,150 @@ class OpenPlatformServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateApp = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/CreateApp',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CreateAppRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CreateAppResponse.FromString,
+                _registered_method=True)
+        self.ListApps = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ListApps',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAppsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAppsResponse.FromString,
+                _registered_method=True)
+        self.GetApp = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/GetApp',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetAppRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetAppResponse.FromString,
+                _registered_method=True)
+        self.UpdateApp = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/UpdateApp',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateAppRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateAppResponse.FromString,
+                _registered_method=True)
+        self.SetAppSuspended = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/SetAppSuspended',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SetAppSuspendedRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SetAppSuspendedResponse.FromString,
+                _registered_method=True)
+        self.DeleteApp = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/DeleteApp',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.DeleteAppRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.DeleteAppResponse.FromString,
+                _registered_method=True)
+        self.RotateClientSecret = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/RotateClientSecret',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateClientSecretRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateClientSecretResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/RotateWebhookSecret',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class OpenPlatformServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def CreateApp(self, request, context):
+        """Registers an app. The client secret and the webhook signing secret are returned here once;
+        the service keeps only a hash of the client secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApps(self, request, context):
+        """The caller's apps, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateApp(self, request, context):
+        """Replaces the app's settings as a whole (PUT semantics).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAppSuspended(self, request, context):
+        """A suspended app's tokens stop working and nothing is delivered to it; resuming undoes that.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteApp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateClientSecret(self, request, context):
+        """A new client secret, returned once; the old one stops working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """A new webhook signing secret; the previous one keeps signing (beside the new one) until
+        `previous_webhook_secret_expires_at_ms`, so receivers can switch without losing deliveries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenPlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApp,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CreateAppRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CreateAppResponse.SerializeToString,
+            ),
+            'ListApps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApps,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAppsRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAppsResponse.SerializeToString,
+            ),
+            'GetApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApp,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetAppRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetAppResponse.SerializeToString,
+            ),
+            'UpdateApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApp,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateAppRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateAppResponse.SerializeToString,
+            ),
+            'SetAppSuspended': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAppSuspended,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SetAppSuspendedRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SetAppSuspendedResponse.SerializeToString,
+            ),
+            'DeleteApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteApp,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.DeleteAppRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.DeleteAppResponse.SerializeToString,
+            ),
+            'RotateClientSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateClientSecret,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateClientSecretRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateClientSecretResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'laiwang.open_platform.v1.OpenPlatformService', rpc_method_handlers)
@@ -51,3 +188,219 @@ def add_OpenPlatformServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OpenPlatformService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/CreateApp',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CreateAppRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CreateAppResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ListApps',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAppsRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAppsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/GetApp',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetAppRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetAppResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/UpdateApp',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateAppRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateAppResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAppSuspended(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/SetAppSuspended',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SetAppSuspendedRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SetAppSuspendedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/DeleteApp',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.DeleteAppRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.DeleteAppResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateClientSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/RotateClientSecret',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateClientSecretRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateClientSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/RotateWebhookSecret',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -3,10 +3,15 @@
 isort:skip_file
 The open_platform service's gRPC contract. Only the gateway and other services' clients use it;
 nothing outside this package may read the service's database.
+
+App registry: a Laiwang user (the owner) registers partner apps. `caller_user_id` is always the
+authenticated caller as resolved by the gateway; an app is visible to its owner only (NOT_FOUND
+for everyone else, so that client ids cannot be probed).
 """
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from laiwang.open_platform.v1 import open_platform_pb2 as _open_platform_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -32,12 +37,112 @@ class OpenPlatformServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OpenPlatformServiceAsyncStub: ...
+    CreateApp: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.CreateAppRequest, _open_platform_pb2.CreateAppResponse]
+    """Registers an app. The client secret and the webhook signing secret are returned here once;
+    the service keeps only a hash of the client secret.
+    """
+    ListApps: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListAppsRequest, _open_platform_pb2.ListAppsResponse]
+    """The caller's apps, newest first."""
+    GetApp: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.GetAppRequest, _open_platform_pb2.GetAppResponse]
+    UpdateApp: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.UpdateAppRequest, _open_platform_pb2.UpdateAppResponse]
+    """Replaces the app's settings as a whole (PUT semantics)."""
+    SetAppSuspended: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.SetAppSuspendedRequest, _open_platform_pb2.SetAppSuspendedResponse]
+    """A suspended app's tokens stop working and nothing is delivered to it; resuming undoes that."""
+    DeleteApp: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.DeleteAppRequest, _open_platform_pb2.DeleteAppResponse]
+    RotateClientSecret: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.RotateClientSecretRequest, _open_platform_pb2.RotateClientSecretResponse]
+    """A new client secret, returned once; the old one stops working at once."""
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.RotateWebhookSecretRequest, _open_platform_pb2.RotateWebhookSecretResponse]
+    """A new webhook signing secret; the previous one keeps signing (beside the new one) until
+    `previous_webhook_secret_expires_at_ms`, so receivers can switch without losing deliveries.
+    """
 
 @_typing.type_check_only
 class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateApp: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.CreateAppRequest, _open_platform_pb2.CreateAppResponse]  # type: ignore[assignment]
+    """Registers an app. The client secret and the webhook signing secret are returned here once;
+    the service keeps only a hash of the client secret.
+    """
+    ListApps: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListAppsRequest, _open_platform_pb2.ListAppsResponse]  # type: ignore[assignment]
+    """The caller's apps, newest first."""
+    GetApp: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.GetAppRequest, _open_platform_pb2.GetAppResponse]  # type: ignore[assignment]
+    UpdateApp: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.UpdateAppRequest, _open_platform_pb2.UpdateAppResponse]  # type: ignore[assignment]
+    """Replaces the app's settings as a whole (PUT semantics)."""
+    SetAppSuspended: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.SetAppSuspendedRequest, _open_platform_pb2.SetAppSuspendedResponse]  # type: ignore[assignment]
+    """A suspended app's tokens stop working and nothing is delivered to it; resuming undoes that."""
+    DeleteApp: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.DeleteAppRequest, _open_platform_pb2.DeleteAppResponse]  # type: ignore[assignment]
+    RotateClientSecret: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.RotateClientSecretRequest, _open_platform_pb2.RotateClientSecretResponse]  # type: ignore[assignment]
+    """A new client secret, returned once; the old one stops working at once."""
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.RotateWebhookSecretRequest, _open_platform_pb2.RotateWebhookSecretResponse]  # type: ignore[assignment]
+    """A new webhook signing secret; the previous one keeps signing (beside the new one) until
+    `previous_webhook_secret_expires_at_ms`, so receivers can switch without losing deliveries.
+    """
 
 class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
-    ...
+    @_abc_1.abstractmethod
+    def CreateApp(
+        self,
+        request: _open_platform_pb2.CreateAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.CreateAppResponse, _abc.Awaitable[_open_platform_pb2.CreateAppResponse]]:
+        """Registers an app. The client secret and the webhook signing secret are returned here once;
+        the service keeps only a hash of the client secret.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApps(
+        self,
+        request: _open_platform_pb2.ListAppsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ListAppsResponse, _abc.Awaitable[_open_platform_pb2.ListAppsResponse]]:
+        """The caller's apps, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetApp(
+        self,
+        request: _open_platform_pb2.GetAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.GetAppResponse, _abc.Awaitable[_open_platform_pb2.GetAppResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateApp(
+        self,
+        request: _open_platform_pb2.UpdateAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.UpdateAppResponse, _abc.Awaitable[_open_platform_pb2.UpdateAppResponse]]:
+        """Replaces the app's settings as a whole (PUT semantics)."""
+
+    @_abc_1.abstractmethod
+    def SetAppSuspended(
+        self,
+        request: _open_platform_pb2.SetAppSuspendedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.SetAppSuspendedResponse, _abc.Awaitable[_open_platform_pb2.SetAppSuspendedResponse]]:
+        """A suspended app's tokens stop working and nothing is delivered to it; resuming undoes that."""
+
+    @_abc_1.abstractmethod
+    def DeleteApp(
+        self,
+        request: _open_platform_pb2.DeleteAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.DeleteAppResponse, _abc.Awaitable[_open_platform_pb2.DeleteAppResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateClientSecret(
+        self,
+        request: _open_platform_pb2.RotateClientSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.RotateClientSecretResponse, _abc.Awaitable[_open_platform_pb2.RotateClientSecretResponse]]:
+        """A new client secret, returned once; the old one stops working at once."""
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _open_platform_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.RotateWebhookSecretResponse, _abc.Awaitable[_open_platform_pb2.RotateWebhookSecretResponse]]:
+        """A new webhook signing secret; the previous one keeps signing (beside the new one) until
+        `previous_webhook_secret_expires_at_ms`, so receivers can switch without losing deliveries.
+        """
 
 def add_OpenPlatformServiceServicer_to_server(servicer: OpenPlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
