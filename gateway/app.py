@@ -23,6 +23,7 @@ from gateway.token_cache import TokenCache
 from laiwang.auth.v1 import auth_pb2_grpc
 from laiwang.contacts.v1 import contacts_pb2_grpc
 from laiwang.messaging.v1 import e2e_pb2_grpc, media_pb2_grpc, messaging_pb2_grpc
+from laiwang.open_platform.v1 import open_platform_pb2_grpc
 from laiwang.zhadui.v1 import zhadui_pb2_grpc
 from plumbing.logs import request_id_var
 
@@ -59,6 +60,7 @@ class Stubs:
     e2e: e2e_pb2_grpc.E2eServiceStub  # served by the messaging process
     media: media_pb2_grpc.MediaServiceStub  # served by the messaging process
     zhadui: zhadui_pb2_grpc.ZhaduiServiceStub
+    open_platform: open_platform_pb2_grpc.OpenPlatformServiceStub
 
     @classmethod
     def over(cls, downstream: Downstream) -> Stubs:
@@ -70,6 +72,7 @@ class Stubs:
             e2e=e2e_pb2_grpc.E2eServiceStub(channels["messaging"]),
             media=media_pb2_grpc.MediaServiceStub(channels["messaging"]),
             zhadui=zhadui_pb2_grpc.ZhaduiServiceStub(channels["zhadui"]),
+            open_platform=open_platform_pb2_grpc.OpenPlatformServiceStub(channels["open_platform"]),
         )
 
 
@@ -84,6 +87,7 @@ class Limiters:
     credentials: RateLimiter
     e2e: RateLimiter
     media: RateLimiter
+    apps: RateLimiter
 
     @classmethod
     def of(cls, config: GatewayConfig) -> Limiters:
@@ -98,6 +102,7 @@ class Limiters:
             credentials=limiter(config.credential_rate),
             e2e=limiter(config.e2e_rate),
             media=limiter(config.media_rate),
+            apps=limiter(config.apps_rate),
         )
 
 

@@ -69,6 +69,7 @@ class GatewayConfig:
     credential_rate: Rate = Rate(20.0, 100)
     e2e_rate: Rate = Rate(20.0, 200)
     media_rate: Rate = Rate(10.0, 100)
+    apps_rate: Rate = Rate(10.0, 100)  # the open platform's owner routes
     # Peers whose X-Forwarded-For is believed (the client is the last untrusted hop).
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     token_cache_seconds: float = 30.0
@@ -110,6 +111,7 @@ class GatewayConfig:
             credential_rate=Rate.from_env(env, "CREDENTIAL", 20.0, 100),
             e2e_rate=Rate.from_env(env, "E2E", 20.0, 200),
             media_rate=Rate.from_env(env, "MEDIA", 10.0, 100),
+            apps_rate=Rate.from_env(env, "APPS", 10.0, 100),
             trusted_proxies=_trusted_proxies(env),
             token_cache_seconds=env.float("GATEWAY_TOKEN_CACHE_SECONDS", 30.0, minimum=0.0),
             wake_linger_seconds=env.float("GATEWAY_WAKE_LINGER_SECONDS", 60.0, minimum=0.1),

@@ -19,31 +19,22 @@ from aiohttp import web
 from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.fields import body_bool, body_int, body_str, body_strings, read_json_object
 from gateway.matrix import MatrixError, json_response
-from gateway.ratelimit import RateLimiter
 from gateway.rpc import call
 from gateway.session import authenticate
 from laiwang.open_platform.v1 import open_platform_pb2 as pb
 from laiwang.open_platform.v1 import open_platform_pb2_grpc
-from plumbing.config import Env
 
 PREFIX = "/_laiwang/client/v1/apps"
-_STUB_KEY = "open_platform_stub"
-_LIMITER_KEY = "apps_limiter"
 _MAX_CLIENT_ID_LEN = 64
 
 
 def _stub(request: web.Request) -> open_platform_pb2_grpc.OpenPlatformServiceStub:
-    deps = request.app[DEPS_KEY]
-    stub = deps.extras.get(_STUB_KEY)
-    if stub is None:
-        channel = deps.downstream.channels["open_platform"]
-        stub = deps.extras[_STUB_KEY] = open_platform_pb2_grpc.OpenPlatformServiceStub(channel)
-    return stub
+    return request.app[DEPS_KEY].stubs.open_platform
 
 
 async def _owner(request: web.Request) -> str:
     requester = await authenticate(request)
-    request.app[DEPS_KEY].extras[_LIMITER_KEY].check(requester.user_id)
+    request.app[DEPS_KEY].limits.apps.check(requester.user_id)
     return requester.user_id
 
 
@@ -172,11 +163,6 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
 
 
 def routes(deps: GatewayDeps) -> list[web.RouteDef]:
-    env = Env()
-    deps.extras[_LIMITER_KEY] = RateLimiter(
-        per_second=env.float("GATEWAY_APPS_RATE_PER_SECOND", 10.0, minimum=0.01),
-        burst=env.int("GATEWAY_APPS_BURST", 100, minimum=1),
-    )
     one = f"{PREFIX}/{{client_id}}"
     return [
         web.post(PREFIX, create),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from plumbing.domain_errors import DomainError, ErrorKind, invalid, not_found
+from plumbing.domain_errors import Conflict, forbidden, invalid, not_found
 
 SCOPES: dict[str, str] = {
     "profile:read": "See your display name and avatar",
@@ -259,7 +259,7 @@ class AppRegistry:
             webhook_rotated_ms=now_ms,
         )
         if not await self._store.insert(app, MAX_APPS_PER_OWNER):
-            raise DomainError(ErrorKind.FORBIDDEN, "M_FORBIDDEN", f"at most {MAX_APPS_PER_OWNER} apps per owner")
+            raise forbidden(f"at most {MAX_APPS_PER_OWNER} apps per owner")
         return Created(app, client_secret, webhook_secret)
 
     async def list(self, caller: str) -> list[App]:
@@ -279,7 +279,7 @@ class AppRegistry:
             edited = replace(edited, version=app.version + 1)
             if await self._store.replace(edited, change):
                 return edited
-        raise DomainError(ErrorKind.CONFLICT, "M_UNKNOWN", "the app is being changed concurrently; retry")
+        raise Conflict("the app is being changed concurrently; retry")
 
     async def update(self, caller: str, client_id: str, settings: AppSettings, now_ms: int) -> App:
         return await self._modify(
