@@ -3,7 +3,8 @@ person who wants to know what this URL is.
 
 Everything served here carries a strict Content-Security-Policy: scripts and styles only from this
 origin (no inline code, no eval), API calls only to this origin, no frames, no plugins. Card images
-may come from any http(s) host (they are `<img>` only). Without a built client, `/` answers the
+may come from any http(s) host (they are `<img>` only); pictures sent in a conversation are fetched
+with the access token (authenticated media) and shown from `blob:` URLs. Without a built client, `/` answers the
 about page, so a gateway started from a checkout without node still says what it is.
 """
 
@@ -19,7 +20,7 @@ from gateway.app import DEPS_KEY, GatewayDeps
 from gateway.matrix import MatrixError
 
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http: data:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http: data: blob:; "
     "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'; object-src 'none'"
 )

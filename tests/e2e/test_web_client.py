@@ -2,7 +2,8 @@
 
 tests/e2e/web/flows.mjs drives three browser contexts (playwright-core): sign-up with SMS codes,
 friendship through uploaded vCard/CSV address books, a live chat with receipts, typing, unread
-counts, edits, redaction and cards (hostile card markup stays text), a zhadui that reaches a friend
+counts, edits, redaction and cards (hostile card markup stays text), a picture uploaded and shown
+through authenticated media, a long timeline that stays virtualized while scrolling back, a zhadui that reaches a friend
 of a friend once the friend joins, group creation, the lost-connection banner, devices, sign-out
 and sign-in by phone number. Screenshots of the main screens land in var/screenshots/.
 """
@@ -84,6 +85,8 @@ async def test_two_people_in_chromium(stack: RunningStack) -> None:
         "typing seen on the other side",
         "edit and redaction seen",
         "cards rendered as cards; markup stayed text",
+        "picture shown through authenticated media",
+        "long timeline virtualized; scrollback by scrolling up",
         "friend of a friend sees the zhadui after the friend joined, with social proof",
         "offline banner and reconnect",
     ):

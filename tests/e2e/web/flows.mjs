@@ -7,6 +7,7 @@
 // CHROMIUM (default /usr/bin/chromium). Prints one JSON line per step; exits non-zero on failure.
 import { mkdirSync, readFileSync, existsSync } from 'node:fs';
 import { randomBytes, randomInt } from 'node:crypto';
+import { crc32, deflateSync } from 'node:zlib';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -99,12 +100,37 @@ async function befriend(asker, askerPage, accepter, accepterPage) {
   step('friends', { a: asker.userId, b: accepter.userId });
 }
 
+/** A real PNG of w x h pixels in one colour (the server decodes and re-encodes what it stores). */
+function png(w, h, [r, g, b]) {
+  const chunk = (type, data) => {
+    const head = Buffer.alloc(8);
+    head.writeUInt32BE(data.length, 0);
+    head.write(type, 4, 'latin1');
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), data])), 0);
+    return Buffer.concat([head, data, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(w, 0);
+  header.writeUInt32BE(h, 4);
+  header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
+  const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(w * 3).map((_, i) => [r, g, b][i % 3])]);
+  const pixels = deflateSync(Buffer.concat(Array.from({ length: h }, () => row)));
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', header), chunk('IDAT', pixels), chunk('IEND', Buffer.alloc(0))]);
+}
+
 /** Sends an event through the Client-Server API as `p` (for content the composer does not make). */
 async function sendRaw(p, roomId, type, content) {
   const txn = randomBytes(8).toString('hex');
   const url = `${BASE}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${type}/${txn}`;
-  const answer = await fetch(url, { method: 'PUT', headers: { Authorization: `Bearer ${p.token}`, 'Content-Type': 'application/json' }, body: JSON.stringify(content) });
-  if (!answer.ok) throw new Error(`send ${type}: ${answer.status} ${await answer.text()}`);
+  for (;;) {
+    const answer = await fetch(url, { method: 'PUT', headers: { Authorization: `Bearer ${p.token}`, 'Content-Type': 'application/json' }, body: JSON.stringify(content) });
+    if (answer.ok) return;
+    const text = await answer.text();
+    // The per-user send rate: wait as long as the server says, then send again (same txn id).
+    if (answer.status === 429) await new Promise((r) => setTimeout(r, JSON.parse(text).retry_after_ms ?? 1000));
+    else throw new Error(`send ${type}: ${answer.status} ${text}`);
+  }
 }
 
 async function main() {
@@ -221,7 +247,30 @@ async function main() {
     if (await B.page.evaluate(() => window.__pwned !== undefined)) throw new Error('card markup ran script');
     if ((await B.page.locator('.timeline script, .timeline img[src=x]').count()) !== 0) throw new Error('card markup became DOM');
     step('cards rendered as cards; markup stayed text');
+
+    // A picture from the composer: uploaded, then shown on the other side through authenticated media.
+    await A.page.locator('input[name=picture]').setInputFiles({ name: 'lake.png', mimeType: 'image/png', buffer: png(320, 200, [40, 120, 200]) });
+    const picture = B.page.locator('.event [data-testid=picture] img[alt="lake.png"]');
+    await see(picture);
+    const shown = await picture.evaluate((img) => ({ src: img.src.slice(0, 5), w: img.naturalWidth, h: img.naturalHeight }));
+    if (shown.src !== 'blob:' || shown.w !== 320 || shown.h !== 200) throw new Error(`picture shown as ${JSON.stringify(shown)}`);
+    step('picture shown through authenticated media');
     await shoot(B.page, 'conversation');
+
+    // A long conversation: only rows near the viewport are in the DOM; scrolling up loads earlier ones.
+    const LONG = 150;
+    for (let i = 1; i <= LONG; i++) await sendRaw(alice, roomId, 'm.room.message', { msgtype: 'm.text', body: `Line ${String(i).padStart(3, '0')}` });
+    await see(B.page.locator('.event .text', { hasText: `Line ${LONG}` }));
+    const timeline = B.page.getByRole('log');
+    for (let round = 0; (await B.page.locator('.event .text', { hasText: /^Line 001$/ }).count()) === 0; round++) {
+      if (round > 20) throw new Error('scrollback never reached the first line');
+      const before = await B.page.evaluate(() => document.querySelector('.timeline .vlist-inner').style.height);
+      await timeline.evaluate((el) => el.scrollTo(0, 0));
+      await B.page.waitForFunction((h) => document.querySelector('.timeline .vlist-inner').style.height !== h || document.querySelector('.timeline-start p'), before, { timeout: WAIT });
+    }
+    const inDom = await B.page.locator('.timeline .event').count();
+    if (inDom >= LONG / 2) throw new Error(`${inDom} of ${LONG}+ messages are in the DOM: the timeline is not virtualized`);
+    step('long timeline virtualized; scrollback by scrolling up', { inDom });
 
     // Zhadui: Alice starts one; Bob (her friend) sees and joins; then Carol (Bob's friend) sees it with Bob in it.
     await tab(A.page, 'zhadui');

@@ -1,6 +1,10 @@
 // A virtualized list on @tanstack/virtual-core: only the rows near the viewport are in the DOM, so a
-// list of thousands of conversations, friends or zhaduis stays fast. Rows may have any height
-// (they are measured).
+// list of thousands of conversations, friends, zhaduis or messages stays fast. Rows may have any
+// height (they are measured).
+//
+// `chat` makes it a conversation timeline: it opens at the newest row, follows new rows while the
+// reader is at the end, and keeps the row being read in place when older rows are put in front
+// (scrollback), which virtual-core does itself with anchorTo: 'end' and followOnAppend.
 import {
   elementScroll,
   measureElement,
@@ -19,9 +23,12 @@ interface Props<T> {
   label: string;
   estimate?: number;
   class?: string;
+  chat?: boolean;
+  /** In chat mode: called when the reader scrolls near the oldest row (to load earlier ones). */
+  onNearStart?: () => void;
 }
 
-export function VirtualList<T>({ items, keyOf, render, label, estimate = 64, class: className }: Props<T>) {
+export function VirtualList<T>({ items, keyOf, render, label, estimate = 64, class: className, chat = false, onNearStart }: Props<T>) {
   const scrollRef = useRef<HTMLDivElement>(null);
   const [, rerender] = useReducer((n: number) => n + 1, 0);
   const options: VirtualizerOptions<HTMLDivElement, Element> = {
@@ -35,31 +42,52 @@ export function VirtualList<T>({ items, keyOf, render, label, estimate = 64, cla
     measureElement,
     overscan: 8,
     onChange: () => rerender(undefined as never),
+    ...(chat ? { anchorTo: 'end' as const, followOnAppend: true, scrollEndThreshold: 48 } : {}),
   };
   const [virtualizer] = useState(() => new Virtualizer(options));
   virtualizer.setOptions(options);
-  useLayoutEffect(() => virtualizer._didMount(), [virtualizer]);
+  useLayoutEffect(() => {
+    const cleanup = virtualizer._didMount();
+    if (chat) virtualizer.scrollToEnd();
+    return cleanup;
+  }, [virtualizer]);
   useLayoutEffect(() => {
     virtualizer._willUpdate();
   });
-  return (
+  const rows = virtualizer.getVirtualItems();
+  const nearStart = chat && rows.length > 0 && rows[0].index === 0 && (virtualizer.scrollOffset ?? 0) < estimate * 2;
+  const asked = useRef(false);
+  useLayoutEffect(() => {
+    if (nearStart && !asked.current && onNearStart) onNearStart();
+    asked.current = nearStart;
+  }, [nearStart, items.length]);
+
+  const inner = (
+    <div class="vlist-inner" style={{ height: `${virtualizer.getTotalSize()}px` }} role={chat ? 'list' : undefined}>
+      {rows.map((row) => (
+        <div
+          key={row.key}
+          data-index={row.index}
+          ref={(el) => {
+            if (el) virtualizer.measureElement(el);
+          }}
+          role="listitem"
+          class="vlist-row"
+          style={{ transform: `translateY(${row.start}px)` }}
+        >
+          {render(items[row.index], row.index)}
+        </div>
+      ))}
+    </div>
+  );
+  return chat ? (
+    // A conversation is a log (new rows are announced); its rows are a list inside it.
+    <div ref={scrollRef} class={`vlist ${className ?? ''}`} role="log" aria-label={label} aria-live="polite" aria-relevant="additions">
+      {inner}
+    </div>
+  ) : (
     <div ref={scrollRef} class={`vlist ${className ?? ''}`} role="list" aria-label={label}>
-      <div class="vlist-inner" style={{ height: `${virtualizer.getTotalSize()}px` }}>
-        {virtualizer.getVirtualItems().map((row) => (
-          <div
-            key={row.key}
-            data-index={row.index}
-            ref={(el) => {
-              if (el) virtualizer.measureElement(el);
-            }}
-            role="listitem"
-            class="vlist-row"
-            style={{ transform: `translateY(${row.start}px)` }}
-          >
-            {render(items[row.index], row.index)}
-          </div>
-        ))}
-      </div>
+      {inner}
     </div>
   );
 }

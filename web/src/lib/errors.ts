@@ -13,6 +13,9 @@ export class ApiError extends Error {
   }
 }
 
+/** An error whose message is already a sentence for the user (the client's own checks). */
+export class Words extends Error {}
+
 interface ErrorLike {
   errcode?: unknown;
   httpStatus?: unknown;
@@ -33,6 +36,7 @@ export function errcodeOf(error: unknown): string | undefined {
 }
 
 export function describeError(error: unknown, context: 'login' | 'other' = 'other'): string {
+  if (error instanceof Words) return error.message;
   const code = errcodeOf(error);
   if (!code) {
     const name = typeof error === 'object' && error !== null ? (error as ErrorLike).name : undefined;

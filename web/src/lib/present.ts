@@ -22,6 +22,7 @@ export function previewOf(type: string, content: Record<string, unknown>, redact
     return card.kind === 'text' ? card.text : `[${card.title}]`;
   }
   if (type === 'm.room.message') {
+    if (content.msgtype === 'm.image') return `[${t('picture')}]`;
     const body = typeof content.body === 'string' ? content.body : '';
     return body.slice(0, 140);
   }

@@ -1,3 +1,4 @@
+import { ClientEvent, RoomEvent, RoomStateEvent } from 'matrix-js-sdk';
 import { useState } from 'preact/hooks';
 import type { Ctx } from '../App';
 import { VirtualList } from '../components/VirtualList';
@@ -7,10 +8,13 @@ import { directRoom } from '../lib/direct';
 import { go } from '../lib/hooks';
 import { t } from '../lib/i18n';
 import { ok } from '../lib/laiwang';
-import { usePolled } from '../lib/poll';
+import { useLive, type Wakeable } from '../lib/live';
 import { localpart } from '../lib/present';
 
 const V1 = '/_laiwang/client/v1';
+// A /sync with a new room or a membership change (a new friend's chat, a group) may go with a
+// friend-graph change: reload then, not only on the fallback poll.
+const WAKE = [ClientEvent.Room, RoomEvent.MyMembership, RoomStateEvent.Members];
 
 interface Person {
   user_id: string;
@@ -23,7 +27,7 @@ function people<T extends { user_id?: string; display_name?: string }>(list: T[]
 
 export function Friends({ ctx }: { ctx: Ctx }) {
   const { api } = ctx;
-  const [state, loadError, reload] = usePolled(async () => {
+  const [state, loadError, reload] = useLive(async () => {
     const [matches, suggestions, requests, friends, blocks] = await Promise.all([
       ok(api.GET(`${V1}/contacts/matches`)),
       ok(api.GET(`${V1}/suggestions`)),
@@ -39,7 +43,7 @@ export function Friends({ ctx }: { ctx: Ctx }) {
       friends: people(friends.friends),
       blocks: blocks.user_ids ?? [],
     };
-  }, 4000);
+  }, { wake: ctx.client as unknown as Wakeable, events: WAKE });
   const [busy, error, run] = useAction();
   const act = (fn: () => Promise<unknown>) => run(async () => {
     await fn();

@@ -1,17 +1,22 @@
 import {
   ClientEvent,
+  EventTimeline,
   KnownMembership,
   type MatrixEvent,
   type Room,
   RoomEvent,
   RoomMemberEvent,
 } from 'matrix-js-sdk';
-import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import type { Ctx } from '../App';
 import { CardView } from '../components/CardView';
+import { Picture } from '../components/Picture';
+import { VirtualList } from '../components/VirtualList';
 import { ErrorText, useAction } from '../components/ui';
+import { Words } from '../lib/errors';
 import { CARD_TYPES, MUSIC_CARD, musicCardContent, SHARE_CARD, shareCardContent } from '../lib/cards';
 import { go, useEvents } from '../lib/hooks';
+import { imageContent, isPicture } from '../lib/media';
 import { roomName } from '../lib/rooms';
 import { t } from '../lib/i18n';
 import { editContent, formatTime, isEdit, latestEdits, localpart, readersUpTo, typingText } from '../lib/present';
@@ -25,6 +30,10 @@ const ROOM_EVENTS = [
   RoomEvent.Name,
   RoomEvent.TimelineReset,
 ] as const;
+/** The first timeline row: the scrollback control. */
+const HEAD = '__head';
+type Row = MatrixEvent | typeof HEAD;
+
 const CLIENT_EVENTS = [ClientEvent.Room, RoomMemberEvent.Typing] as const;
 
 /** A member's display name, or their localpart when they set none (never the full @id:server). */
@@ -63,21 +72,11 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
     all.map((e) => ({ id: e.getId() ?? '', sender: e.getSender() ?? '', type: e.getType(), content: e.getContent() })),
   );
   const events = all.filter(shown);
-  const scroller = useRef<HTMLDivElement>(null);
-  const stick = useRef(true);
-  const [atStart, setAtStart] = useState(false);
+  // Read from the live timeline at every render: a limited /sync replaces it with a newer one
+  // that has older events to fetch again.
+  const atStart = room.getLiveTimeline().getPaginationToken(EventTimeline.BACKWARDS) === null;
   const [editing, setEditing] = useState<MatrixEvent | null>(null);
   const [busy, error, run] = useAction();
-
-  // Keep the newest message in view unless the reader scrolled up.
-  useLayoutEffect(() => {
-    const el = scroller.current;
-    if (el && stick.current) el.scrollTop = el.scrollHeight;
-  });
-  const onScroll = () => {
-    const el = scroller.current;
-    if (el) stick.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
-  };
 
   // Read receipt for the newest event from someone else, while the conversation is on screen.
   const newest = [...all].reverse().find((e) => e.getSender() !== me && !e.isSending() && e.getId()?.startsWith('$'));
@@ -114,12 +113,18 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
       ).map((u) => displayName(room, u))
     : [];
 
-  const loadEarlier = () =>
-    run(async () => {
-      stick.current = false;
-      await client.scrollback(room, 30);
-      setAtStart(room.getLiveTimeline().getPaginationToken('b' as never) === null);
+  const paging = useRef(false);
+  const loadEarlier = () => {
+    if (paging.current || atStart) return;
+    paging.current = true;
+    void run(async () => {
+      try {
+        await client.scrollback(room, 30);
+      } finally {
+        paging.current = false;
+      }
     });
+  };
 
   if (membership === KnownMembership.Invite) {
     return (
@@ -154,31 +159,39 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
   return (
     <div class="conversation">
       <RoomHead room={room} />
-      <div class="timeline" ref={scroller} onScroll={onScroll} role="log" aria-label={roomName(room)} aria-live="polite">
-        <div class="timeline-start">
-          {atStart ? (
-            <p class="muted">{t('noEarlier')}</p>
+      <VirtualList<Row>
+        chat
+        class="timeline"
+        label={roomName(room)}
+        items={[HEAD, ...events]}
+        keyOf={(row) => (row === HEAD ? HEAD : (row.getId() ?? row.getTxnId() ?? ''))}
+        estimate={72}
+        onNearStart={loadEarlier}
+        render={(row) =>
+          row === HEAD ? (
+            <div class="timeline-start">
+              {atStart ? (
+                <p class="muted">{t('noEarlier')}</p>
+              ) : (
+                <button class="small" onClick={loadEarlier} disabled={busy}>
+                  {t('loadEarlier')}
+                </button>
+              )}
+            </div>
           ) : (
-            <button class="small" onClick={loadEarlier} disabled={busy}>
-              {t('loadEarlier')}
-            </button>
-          )}
-        </div>
-        <ol class="events">
-          {events.map((e) => (
             <EventRow
-              key={e.getId() ?? e.getTxnId()}
-              event={e}
-              own={e.getSender() === me}
-              name={displayName(room, e.getSender() ?? '')}
-              replacement={edits.get(e.getId() ?? '')}
-              readers={e === lastMine ? readers : []}
-              onEdit={() => setEditing(e)}
-              onDelete={() => run(async () => void (await client.redactEvent(room.roomId, e.getId() ?? '')))}
+              event={row}
+              own={row.getSender() === me}
+              name={displayName(room, row.getSender() ?? '')}
+              replacement={edits.get(row.getId() ?? '')}
+              readers={row === lastMine ? readers : []}
+              onEdit={() => setEditing(row)}
+              onDelete={() => run(async () => void (await client.redactEvent(room.roomId, row.getId() ?? '')))}
+              token={session.accessToken}
             />
-          ))}
-        </ol>
-      </div>
+          )
+        }
+      />
       <p class="typing" aria-live="polite" data-testid="typing">
         {typingText(typers)}
       </p>
@@ -208,19 +221,22 @@ interface RowProps {
   readers: string[];
   onEdit: () => void;
   onDelete: () => void;
+  token: string;
 }
 
-function EventRow({ event, own, name, replacement, readers, onEdit, onDelete }: RowProps) {
+function EventRow({ event, own, name, replacement, readers, onEdit, onDelete, token }: RowProps) {
   const redacted = event.isRedacted();
   const type = event.getType();
   const content = replacement ?? event.getContent();
   const editable = own && !redacted && type === 'm.room.message' && content.msgtype === 'm.text' && !event.isSending();
   return (
-    <li class={`event ${own ? 'own' : ''} ${redacted ? 'redacted' : ''}`} data-event-id={event.getId()}>
+    <div class={`event ${own ? 'own' : ''} ${redacted ? 'redacted' : ''}`} data-event-id={event.getId()}>
       {!own && <span class="sender">{name}</span>}
       <div class="bubble">
         {redacted ? (
           <em class="muted">{t('deleted')}</em>
+        ) : type === 'm.room.message' && content.msgtype === 'm.image' ? (
+          <Picture baseUrl={window.location.origin} token={token} content={content} />
         ) : type === 'm.room.message' ? (
           <span class="text">{String(content.body ?? '')}</span>
         ) : (
@@ -248,7 +264,7 @@ function EventRow({ event, own, name, replacement, readers, onEdit, onDelete }: 
           {t('readBy', { names: readers.join(', ') })}
         </p>
       )}
-    </li>
+    </div>
   );
 }
 
@@ -267,6 +283,21 @@ function Composer({ ctx, room, editing, edits, onDone }: ComposerProps) {
   const typingSent = useRef(0);
   const [busy, error, run] = useAction();
   const input = useRef<HTMLTextAreaElement>(null);
+  const picker = useRef<HTMLInputElement>(null);
+  const sendPicture = (field: HTMLInputElement) => {
+    const file = field.files?.[0];
+    field.value = '';
+    if (!file) return;
+    void run(async () => {
+      if (!isPicture(file)) throw new Words(t('notAPicture'));
+      const size = await createImageBitmap(file).then(
+        (bitmap) => [bitmap.width, bitmap.height] as const,
+        () => [undefined, undefined] as const,
+      );
+      const { content_uri } = await client.uploadContent(file, { name: file.name, type: file.type });
+      await client.sendMessage(room.roomId, imageContent(content_uri, file, ...size) as never);
+    });
+  };
 
   useEffect(() => {
     if (editing) {
@@ -325,6 +356,10 @@ function Composer({ ctx, room, editing, edits, onDone }: ComposerProps) {
         <button type="button" class="icon" onClick={() => setAttach(attach === 'music' ? null : 'music')} aria-label={t('shareMusic')}>
           ♪
         </button>
+        <button type="button" class="icon" onClick={() => picker.current?.click()} aria-label={t('sendPicture')} disabled={busy}>
+          ▣
+        </button>
+        <input ref={picker} type="file" name="picture" accept="image/jpeg,image/png,image/gif,image/webp" hidden onChange={(e) => sendPicture(e.currentTarget)} />
         <label class="sr-only" for="composer-input">
           {t('messageLabel')}
         </label>

@@ -1,3 +1,4 @@
+import { ClientEvent, RoomEvent, RoomStateEvent } from 'matrix-js-sdk';
 import { useState } from 'preact/hooks';
 import type { Ctx } from '../App';
 import { VirtualList } from '../components/VirtualList';
@@ -6,25 +7,30 @@ import type { components } from '../../gen/laiwang';
 import { go } from '../lib/hooks';
 import { t } from '../lib/i18n';
 import { ok } from '../lib/laiwang';
-import { usePolled } from '../lib/poll';
+import { useLive, type Wakeable } from '../lib/live';
 import { formatTime, localpart, socialProof } from '../lib/present';
 
 type Item = components['schemas']['Zhadui'];
 const V1 = '/_laiwang/client/v1';
+// Joining or leaving a zhadui is a membership change in its discussion room, which /sync brings to
+// everyone in it: reload the feed (counts, social proof) then, not only on the fallback poll.
+const WAKE = [ClientEvent.Room, RoomEvent.MyMembership, RoomStateEvent.Members];
 
 export function Zhadui({ ctx }: { ctx: Ctx }) {
   const { api } = ctx;
-  const [feed, loadError, reload] = usePolled(async () => {
+  const [feed, loadError, reload] = useLive(async () => {
     const [page, friends] = await Promise.all([
       ok(api.GET(`${V1}/zhadui/feed`, { params: { query: { limit: 100 } } })),
       ok(api.GET(`${V1}/friends`)),
     ]);
-    const names = new Map((friends.friends ?? []).map((f) => [f.user_id ?? '', f.display_name || localpart(f.user_id ?? '')]));
+    const names: Record<string, string> = Object.fromEntries(
+      (friends.friends ?? []).map((f) => [f.user_id ?? '', f.display_name || localpart(f.user_id ?? '')]),
+    );
     return { items: page.items, names };
-  }, 5000);
+  }, { wake: ctx.client as unknown as Wakeable, events: WAKE });
   const [busy, error, run] = useAction();
   const nameOf = (userId: string) =>
-    userId === ctx.session.userId ? t('me') : (feed?.names.get(userId) ?? localpart(userId));
+    userId === ctx.session.userId ? t('me') : (feed && Object.hasOwn(feed.names, userId) ? feed.names[userId] : localpart(userId));
   const withId = (id: string) => ({ params: { path: { zhadui_id: id } } });
   const join = (z: Item) =>
     run(async () => {
