@@ -101,6 +101,9 @@ class ConsumerSpec:
     max_deliver: int = 10
     ack_wait_seconds: int = 30
     batch: int = 64
+    # A new durable starts at the stream's end instead of its beginning (a consumer that must not
+    # act on history, such as push delivery: old messages would wake phones).
+    only_new: bool = False
 
 
 def backoff_seconds(delivery_count: int) -> float:
@@ -141,7 +144,7 @@ class DurableConsumer:
             config=ConsumerConfig(
                 durable_name=self._spec.durable,
                 ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
+                deliver_policy=DeliverPolicy.NEW if self._spec.only_new else DeliverPolicy.ALL,
                 max_deliver=self._spec.max_deliver,
                 ack_wait=self._spec.ack_wait_seconds,
                 filter_subject=self._spec.filter_subject,

@@ -1,5 +1,5 @@
 """The whole Laiwang stack as supervised child processes: embedded NATS and Mongo-wire server
-(unless NATS_URL / MONGO_URI point elsewhere), the five services, then the gateway.
+(unless NATS_URL / MONGO_URI point elsewhere), the dev push gateway, the five services, then the gateway.
 
 Used by `laiwang run` (`make run`) and by the end-to-end test fixture, so both start the system
 the same way.
@@ -35,6 +35,7 @@ class StackPorts:
     mongo: int = 27817
     grpc_base: int = 50051
     metrics_base: int = 9101
+    push_gateway: int = 8009  # the dev push gateway (plumbing/dev_push_gateway.py)
 
     def grpc(self, service: str) -> int:
         return self.grpc_base + SERVICES.index(service)
@@ -61,6 +62,7 @@ class StackConfig:
             mongo=env.port("MONGO_PORT", 27817),
             grpc_base=env.int("GRPC_PORT_BASE", 50051, minimum=1, maximum=65530),
             metrics_base=env.int("METRICS_PORT_BASE", 9101, minimum=1, maximum=65530),
+            push_gateway=env.port("PUSH_GATEWAY_PORT", 8009),
         )
         external_mongo = env.url("MONGO_URI", "-", ("mongodb", "mongodb+srv")) if env._raw("MONGO_URI") else None
         external_nats = env.url("NATS_URL", "-", ("nats", "tls")) if env._raw("NATS_URL") else None
@@ -87,6 +89,7 @@ class StackConfig:
                 mongo=free_port(),
                 grpc_base=free_port_block(len(SERVICES)),
                 metrics_base=free_port_block(len(SERVICES)),
+                push_gateway=free_port(),
             ),
             server_name=server_name,
             log_level=log_level,
@@ -105,6 +108,11 @@ class StackConfig:
     @property
     def gateway_url(self) -> str:
         return f"http://{HOST}:{self.ports.gateway}"
+
+    @property
+    def push_gateway_url(self) -> str:
+        """What a pusher's data.url is on the dev stack."""
+        return f"http://{HOST}:{self.ports.push_gateway}/_matrix/push/v1/notify"
 
 
 def _venv_tool(name: str) -> str:
@@ -152,6 +160,7 @@ def required_ports(config: StackConfig) -> list[tuple[int, str]]:
         needed.append((ports.grpc(service), "GRPC_PORT_BASE"))
         needed.append((ports.metrics(service), "METRICS_PORT_BASE"))
     needed.append((ports.gateway, "GATEWAY_PORT"))
+    needed.append((ports.push_gateway, "PUSH_GATEWAY_PORT"))
     return needed
 
 
@@ -216,8 +225,21 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
         "LOG_LEVEL": config.log_level,
         **{f"{s.upper()}_ADDR": f"{HOST}:{ports.grpc(s)}" for s in SERVICES},
     }
+    # The dev push gateway: a pusher may point at it because loopback is allowed here (docs/push.md).
+    specs.append(
+        ChildSpec(
+            name="push-gateway",
+            argv=[sys.executable, "-m", "plumbing.dev_push_gateway", "--host", HOST, "--port", str(ports.push_gateway)],
+            probe=_http_ok(f"http://{HOST}:{ports.push_gateway}/healthz"),
+            address=config.push_gateway_url,
+        )
+    )
     # The dev SMS provider also appends the codes it "sends" here (docs/auth.md).
-    extra = {"auth": {"AUTH_DEV_SMS_LOG": os.environ.get("AUTH_DEV_SMS_LOG", str(config.data_dir / "dev-sms.log"))}}
+    extra = {
+        "auth": {"AUTH_DEV_SMS_LOG": os.environ.get("AUTH_DEV_SMS_LOG", str(config.data_dir / "dev-sms.log"))},
+        # Pusher URLs on this machine (the dev push gateway) are allowed only on the dev stack.
+        "messaging": {"PUSH_ALLOWED_NETWORKS": os.environ.get("PUSH_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")},
+    }
     for service in SERVICES:
         specs.append(
             ChildSpec(

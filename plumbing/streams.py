@@ -49,3 +49,7 @@ def wake_subject(user_id: str) -> str:
     spurious wake-up. The gateway subscribes only while it holds a /sync of that user.
     """
     return "laiwang.wake." + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+
+
+# Core-NATS subject (not a stream) on which gateways say that a device is syncing (DeviceSyncing).
+SYNCING_SUBJECT = "laiwang.presence.syncing"

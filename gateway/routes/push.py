@@ -1,4 +1,5 @@
-"""Matrix push rules and pushers: `/pushrules/...`, `GET /pushers`, `POST /pushers/set`.
+"""Matrix push rules, pushers and notifications: `/pushrules/...`, `GET /pushers`, `POST /pushers/set`,
+`GET /notifications`.
 
 The rules live in the messaging service (services/messaging/push_rules.py, account.py), which
 evaluates them for the unread counts in /sync; this module only translates HTTP <-> gRPC.
@@ -12,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
-from gateway.fields import query_str, read_json_object
+from gateway.fields import query_int, query_str, read_json_object
 from gateway.matrix import MatrixError, json_response
 from gateway.routes.rooms import PREFIXES, limit_writes, messaging_stub
 from gateway.rpc import call
@@ -116,6 +117,20 @@ async def set_pusher(request: web.Request) -> web.Response:
     return web.Response(body=_EMPTY, content_type="application/json")
 
 
+async def get_notifications(request: web.Request) -> web.Response:
+    deps, who = await _requester(request)
+    reply = await call(
+        messaging_stub(deps).GetNotifications,
+        pb.GetNotificationsRequest(
+            requester=who,
+            limit=query_int(request, "limit", 20, maximum=1000),
+            only=query_str(request, "only", max_len=32),
+            **{"from": query_str(request, "from", max_len=32)},
+        ),
+    )
+    return web.Response(body=reply.body_json, content_type="application/json")
+
+
 def routes(_: GatewayDeps) -> list[web.RouteDef]:
     table: list[web.RouteDef] = []
     for prefix in PREFIXES:
@@ -134,5 +149,6 @@ def routes(_: GatewayDeps) -> list[web.RouteDef]:
             web.put(f"{rule}/actions", _changer(pb.PUSH_RULE_CHANGE_ACTIONS, True)),
             web.get(f"{prefix}/pushers", get_pushers),
             web.post(f"{prefix}/pushers/set", set_pusher),
+            web.get(f"{prefix}/notifications", get_notifications),
         ]
     return table

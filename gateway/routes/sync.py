@@ -42,8 +42,9 @@ from gateway.matrix import MatrixError, json_response
 from gateway.routes.rooms import PREFIXES, messaging_stub
 from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
+from laiwang.events.v1 import gateway_events_pb2
 from laiwang.messaging.v1 import messaging_pb2 as pb
-from plumbing.streams import wake_subject
+from plumbing.streams import SYNCING_SUBJECT, wake_subject
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,16 @@ class WakeHub:
             entry.waiters.add(waiter)
             await entry.ready.wait()
         return waiter, entry
+
+    async def syncing(self, user_id: str, device_id: str, since: str) -> None:
+        """Tell push delivery this device has everything up to `since` (best effort, core NATS)."""
+        if self._nc is None or not since:
+            return
+        message = gateway_events_pb2.DeviceSyncing(user_id=user_id, device_id=device_id, since=since)
+        try:
+            await self._nc.publish(SYNCING_SUBJECT, message.SerializeToString())
+        except Exception:  # NATS away: the device may get a push it did not need, nothing worse
+            log.debug("could not publish that %s is syncing", user_id, exc_info=True)
 
     def release(self, user_id: str, waiter: Waiter) -> None:
         entry = self._entries.get(user_id)
@@ -277,6 +288,7 @@ async def sync(request: web.Request) -> web.Response:
     hub = deps.wake_hub
     if hub is None:  # startup() runs before the first request is served
         raise MatrixError(503, "M_UNAVAILABLE", "sync is starting", retry_after_ms=1000)
+    await hub.syncing(who.user_id, who.device_id, sync_request.since)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     if timeout_ms <= 0:

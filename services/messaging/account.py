@@ -5,13 +5,16 @@ the same stream as room events, so it reaches /sync with the same positions and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 from plumbing.domain_errors import DomainError, bad_json, forbidden, invalid, not_found
+from plumbing.url_guard import Network, UnsafeUrl, check_url
 from services.messaging import push_rules
 from services.messaging.commands import Deps
 from services.messaging.ports import Store
+from services.messaging.push import NOTIFY_PATH
 from services.messaging.rules import (
     FULLY_READ,
     JSON,
@@ -115,7 +118,7 @@ async def perform_push_rule(
     await deps.writer.submit(op)
 
 
-# -- pushers (stored for the push gateway; delivery is another service's job) -----------------------
+# -- pushers (stored here; delivered to by push_delivery.py) ----------------------------------------
 
 
 def _str(body: JSON, name: str, max_len: int, *, required: bool = True) -> str:
@@ -129,8 +132,14 @@ def _str(body: JSON, name: str, max_len: int, *, required: bool = True) -> str:
     return value
 
 
-def checked_pusher(body: JSON) -> tuple[JSON | None, str, str, bool]:
-    """(pusher to store, or None to delete; app_id; pushkey; append) from a /pushers/set body."""
+def checked_pusher(
+    body: JSON, device_id: str = "", allowed_networks: Iterable[Network] = ()
+) -> tuple[JSON | None, str, str, bool]:
+    """(pusher to store, or None to delete; app_id; pushkey; append) from a /pushers/set body.
+
+    The URL must be one we may call (plumbing/url_guard.py: no loopback or private address unless
+    the operator allowed that network); `device_id` is the device that registered it, which gets
+    no push while it is syncing."""
     check_canonical(body, "body")
     pushkey = _str(body, "pushkey", MAX_PUSHKEY_BYTES)
     app_id = _str(body, "app_id", 64)
@@ -146,11 +155,13 @@ def checked_pusher(body: JSON) -> tuple[JSON | None, str, str, bool]:
     if not isinstance(data, dict):
         raise DomainError("M_MISSING_PARAM", "'data' is required")
     if len(canonical_bytes(data)) > MAX_PUSHER_DATA_BYTES:
-        raise DomainError("M_TOO_LARGE", f"'data' is larger than {MAX_PUSHER_DATA_BYTES} bytes")
-    url = data.get("url")
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise invalid("data.url must be an http(s) URL")
+        raise invalid(f"'data' is larger than {MAX_PUSHER_DATA_BYTES} bytes")  # a bad request: 400
+    try:
+        url = check_url(data.get("url"), allowed_networks)
+    except UnsafeUrl as exc:
+        raise invalid(f"data.url: {exc}") from None
+    if urlsplit(url).path != NOTIFY_PATH:
+        raise invalid(f"data.url must end in {NOTIFY_PATH} (the Push Gateway API)")
     if data.get("format") not in (None, "event_id_only"):
         raise invalid("data.format must be 'event_id_only' when given")
     pusher: JSON = {
@@ -162,6 +173,7 @@ def checked_pusher(body: JSON) -> tuple[JSON | None, str, str, bool]:
         "lang": _str(body, "lang", 32),
         "data": data,
         "created_ms": now_ms(),
+        "device_id": device_id,
     }
     profile_tag = _str(body, "profile_tag", 255, required=False)
     if profile_tag:
@@ -169,8 +181,10 @@ def checked_pusher(body: JSON) -> tuple[JSON | None, str, str, bool]:
     return pusher, app_id, pushkey, append
 
 
-async def set_pusher(store: Store, user_id: str, body: JSON) -> None:
-    pusher, app_id, pushkey, append = checked_pusher(body)
+async def set_pusher(
+    store: Store, user_id: str, body: JSON, device_id: str = "", allowed_networks: Iterable[Network] = ()
+) -> None:
+    pusher, app_id, pushkey, append = checked_pusher(body, device_id, allowed_networks)
     if pusher is None:
         await store.delete_pusher(user_id, app_id, pushkey)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -13,6 +14,9 @@ from plumbing.domain_errors import DomainError
 from plumbing.grpc_errors import maps_domain_errors
 from services.messaging.core import Messaging
 from services.messaging.rules import parse_content
+
+# GET /notifications (services/messaging/push_delivery.py): (user, from, limit, only) -> body
+NotificationsReader = Callable[[str, str, int, str], Awaitable[dict[str, Any]]]
 
 _ACTIONS = {
     pb.MEMBERSHIP_ACTION_INVITE: "invite",
@@ -53,8 +57,9 @@ def _requester(request: Any) -> tuple[str, str]:
 
 
 class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
-    def __init__(self, core: Messaging) -> None:
+    def __init__(self, core: Messaging, notifications: NotificationsReader | None = None) -> None:
         self._core = core
+        self._notifications = notifications
 
     def register(self, server: grpc.aio.Server) -> None:
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, server)
@@ -203,9 +208,17 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
 
     @maps_domain_errors
     async def SetPusher(self, request: pb.SetPusherRequest, context: Any) -> pb.SetPusherResponse:
-        user_id, _ = _requester(request)
-        await self._core.set_pusher(user_id, _object(request.body_json))
+        user_id, device_id = _requester(request)
+        await self._core.set_pusher(user_id, _object(request.body_json), device_id)
         return pb.SetPusherResponse()
+
+    @maps_domain_errors
+    async def GetNotifications(self, request: pb.GetNotificationsRequest, context: Any) -> pb.GetNotificationsResponse:
+        user_id, _ = _requester(request)
+        if self._notifications is None:
+            raise DomainError("M_UNRECOGNIZED", "notifications are not kept by this server")
+        body = await self._notifications(user_id, getattr(request, "from"), request.limit, request.only)
+        return pb.GetNotificationsResponse(body_json=orjson.dumps(body))
 
     @maps_domain_errors
     async def SetAccountData(self, request: pb.SetAccountDataRequest, context: Any) -> pb.SetAccountDataResponse:

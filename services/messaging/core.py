@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from plumbing.url_guard import Network
 from services.messaging import account, commands
 from services.messaging.commands import Deps
 from services.messaging.e2e import E2e, E2eStore
@@ -49,6 +50,7 @@ class Settings:
     max_cached_rooms: int = 20_000
     max_cached_users: int = 50_000
     relations_cache_seconds: float = 5.0
+    push_allowed_networks: tuple[Network, ...] = ()  # pusher URLs may point there (dev: loopback)
 
 
 class Messaging:
@@ -232,8 +234,8 @@ class Messaging:
     async def pushers(self, user_id: str) -> JSON:
         return await account.get_pushers(self.store, user_id)
 
-    async def set_pusher(self, user_id: str, body: JSON) -> None:
-        await account.set_pusher(self.store, user_id, body)
+    async def set_pusher(self, user_id: str, body: JSON, device_id: str = "") -> None:
+        await account.set_pusher(self.store, user_id, body, device_id, self.settings.push_allowed_networks)
 
     async def sync(
         self,

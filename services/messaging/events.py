@@ -12,6 +12,8 @@ Consumes:
   - the contacts service's friend-graph events (stream CONTACTS) into the `relations` projection.
   - auth's `profile_changed` (stream AUTH) into the `profiles` projection, and from it new
     m.room.member events in every room the user is joined to (profile propagation).
+  - its own `room_event`s (durable `messaging-push`) for push delivery (push_delivery.py), and the
+    gateways' `laiwang.presence.syncing` (core NATS) to spare a syncing device its pokes.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, messaging_events_pb2
+from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, gateway_events_pb2, messaging_events_pb2
 from plumbing.jetstream import MSG_ID_HEADER, ConsumerSpec, Handler
 from plumbing.metrics import EVENTS_PUBLISHED
-from plumbing.streams import AUTH, CONTACTS, wake_subject
+from plumbing.streams import AUTH, CONTACTS, MESSAGING, SYNCING_SUBJECT, wake_subject
 from services.messaging.core import Messaging
-from services.messaging.rules import JSON, MEMBER, canonical_bytes, now_ms, pair_id
+from services.messaging.rules import JSON, MEMBER, canonical_bytes, now_ms, pair_id, parse_sync_token
 from services.messaging.store import MessagingStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,12 @@ ROOM_EVENT_SUBJECT = "laiwang.messaging.room_event"
 REPLICATION_PREFIX = "laiwang.internal.messaging"
 CONTACTS_CONSUMER = ConsumerSpec(CONTACTS, durable="messaging-relations", filter_subject="laiwang.contacts.>")
 PROFILE_CONSUMER = ConsumerSpec(AUTH, durable="messaging-profiles", filter_subject="laiwang.auth.profile_changed")
+# Push delivery (push_delivery.py): every room event, retried for days rather than dropped after
+# ten tries (a poke that is given up on is a message a sleeping phone never hears of), and from
+# the stream's end when first created (history must not wake phones).
+PUSH_CONSUMER = ConsumerSpec(
+    MESSAGING, durable="messaging-push", filter_subject=ROOM_EVENT_SUBJECT, max_deliver=10_000, only_new=True
+)
 
 
 def profile_handler(core: Messaging) -> Handler:
@@ -282,6 +290,21 @@ async def start_replication(nc: NatsClient, core: Messaging, notifier: NatsNotif
     await nc.flush()
     await notifier.announce()
     return subscriptions
+
+
+async def follow_syncing(nc: NatsClient, seen: Callable[[str, str, int], None]) -> Subscription:
+    """Gateways' DeviceSyncing (core NATS, every replica hears all): `seen(user, device, pos)`."""
+
+    async def on_syncing(msg: Msg) -> None:
+        try:
+            message = gateway_events_pb2.DeviceSyncing.FromString(msg.data)
+            pos, _ = parse_sync_token(message.since)
+        except Exception:  # a token from a client is not ours to trust; ignore what does not parse
+            return
+        if message.user_id and message.device_id:
+            seen(message.user_id, message.device_id, pos)
+
+    return await nc.subscribe(SYNCING_SUBJECT, cb=on_syncing)
 
 
 _CONTACT_EVENTS: dict[str, type[Message]] = {

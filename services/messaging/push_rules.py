@@ -283,15 +283,25 @@ def _outcome(actions: Any) -> Outcome:
     return Outcome(notify, notify and highlight)
 
 
-def evaluate(rules: dict[str, list[JSON]], event: JSON, user_id: str, room: RoomContext) -> Outcome:
-    """The actions of the first enabled rule that matches, as (notify, highlight)."""
+def matching_actions(rules: dict[str, list[JSON]], event: JSON, user_id: str, room: RoomContext) -> list[Any]:
+    """The actions of the first enabled rule that matches (empty: nothing to do)."""
     if event.get("sender") == user_id:
-        return NOTHING  # never for the user's own events
+        return []  # never for the user's own events
     for kind in KINDS:
         for rule in rules.get(kind, []):
             if rule.get("enabled", True) and _rule_matches(kind, rule, event, room):
-                return _outcome(rule.get("actions"))
-    return NOTHING
+                actions = rule.get("actions")
+                return actions if isinstance(actions, list) else []
+    return []
+
+
+def outcome_of(actions: list[Any]) -> Outcome:
+    return _outcome(actions)
+
+
+def evaluate(rules: dict[str, list[JSON]], event: JSON, user_id: str, room: RoomContext) -> Outcome:
+    """The actions of the first enabled rule that matches, as (notify, highlight)."""
+    return _outcome(matching_actions(rules, event, user_id, room))
 
 
 # -- changes (PUT / DELETE / enabled / actions) ---------------------------------------------------

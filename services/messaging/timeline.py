@@ -104,6 +104,10 @@ def room_context(view: RoomView, user_id: str, sender: str) -> RoomContext:
     )
 
 
+def is_redacted(event: JSON) -> bool:
+    return "redacted_because" in event.get("unsigned", {})
+
+
 def user_rules(user: UserView) -> dict[str, list[JSON]]:
     stored = user.account_data.get(("", PUSH_RULES))
     return ruleset(user.user_id, stored["content"] if stored is not None else None)
@@ -244,6 +248,8 @@ class LogCache:
                     )
         if event["type"] == REDACTION:
             self._apply_redaction(view, event)
+            view.unread.clear()  # a redacted message no longer counts: recounted when next asked
+            return
         for user_id in list(view.unread):
             if user_id == event["sender"]:
                 continue
@@ -382,7 +388,7 @@ class LogCache:
             notify = highlight = 0
             for entry in entries[-MAX_COUNTED_EVENTS:]:
                 event = entry["event"]
-                if event["sender"] == user.user_id:
+                if event["sender"] == user.user_id or is_redacted(event):
                     continue
                 outcome = evaluate(rules, event, user.user_id, room_context(view, user.user_id, event["sender"]))
                 notify += outcome.notify

@@ -256,6 +256,32 @@ def test_network_policies_allow_exactly_the_calls_the_code_makes(overlay: str) -
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_auth_and_messaging_reach_outside_the_cluster_and_only_public_https(overlay: str) -> None:
+    # auth: the OIDC provider; messaging: push gateways (docs/push.md). Never the private ranges.
+    objects = render(overlay)
+    outside: dict[str, list[dict[str, Any]]] = {}
+    for app in PROCESSES:
+        labels = named(objects, "Deployment", app)["spec"]["template"]["metadata"]["labels"]
+        for policy in _policies_for(objects, labels):
+            for rule in policy["spec"].get("egress", []):
+                if any("ipBlock" in peer for peer in rule.get("to", [])):
+                    outside.setdefault(app, []).append(rule)
+    assert set(outside) == {"auth", "messaging"}
+    for rules in outside.values():
+        for rule in rules:
+            assert [p["port"] for p in rule["ports"]] == [443]
+            for peer in rule["to"]:
+                assert set(peer["ipBlock"]["except"]) >= {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+    messaging = named(objects, "ConfigMap", _config_map_name(objects, "messaging"))["data"]
+    assert messaging.get("PUSH_ALLOWED_NETWORKS", "") == ""  # no private pusher URL unless an operator says so
+
+
+def _config_map_name(objects, app: str) -> str:
+    container = app_container(objects, app)
+    return next(ref["configMapRef"]["name"] for ref in container.get("envFrom", []) if "configMapRef" in ref)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_prometheus_and_the_ingress_reach_only_their_ports(overlay: str) -> None:
     objects = render(overlay)
     for app in PROCESSES:

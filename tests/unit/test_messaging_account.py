@@ -182,7 +182,10 @@ async def test_pushers_are_stored_validated_and_removed(core: Messaging) -> None
         ({**pusher, "data": {"url": "ftp://x/y"}}, "M_INVALID_PARAM"),
         ({**pusher, "data": {"url": "javascript:alert(1)"}}, "M_INVALID_PARAM"),
         ({**pusher, "pushkey": "k" * 513}, "M_INVALID_PARAM"),
-        ({**pusher, "data": {"url": "https://x/y", "pad": "x" * 3000}}, "M_TOO_LARGE"),
+        ({**pusher, "data": {"url": "https://x/y", "pad": "x" * 3000}}, "M_INVALID_PARAM"),
+        ({**pusher, "data": {"url": "https://push.example/other/path"}}, "M_INVALID_PARAM"),
+        ({**pusher, "data": {"url": "http://127.0.0.1/_matrix/push/v1/notify"}}, "M_INVALID_PARAM"),
+        ({**pusher, "data": {"url": "http://localhost:8009/_matrix/push/v1/notify"}}, "M_INVALID_PARAM"),
         ({**pusher, "kind": "email"}, "M_INVALID_PARAM"),
         ({k: v for k, v in pusher.items() if k != "app_id"}, "M_MISSING_PARAM"),
     ]:

@@ -1031,6 +1031,54 @@ class SetPusherResponse(_message.Message):
 Global___SetPusherResponse: _TypeAlias = SetPusherResponse  # noqa: Y015
 
 @_typing.final
+class GetNotificationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ONLY_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    only: _builtins.str
+    """"" or "highlight"."""
+    @_builtins.property
+    def requester(self) -> Global___Requester: ...
+    def __init__(
+        self,
+        *,
+        requester: Global___Requester | None = ...,
+        limit: _builtins.int = ...,
+        only: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "limit", b"limit", "only", b"only", "requester", b"requester"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNotificationsRequest: _TypeAlias = GetNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class GetNotificationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    body_json: _builtins.bytes
+    """{"notifications": [...], "next_token"?}"""
+    def __init__(
+        self,
+        *,
+        body_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_json", b"body_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNotificationsResponse: _TypeAlias = GetNotificationsResponse  # noqa: Y015
+
+@_typing.final
 class SetAccountDataRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -130,6 +130,11 @@ class MessagingServiceStub:
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherRequest.SerializeToString,
                 response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherResponse.FromString,
                 _registered_method=True)
+        self.GetNotifications = channel.unary_unary(
+                '/laiwang.messaging.v1.MessagingService/GetNotifications',
+                request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetNotificationsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetNotificationsResponse.FromString,
+                _registered_method=True)
         self.SetAccountData = channel.unary_unary(
                 '/laiwang.messaging.v1.MessagingService/SetAccountData',
                 request_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetAccountDataRequest.SerializeToString,
@@ -288,6 +293,13 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNotifications(self, request, context):
+        """Matrix GET /notifications: the events the user's push rules notified for, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetAccountData(self, request, context):
         """Account data, global (`room_id` empty) or per room; it reaches the user's /sync.
         """
@@ -423,6 +435,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.SetPusher,
                     request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherRequest.FromString,
                     response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherResponse.SerializeToString,
+            ),
+            'GetNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNotifications,
+                    request_deserializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetNotificationsRequest.FromString,
+                    response_serializer=laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetNotificationsResponse.SerializeToString,
             ),
             'SetAccountData': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAccountData,
@@ -964,6 +981,33 @@ class MessagingService:
             '/laiwang.messaging.v1.MessagingService/SetPusher',
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherRequest.SerializeToString,
             laiwang_dot_messaging_dot_v1_dot_messaging__pb2.SetPusherResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.messaging.v1.MessagingService/GetNotifications',
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetNotificationsRequest.SerializeToString,
+            laiwang_dot_messaging_dot_v1_dot_messaging__pb2.GetNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

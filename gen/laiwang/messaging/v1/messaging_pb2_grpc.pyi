@@ -78,6 +78,8 @@ class MessagingServiceStub:
     GetPushers: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetPushersRequest, _messaging_pb2.GetPushersResponse]
     SetPusher: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetPusherRequest, _messaging_pb2.SetPusherResponse]
     """Matrix POST /pushers/set: add, replace or (kind null) remove a pusher."""
+    GetNotifications: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetNotificationsRequest, _messaging_pb2.GetNotificationsResponse]
+    """Matrix GET /notifications: the events the user's push rules notified for, newest first."""
     SetAccountData: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetAccountDataRequest, _messaging_pb2.SetAccountDataResponse]
     """Account data, global (`room_id` empty) or per room; it reaches the user's /sync."""
     GetAccountData: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetAccountDataRequest, _messaging_pb2.GetAccountDataResponse]
@@ -134,6 +136,8 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     GetPushers: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetPushersRequest, _messaging_pb2.GetPushersResponse]  # type: ignore[assignment]
     SetPusher: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetPusherRequest, _messaging_pb2.SetPusherResponse]  # type: ignore[assignment]
     """Matrix POST /pushers/set: add, replace or (kind null) remove a pusher."""
+    GetNotifications: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetNotificationsRequest, _messaging_pb2.GetNotificationsResponse]  # type: ignore[assignment]
+    """Matrix GET /notifications: the events the user's push rules notified for, newest first."""
     SetAccountData: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetAccountDataRequest, _messaging_pb2.SetAccountDataResponse]  # type: ignore[assignment]
     """Account data, global (`room_id` empty) or per room; it reaches the user's /sync."""
     GetAccountData: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetAccountDataRequest, _messaging_pb2.GetAccountDataResponse]  # type: ignore[assignment]
@@ -301,6 +305,14 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.SetPusherResponse, _abc.Awaitable[_messaging_pb2.SetPusherResponse]]:
         """Matrix POST /pushers/set: add, replace or (kind null) remove a pusher."""
+
+    @_abc_1.abstractmethod
+    def GetNotifications(
+        self,
+        request: _messaging_pb2.GetNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.GetNotificationsResponse, _abc.Awaitable[_messaging_pb2.GetNotificationsResponse]]:
+        """Matrix GET /notifications: the events the user's push rules notified for, newest first."""
 
     @_abc_1.abstractmethod
     def SetAccountData(
