@@ -240,8 +240,8 @@ class PushSender:
                 POKES.labels("rejected").inc()
                 await self._store.delete_pusher(poke["pusher"])
                 return
-            POKES.labels("sent").inc()
             await self._store.done(poke, push.due_after_send(now_ms(), settings), sent=True)
+            POKES.labels("sent").inc()  # after the record: a scrape that sees it sees it durable
             await self._observe_latency(poke)
             return
         if status and push.permanent_failure(status):
