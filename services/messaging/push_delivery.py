@@ -111,6 +111,7 @@ class PushFanout:
         if not high:
             return
         now = now_ms()
+        wanted = []
         for pusher in await self._store.pushers_of(sorted(high)):
             device = pusher.get("device_id", "")
             syncing = push.syncing_recently(self._seen.positions, pusher["user"], device, now, self._settings)
@@ -122,7 +123,8 @@ class PushFanout:
                 "device_id": device,
             }
             due = now + self._settings.sync_grace_ms if syncing else now
-            await self._store.want(poke, pos, event_id, high[pusher["user"]], due)
+            wanted.append((poke, high[pusher["user"]], due))
+        await self._store.want(wanted, pos, event_id)
         self.on_wanted()
 
 

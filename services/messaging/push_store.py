@@ -10,11 +10,9 @@ Collections:
 
 from __future__ import annotations
 
-import contextlib
-
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from plumbing.mongo import IndexPlan
 from services.messaging.rules import JSON
@@ -57,16 +55,29 @@ class PushStore:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise  # anything but "already recorded" (a redelivered event)
 
-    async def want(self, poke: JSON, pos: int, event_id: str, high: bool, due_ms: int) -> None:
-        """Ask for a poke of `event_id` unless this or a newer event was asked for already."""
-        update: JSON = {
-            "$set": {**poke, "want_pos": pos, "want_event": event_id, "pending": True},
-            "$max": {"due_ms": due_ms, **({"high_pos": pos} if high else {})},
-            "$setOnInsert": {"sent_pos": 0, "attempts": 0},
-        }
-        # A duplicate key: the document exists with this event or a newer one, nothing to add.
-        with contextlib.suppress(DuplicateKeyError):
-            await self.db.push_pokes.update_one({"_id": poke["_id"], "want_pos": {"$lt": pos}}, update, upsert=True)
+    async def want(self, wanted: list[tuple[JSON, bool, int]], pos: int, event_id: str) -> None:
+        """Ask for a poke of `event_id` for each (poke, high, due_ms), unless this or a newer event
+        was asked for already (one unordered bulk write)."""
+        ops = [
+            UpdateOne(
+                {"_id": poke["_id"], "want_pos": {"$lt": pos}},
+                {
+                    "$set": {**poke, "want_pos": pos, "want_event": event_id, "pending": True},
+                    "$max": {"due_ms": due_ms, **({"high_pos": pos} if high else {})},
+                    "$setOnInsert": {"sent_pos": 0, "attempts": 0},
+                },
+                upsert=True,
+            )
+            for poke, high, due_ms in wanted
+        ]
+        if not ops:
+            return
+        try:
+            await self.db.push_pokes.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            # A duplicate key: that document holds this event or a newer one, nothing to add.
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
 
     async def due(self, now_ms: int, limit: int) -> list[JSON]:
         return await self.db.push_pokes.find(
