@@ -8,7 +8,7 @@ BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help run demo test install proto web web-test check-proto lint format bench bench-contacts bench-chat bench-auth \
-	bench-zhadui clean-data image
+	bench-zhadui bench-push clean-data image
 
 # `make help` prints every target that has a `## ` description (a test checks that all of them do).
 help: ## this list
@@ -94,6 +94,9 @@ bench-zhadui: install ## zhadui feeds with 10,000 users and 100,000 zhaduis
 # Login throughput (argon2id) and the authenticated-request overhead at the gateway (cached introspection).
 bench-auth: install ## login throughput and the authenticated-request overhead
 	$(PY) -m bench.auth_bench
+
+bench-push: install ## message-to-push latency at 200 msg/s to 1,000 users, and pokes per 50-message burst
+	$(PY) -m bench.push_bench
 
 clean-data: ## delete var/ (the data of make run and the benchmarks' caches)
 	rm -rf var
