@@ -49,9 +49,11 @@ CONTACTS_CONSUMER = ConsumerSpec(CONTACTS, durable="messaging-relations", filter
 PROFILE_CONSUMER = ConsumerSpec(AUTH, durable="messaging-profiles", filter_subject="laiwang.auth.profile_changed")
 # Push delivery (push_delivery.py): every room event, retried for days rather than dropped after
 # ten tries (a poke that is given up on is a message a sleeping phone never hears of), and from
-# the stream's end when first created (history must not wake phones).
+# the stream's end when first created (history must not wake phones). One message per fetch: a
+# fetch of n waits, once the first message is in, until n arrived or its timeout (1 s) passed,
+# which a trickle of messages would pay in push latency; under load each fetch still returns at once.
 PUSH_CONSUMER = ConsumerSpec(
-    MESSAGING, durable="messaging-push", filter_subject=ROOM_EVENT_SUBJECT, max_deliver=10_000, only_new=True
+    MESSAGING, durable="messaging-push", filter_subject=ROOM_EVENT_SUBJECT, max_deliver=10_000, batch=1, only_new=True
 )
 
 

@@ -144,12 +144,17 @@ class PushSender:
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._settings.allowed_networks), limit=256)
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout_seconds)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            wait = self._settings.poll_seconds
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+                    await asyncio.wait_for(self._wake.wait(), wait)
                 self._wake.clear()
+                wait = self._settings.poll_seconds
                 try:
                     await self.deliver_due(session)
+                    due = await self._store.next_due()
+                    if due is not None:  # wake for the next collapsed or retried poke, not a poll later
+                        wait = min(wait, max(0.01, (due - now_ms()) / 1000))
                 except Exception:
                     log.warning("push sender pass failed; will retry", exc_info=True)
 

@@ -84,6 +84,13 @@ class PushStore:
             {"pending": True, "due_ms": {"$lte": now_ms}}, sort=[("due_ms", ASCENDING)], limit=limit
         ).to_list()
 
+    async def next_due(self) -> int | None:
+        """When the earliest pending poke falls due (ms), if any is pending."""
+        doc = await self.db.push_pokes.find_one(
+            {"pending": True}, projection={"due_ms": 1}, sort=[("pending", ASCENDING), ("due_ms", ASCENDING)]
+        )
+        return int(doc["due_ms"]) if doc else None
+
     async def claim(self, poke: JSON, now_ms: int, lease_ms: int) -> JSON | None:
         """Take the poke for `lease_ms` (unless another sender took it first); its current state."""
         return await self.db.push_pokes.find_one_and_update(
