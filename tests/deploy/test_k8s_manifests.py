@@ -372,6 +372,7 @@ def test_alerts_refer_to_metrics_the_code_exports() -> None:
     import gateway.app  # these register the metrics
     import gateway.routes.sync  # noqa: F401
     import plumbing.metrics  # noqa: F401
+    import services.messaging.push_delivery  # noqa: F401
 
     exported = set(REGISTRY._names_to_collectors)
     rule = named(render("prod"), "PrometheusRule", "laiwang")
