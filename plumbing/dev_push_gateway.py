@@ -37,6 +37,8 @@ class PushGateway:
         self.received: deque[dict[str, Any]] = deque(maxlen=keep)  # answered with 200
         self.held: list[dict[str, Any]] = []  # read but never answered (while `hold` is set)
         self.hold = False
+        self.failing: set[str] = set()  # pushkeys answered with 503 (tests: a gateway in trouble)
+        self.failures = 0
         self.arrived = asyncio.Condition()
 
     async def notify(self, request: web.Request) -> web.Response:
@@ -50,6 +52,10 @@ class PushGateway:
             pushkeys = [d["pushkey"] for d in devices]
         except (ValueError, KeyError, TypeError):
             return _error(400, "M_BAD_JSON", "not a Push Gateway API notification")
+        if self.failing.intersection(pushkeys):
+            self.failures += 1
+            await self._arrived()
+            return _error(503, "M_UNKNOWN", "temporarily unavailable")
         if self.hold:
             self.held.append(notification)
             await self._arrived()

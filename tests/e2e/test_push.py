@@ -112,6 +112,33 @@ async def test_a_muted_room_gives_no_poke_and_no_notification(
     assert quiet not in orjson.dumps(listed).decode()
 
 
+async def test_muting_a_room_stops_a_poke_that_is_already_waiting(
+    push_stack: RunningStack, gateway: LoopbackGateway
+) -> None:
+    base = push_stack.base_url
+    alice, bob = await register_user(base), await register_user(base)
+    room = await chat(base, alice, bob)
+    key = f"bob-{uuid.uuid4().hex}"
+    assert (await set_pusher(base, bob, gateway.url, key)).status == 200
+    gateway.gateway.failing.add(key)  # the gateway is in trouble: the poke waits, retried with backoff
+    failures = gateway.gateway.failures
+    muted_before = await metric(push_stack, "push_pokes_total", 'outcome="muted"')
+    await say(base, alice, room, "a poke for this waits for a retry")
+    await gateway.gateway.wait_for(lambda: gateway.gateway.failures > failures)
+    client = await nio_client(base, bob)
+    try:
+        await client.set_pushrule("global", PushRuleKind.room, room, actions=[])
+    finally:
+        await client.close()
+    gateway.gateway.failing.discard(key)
+
+    async def dropped() -> bool:
+        return await metric(push_stack, "push_pokes_total", 'outcome="muted"') > muted_before
+
+    await eventually(dropped, timeout=60)  # the next retry finds the room muted
+    assert gateway.pokes(key) == []
+
+
 async def test_a_rejected_pushkey_is_removed(push_stack: RunningStack, gateway: LoopbackGateway) -> None:
     base = push_stack.base_url
     alice, bob = await register_user(base), await register_user(base)
