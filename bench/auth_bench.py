@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import percentile
+from bench.common import run as bench_run
 from plumbing.stack import StackConfig, running_stack
 
 V3 = "/_matrix/client/v3"
@@ -149,13 +150,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(run(args))
+    bench_run(run(args), use_uvloop=True)
     sys.stdout.flush()
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.common import run as bench_run
 from plumbing.ports import free_port
 from plumbing.stack import StackConfig, running_stack
 from plumbing.supervisor import Supervisor, stop_subprocess
@@ -581,11 +582,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=50, help="messages sent to idle users to time wake-ups")
     parser.add_argument("--skip-synapse", action="store_true")
     args = parser.parse_args()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(run(args))
+    bench_run(run(args), use_uvloop=True)
 
 
 if __name__ == "__main__":

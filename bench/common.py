@@ -1,9 +1,68 @@
-"""Small helpers every benchmark uses: percentiles, process memory, batched inserts."""
+"""Small helpers every benchmark uses: the runner that stops its stack on Ctrl-C, percentiles,
+process memory, batched inserts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+
+from plumbing.supervisor import kill_all_children
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run(main: Coroutine[Any, Any, None], use_uvloop: bool = False) -> None:
+    """`asyncio.run(main)` for a benchmark (on uvloop if `use_uvloop` and it is installed).
+
+    Ctrl-C, SIGTERM or SIGHUP cancel `main`, so its stacks stop at once (`running_stack` and
+    `Supervisor.stop_all(quick=True)`: every server together, NATS and Mongo after them) instead of
+    draining one by one; a second signal SIGKILLs whatever is left. Either way the process exits
+    (with 128 + the signal number) only once its children are gone: none of them lingers after it.
+    """
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    received: list[int] = []
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            if len(received) == 1:
+                print(f"\nbench: {signal.Signals(signum).name}: stopping its processes", file=sys.stderr, flush=True)
+                task.cancel()
+            else:
+                print("bench: killing its processes", file=sys.stderr, flush=True)
+                kill_all_children()
+
+        def quiet_once_interrupted(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            # Workload tasks left behind by the cancellation fail against the stopped stack: noise.
+            if not received:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(quiet_once_interrupted)
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
+        await main
+
+    try:
+        asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    if received:
+        print("bench: stopped", file=sys.stderr, flush=True)
+        sys.exit(128 + received[0])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -34,6 +34,7 @@ import nats
 from pymongo import AsyncMongoClient
 
 from bench.common import percentile, rss_mb
+from bench.common import run as bench_run
 from laiwang.contacts.v1 import contacts_pb2 as pb
 from laiwang.contacts.v1 import contacts_pb2_grpc
 from laiwang.events.v1 import auth_events_pb2
@@ -131,6 +132,7 @@ async def run(args: argparse.Namespace, config: StackConfig, servers_log: TextIO
     await supervisor.start_all()
     service = Supervisor([contacts_spec], out=service_log)
     mongo = AsyncMongoClient(config.mongo_uri)
+    interrupted = True  # Ctrl-C or a failure: stop at once (the seeded data survives a quick stop)
     try:
         await seed(mongo[DB], args.registered)
         started = time.perf_counter()
@@ -150,10 +152,11 @@ async def run(args: argparse.Namespace, config: StackConfig, servers_log: TextIO
         print(f"  server histogram UploadContacts: {histogram(metrics, 'UploadContacts')}")
         print(f"  server histogram LookupHashes:   {histogram(metrics, 'LookupHashes')}")
         print(f"  contacts RSS after the run: {rss_mb(pid):.0f} MB")
+        interrupted = False
     finally:
         await mongo.close()
-        await service.stop_all()
-        await supervisor.stop_all()
+        await service.stop_all(quick=interrupted)
+        await supervisor.stop_all(quick=interrupted)
 
 
 async def verify(js, stub: contacts_pb2_grpc.ContactsServiceStub, user: str, number: str) -> None:
@@ -317,7 +320,7 @@ def main() -> None:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     config = StackConfig.on_free_ports(DATA_DIR.resolve(), server_name=SERVER)
     with open(DATA_DIR / "servers.log", "w") as servers_log, open(DATA_DIR / "contacts.log", "w") as service_log:
-        asyncio.run(run(args, config, servers_log, service_log))
+        bench_run(run(args, config, servers_log, service_log))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@ the same against Synapse when the virtualenv exists (tests/e2e/test_matrix_js_sd
 
 from __future__ import annotations
 
-import asyncio
-
 from bench.chat_bench import synapse_server
+from bench.common import run as bench_run
 from tests.matrix_sdk_support import LAIWANG_ONLY_STEPS, SCENARIO_STEPS, run_scenario
 
 
@@ -24,4 +23,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_run(main())

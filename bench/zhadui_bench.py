@@ -26,6 +26,7 @@ import grpc
 from pymongo import AsyncMongoClient
 
 from bench.common import insert_in_batches, percentile, rss_mb
+from bench.common import run as bench_run
 from laiwang.zhadui.v1 import zhadui_pb2 as pb
 from laiwang.zhadui.v1 import zhadui_pb2_grpc
 from plumbing.stack import RunningStack, StackConfig, running_stack
@@ -249,7 +250,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     data_dir = Path("var/bench/zhadui").resolve()
     shutil.rmtree(data_dir, ignore_errors=True)
-    asyncio.run(run(parser.parse_args(), data_dir))
+    bench_run(run(parser.parse_args(), data_dir))
 
 
 if __name__ == "__main__":

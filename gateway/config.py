@@ -6,11 +6,16 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
-from plumbing.config import LOG_LEVELS, Env
+from plumbing.config import (
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_NATS_URL,
+    LOCAL_HOST,
+    LOG_LEVELS,
+    SERVICES,
+    Env,
+    default_address,
+)
 from plumbing.errors import ConfigError
-
-SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
-DEFAULT_GRPC_PORTS = {"auth": 50051, "contacts": 50052, "messaging": 50053, "zhadui": 50054, "open_platform": 50055}
 
 
 @dataclass(frozen=True)
@@ -82,18 +87,16 @@ class GatewayConfig:
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewayConfig:
         env = env or Env()
-        host = env.str("GATEWAY_HOST", "127.0.0.1")
-        port = env.port("GATEWAY_PORT", 8008)
+        host = env.str("GATEWAY_HOST", LOCAL_HOST)
+        port = env.port("GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
         return cls(
             host=host,
             port=port,
             server_name=env.str("SERVER_NAME", "localhost"),
             public_base_url=env.str("PUBLIC_BASE_URL", f"http://{host}:{port}"),
-            nats_url=env.url("NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls")),
+            nats_url=env.url("NATS_URL", DEFAULT_NATS_URL, ("nats", "tls")),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
-            service_addresses={
-                name: env.address(f"{name.upper()}_ADDR", f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}") for name in SERVICES
-            },
+            service_addresses={name: env.address(f"{name.upper()}_ADDR", default_address(name)) for name in SERVICES},
             max_body_bytes=env.int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             # Mobile clients reconnect in herds after a network blip; 128 (aiohttp's default) overflows.
             listen_backlog=env.int("GATEWAY_LISTEN_BACKLOG", 2048, minimum=16),

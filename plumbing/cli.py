@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import signal
 import sys
@@ -33,8 +34,10 @@ async def run_stack() -> None:
     start = asyncio.create_task(supervisor.start_all())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if start not in done:  # Ctrl-C while starting
+    if start not in done:  # Ctrl-C while starting: start_all stops what it started
         start.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await start
         await supervisor.stop_all()
         return
     stopper.cancel()

@@ -17,6 +17,32 @@ from plumbing.streams import STORAGE_TYPES, StreamSettings
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
+# The local defaults, in one place: every process started alone (`laiwang serve <process>`) finds
+# the others where `laiwang run` (`make run`) puts them. README "Configuration" lists them; a test
+# checks that table and `make run`'s settings against these.
+SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
+LOCAL_HOST = "127.0.0.1"
+DEFAULT_GATEWAY_PORT = 8008
+DEFAULT_NATS_PORT = 4322
+DEFAULT_MONGO_PORT = 27817
+DEFAULT_GRPC_PORT_BASE = 50051  # auth, contacts, messaging, zhadui, open_platform: this and the next four
+DEFAULT_METRICS_PORT_BASE = 9101  # the same order
+DEFAULT_NATS_URL = f"nats://{LOCAL_HOST}:{DEFAULT_NATS_PORT}"
+DEFAULT_MONGO_URI = f"mongodb://{LOCAL_HOST}:{DEFAULT_MONGO_PORT}/?directConnection=true"
+
+
+def default_grpc_port(service: str) -> int:
+    return DEFAULT_GRPC_PORT_BASE + SERVICES.index(service)
+
+
+def default_metrics_port(service: str) -> int:
+    return DEFAULT_METRICS_PORT_BASE + SERVICES.index(service)
+
+
+def default_address(service: str) -> str:
+    """Where a process looks for `service` unless `<SERVICE>_ADDR` says otherwise."""
+    return f"{LOCAL_HOST}:{default_grpc_port(service)}"
+
 
 class Env:
     """Typed, validated reads from an environment mapping (``os.environ`` by default)."""
@@ -120,14 +146,14 @@ class ServiceConfig:
         env = env or Env()
         return cls(
             name=name,
-            grpc_host=env.str("GRPC_HOST", "127.0.0.1"),
-            grpc_port=env.port("GRPC_PORT", 50051),
-            metrics_port=env.port("METRICS_PORT", 9101),
-            mongo_uri=env.url("MONGO_URI", "mongodb://127.0.0.1:27017/", ("mongodb", "mongodb+srv")),
+            grpc_host=env.str("GRPC_HOST", LOCAL_HOST),
+            grpc_port=env.port("GRPC_PORT", default_grpc_port(name)),
+            metrics_port=env.port("METRICS_PORT", default_metrics_port(name)),
+            mongo_uri=env.url("MONGO_URI", DEFAULT_MONGO_URI, ("mongodb", "mongodb+srv")),
             mongo_db=env.str("MONGO_DB", f"laiwang_{name}"),
             # How long a store call waits for an unreachable server before answering 503.
             mongo_timeout_ms=env.int("MONGO_TIMEOUT_MS", 5000, minimum=100),
-            nats_url=env.url("NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls")),
+            nats_url=env.url("NATS_URL", DEFAULT_NATS_URL, ("nats", "tls")),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS),
             server_name=env.str("SERVER_NAME", "localhost"),
             shutdown_grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 10.0),

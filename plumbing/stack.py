@@ -19,22 +19,30 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plumbing.config import Env
+from plumbing.config import (
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_GRPC_PORT_BASE,
+    DEFAULT_METRICS_PORT_BASE,
+    DEFAULT_MONGO_PORT,
+    DEFAULT_NATS_PORT,
+    LOCAL_HOST,
+    SERVICES,
+    Env,
+)
 from plumbing.errors import StartupError
 from plumbing.ports import free_port, free_port_block, port_is_free
 from plumbing.supervisor import ChildSpec, Probe, Supervisor
 
-SERVICES = ("auth", "contacts", "messaging", "zhadui", "open_platform")
-HOST = "127.0.0.1"
+HOST = LOCAL_HOST
 
 
 @dataclass(frozen=True)
 class StackPorts:
-    gateway: int = 8008
-    nats: int = 4322
-    mongo: int = 27817
-    grpc_base: int = 50051
-    metrics_base: int = 9101
+    gateway: int = DEFAULT_GATEWAY_PORT
+    nats: int = DEFAULT_NATS_PORT
+    mongo: int = DEFAULT_MONGO_PORT
+    grpc_base: int = DEFAULT_GRPC_PORT_BASE
+    metrics_base: int = DEFAULT_METRICS_PORT_BASE
     push_gateway: int = 8009  # the dev push gateway (plumbing/dev_push_gateway.py)
 
     def grpc(self, service: str) -> int:
@@ -57,11 +65,11 @@ class StackConfig:
     def from_env(cls, env: Env | None = None) -> StackConfig:
         env = env or Env()
         ports = StackPorts(
-            gateway=env.port("GATEWAY_PORT", 8008),
-            nats=env.port("NATS_PORT", 4322),
-            mongo=env.port("MONGO_PORT", 27817),
-            grpc_base=env.int("GRPC_PORT_BASE", 50051, minimum=1, maximum=65530),
-            metrics_base=env.int("METRICS_PORT_BASE", 9101, minimum=1, maximum=65530),
+            gateway=env.port("GATEWAY_PORT", DEFAULT_GATEWAY_PORT),
+            nats=env.port("NATS_PORT", DEFAULT_NATS_PORT),
+            mongo=env.port("MONGO_PORT", DEFAULT_MONGO_PORT),
+            grpc_base=env.int("GRPC_PORT_BASE", DEFAULT_GRPC_PORT_BASE, minimum=1, maximum=65530),
+            metrics_base=env.int("METRICS_PORT_BASE", DEFAULT_METRICS_PORT_BASE, minimum=1, maximum=65530),
             push_gateway=env.port("PUSH_GATEWAY_PORT", 8009),
         )
         external_mongo = env.url("MONGO_URI", "-", ("mongodb", "mongodb+srv")) if env._raw("MONGO_URI") else None
@@ -195,6 +203,7 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
                 ],
                 probe=lambda: _tcp_open(ports.nats),
                 address=config.nats_url,
+                infrastructure=True,
             )
         )
     if config.external_mongo_uri is None:
@@ -216,6 +225,7 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
                 ],
                 probe=lambda: _tcp_open(ports.mongo),
                 address=config.mongo_uri,
+                infrastructure=True,
             )
         )
     common = {
@@ -293,7 +303,9 @@ class RunningStack:
 async def running_stack(
     config: StackConfig, env: dict[str, str] | None = None, database_suffix: str = ""
 ) -> AsyncIterator[RunningStack]:
-    """The stack of `config` under a supervisor, its output in `<data_dir>/stack.log`; stopped on exit.
+    """The stack of `config` under a supervisor, its output in `<data_dir>/stack.log`; stopped on exit,
+    quickly (Supervisor.stop_all) when the body raised or was cancelled: a failed test or a benchmark
+    stopped with Ctrl-C (bench/common.py) has no use for a graceful drain.
 
     `database_suffix` gives every service database a distinct name, so stacks sharing one
     Mongo-wire server never see each other's data.
@@ -312,7 +324,9 @@ async def running_stack(
         except Exception:
             sys.stderr.write(log_path.read_text(errors="replace")[-20000:])
             raise
+        interrupted = True
         try:
             yield RunningStack(config, supervisor, log_path)
+            interrupted = False
         finally:
-            await supervisor.stop_all()
+            await supervisor.stop_all(quick=interrupted)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
 _PR_SET_PDEATHSIG = 1
+# A quick stop (see Supervisor.stop_all) gives each server this long after SIGTERM before SIGKILL.
+QUICK_STOP_SECONDS = 2.0
 
 
 def terminate_with_parent() -> None:
@@ -64,6 +67,9 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 60.0
     stop_timeout: float = 15.0
+    # Others depend on it (NATS, the Mongo-wire server): a quick stop stops it after all the rest,
+    # gracefully, so no server spends its shutdown reconnecting and no stored data is cut short.
+    infrastructure: bool = False
 
 
 class Child:
@@ -122,7 +128,9 @@ class Child:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pump, 2.0)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM the child's process group; SIGKILL it after `timeout` (default: its stop_timeout)."""
+        timeout = self.spec.stop_timeout if timeout is None else timeout
         process = self.process
         if process is None or process.returncode is not None:
             await self._drain_output()
@@ -130,9 +138,9 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), self.spec.stop_timeout)
+            await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
-            self._out.write(f"{self._prefix}did not stop within {self.spec.stop_timeout:.0f}s; killing\n")
+            self._out.write(f"{self._prefix}did not stop within {timeout:.0f}s; killing\n")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
@@ -140,6 +148,23 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await self._drain_output()
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group now (a stop in progress then sees it exit)."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+# Every supervisor of this process with children, for kill_all_children.
+_supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+def kill_all_children() -> None:
+    """SIGKILL every child of every supervisor in this process: a second Ctrl-C means stop waiting."""
+    for supervisor in list(_supervisors):
+        for child in supervisor.children:
+            child.kill()
 
 
 class Supervisor:
@@ -164,12 +189,13 @@ class Supervisor:
         self._out.flush()
 
     async def start_all(self) -> None:
+        _supervisors.add(self)
         try:
             for child in self.children:
                 await child.start()
                 await child.wait_ready()
         except BaseException:
-            await self.stop_all()
+            await self.stop_all(quick=True)  # a failed or interrupted start: nothing to drain
             raise
         self._watchers = [asyncio.create_task(self._watch(c), name=f"watch:{c.spec.name}") for c in self.children]
 
@@ -199,11 +225,29 @@ class Supervisor:
             except StartupError as exc:
                 self.say(f"{child.spec.name} failed to come back: {exc}")
 
-    async def stop_all(self) -> None:
+    async def stop_all(self, quick: bool = False) -> None:
+        """Stop every child; return once all have exited.
+
+        By default one at a time in reverse order, each with its stop_timeout to drain (`make run`'s
+        Ctrl-C). `quick` is for when nobody waits for a drain (an interrupted benchmark, a failed
+        test or start): every server at once, SIGKILL after QUICK_STOP_SECONDS, then the
+        infrastructure together, gracefully.
+        """
         self._stopping = True
         for task in self._watchers:
             task.cancel()
-        for child in reversed(self.children):
-            if child.process is not None and child.process.returncode is None:
-                self.say(f"stopping {child.spec.name} (pid {child.pid})")
-            await child.stop()
+        if not quick:
+            for child in reversed(self.children):
+                self._announce(child)
+                await child.stop()
+            return
+        servers = [c for c in reversed(self.children) if not c.spec.infrastructure]
+        infrastructure = [c for c in reversed(self.children) if c.spec.infrastructure]
+        for group, timeout in ((servers, QUICK_STOP_SECONDS), (infrastructure, None)):
+            for child in group:
+                self._announce(child)
+            await asyncio.gather(*(child.stop(timeout) for child in group))
+
+    def _announce(self, child: Child) -> None:
+        if child.process is not None and child.process.returncode is None:
+            self.say(f"stopping {child.spec.name} (pid {child.pid})")

@@ -23,7 +23,7 @@ import logging
 
 from laiwang.contacts.v1 import contacts_pb2
 from plumbing import streams
-from plumbing.config import Env
+from plumbing.config import Env, default_address
 from plumbing.domain_errors import DomainError
 from plumbing.errors import ConfigError
 from plumbing.grpc_client import open_channel
@@ -76,7 +76,7 @@ def build_logic(runtime: Runtime, env: Env | None = None) -> tuple[ContactsLogic
     store = ContactsStore(runtime.mongo, runtime.db)
     producer = PairEventProducer(runtime.outbox)
     ask_auth = env.bool("CONTACTS_ASK_AUTH_FOR_PHONES", True)
-    phones = AuthPhones(open_channel(env.address("AUTH_ADDR", "127.0.0.1:50051"))) if ask_auth else None
+    phones = AuthPhones(open_channel(env.address("AUTH_ADDR", default_address("auth")))) if ask_auth else None
     logic = ContactsLogic(
         store,
         PhoneIndex(),

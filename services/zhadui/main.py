@@ -8,7 +8,7 @@ import time
 
 from laiwang.zhadui.v1 import zhadui_pb2
 from plumbing import streams
-from plumbing.config import Env
+from plumbing.config import Env, default_address
 from plumbing.grpc_client import open_channel
 from plumbing.ids import sortable_id
 from plumbing.service import Runtime, ServiceParts, run_service
@@ -35,7 +35,7 @@ async def build(runtime: Runtime) -> ServiceParts:
     archive_every = env.float("ZHADUI_ARCHIVE_SWEEP_SECONDS", 60.0, minimum=0.1)
     per_hour = env.int("ZHADUI_CREATIONS_PER_HOUR", 20, minimum=1)
     activity_resolution = env.float("ZHADUI_ACTIVITY_RESOLUTION_SECONDS", 5.0, minimum=0.0)
-    messaging = env.address("MESSAGING_ADDR", "127.0.0.1:50053")
+    messaging = env.address("MESSAGING_ADDR", default_address("messaging"))
     cursor_key = env.str("ZHADUI_CURSOR_KEY", DEV_CURSOR_KEY.decode()).encode()
 
     store = MongoZhaduiStore(runtime.db, runtime.outbox)
