@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: help run demo test install proto web web-test check-proto lint format bench bench-contacts bench-chat bench-auth \
 	bench-zhadui bench-push clean-data image
 
-# `make help` prints every target that has a `## ` description (a test checks that all of them do).
+# `make help` prints every target that has a `## ` description (tests/unit/test_readme_commands.py checks that all do).
 help: ## this list
 	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
