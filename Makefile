@@ -18,13 +18,19 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 
-# Re-install only when the dependency list changes.
-$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+# Re-install only when the dependency list changes. `make run` and `make demo` need only the runtime
+# packages and the protobuf generator (.installed-run); the test, lint and deployment-check tools, over
+# half of the download, come with the first `make test` or `make install` (.installed).
+$(VENV)/.installed-run: pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[proto]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 $(BUF): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 	touch $@
 
 # The web client: rebuilt only when its sources, the OpenAPI document or the npm lock changed.
@@ -42,7 +48,7 @@ web-test: $(BUF) ## Vitest unit tests of the web client's own logic
 
 install: $(VENV)/.installed $(BUF) ## .venv (pinned packages) and node_modules (buf); the other targets do it when needed
 
-proto: install ## regenerate gen/ from protos/
+proto: $(VENV)/.installed-run $(BUF) ## regenerate gen/ from protos/
 	$(PY) scripts/gen_protos.py
 
 # Generated code must match protos/, lint must pass, and nothing may break main's contract.
@@ -68,7 +74,7 @@ run: proto web ## the whole stack (embedded NATS + Mongo-wire store), ready for 
 	$(VENV)/bin/laiwang run
 
 # Against the stack `make run` started (same GATEWAY_PORT and LAIWANG_DATA_DIR); safe to repeat.
-demo: install ## demo users (friends, a chat, a zhadui) on the running stack; prints their passwords
+demo: $(VENV)/.installed-run ## demo users (friends, a chat, a zhadui) on the running stack; prints their passwords
 	$(VENV)/bin/laiwang demo
 
 # Not part of make test (slow); IMAGE=... names it, `scripts/build_image.sh --debootstrap` needs no registry.
