@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -72,8 +73,11 @@ async def run(args: argparse.Namespace) -> None:
     config = StackConfig.on_free_ports(data_dir, server_name="laiwang.bench", log_level="WARNING")
     # The benchmark logs in from one address far faster than a person would.
     env = {"GATEWAY_CREDENTIAL_RATE_PER_SECOND": "100000", "GATEWAY_CREDENTIAL_BURST": "100000"}
-    async with running_stack(config, env):
-        await measure(args, config)
+    try:
+        async with running_stack(config, env):
+            await measure(args, config)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)  # throwaway accounts; the stack has stopped
 
 
 async def measure(args: argparse.Namespace, config: StackConfig) -> None:

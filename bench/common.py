@@ -53,7 +53,13 @@ def run(main: Coroutine[Any, Any, None], use_uvloop: bool = False) -> None:
         loop.set_exception_handler(quiet_once_interrupted)
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
-        await main
+        try:
+            await main
+        finally:
+            if received:
+                # Stopped: a late press must not turn the clean exit into a KeyboardInterrupt once the
+                # loop's handlers are gone. Blocked, it stays pending until the process exits.
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
     try:
         asyncio.run(guarded())
