@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from bench.common import percentile
+from bench.common import run as bench_run
 from plumbing.dev_push_gateway import PushGateway
 from plumbing.ports import free_port
 from plumbing.stack import StackConfig, running_stack
@@ -213,7 +214,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--burst", type=int, default=50)
-    asyncio.run(run(parser.parse_args()))
+    bench_run(run(parser.parse_args()))
 
 
 if __name__ == "__main__":
