@@ -28,6 +28,7 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env.update(
         LAIWANG_DATA_DIR=str(data_dir),
         GATEWAY_PORT=str(free_port()),
+        PUSH_GATEWAY_PORT=str(free_port()),  # not 8009: another suite or a `make run` may hold it
         NATS_PORT=str(free_port()),
         MONGO_PORT=str(free_port()),
         GRPC_PORT_BASE=str(free_port_block(len(SERVICES))),
