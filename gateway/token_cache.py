@@ -95,10 +95,6 @@ class TokenCache:
 
     # --- eviction ------------------------------------------------------------------------------
 
-    def evict_key(self, key: str) -> None:
-        self.generation += 1
-        self._drop(key)
-
     def evict_token_ids(self, token_ids: list[str] | tuple[str, ...]) -> None:
         self.generation += 1
         for token_id in token_ids:

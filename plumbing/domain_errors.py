@@ -98,12 +98,6 @@ ERRCODES: dict[str, ErrorKind] = {
 KIND_OF_GRPC_STATUS: dict[str, ErrorKind] = {kind.grpc_status_name: kind for kind in ErrorKind}
 
 
-def http_status_of(errcode: str) -> int | None:
-    """The HTTP status Matrix clients get for `errcode`, or None if its kind is not fixed."""
-    kind = ERRCODES.get(errcode)
-    return kind.http_status if kind else None
-
-
 class DomainError(Exception):
     """A rule said no: the Matrix errcode and a message for the client (the kind follows the errcode)."""
 

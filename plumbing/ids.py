@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: sortable, no ambiguous letters
@@ -37,8 +36,3 @@ def sortable_id() -> str:
         random_part = int.from_bytes(os.urandom(10), "big")
     _last_millis, _last_random = millis, random_part
     return _base32(millis, 10) + _base32(random_part, 16)
-
-
-def random_token(nbytes: int = 32) -> str:
-    """An unguessable URL-safe secret."""
-    return secrets.token_urlsafe(nbytes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -13,7 +13,6 @@ from pymongo.errors import PyMongoError
 from plumbing.errors import StartupError
 
 T = TypeVar("T")
-Document = dict[str, Any]
 IndexPlan = Mapping[str, Sequence[IndexModel]]
 
 

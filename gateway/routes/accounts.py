@@ -12,7 +12,6 @@ import secrets
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
-from urllib.parse import quote
 
 import grpc
 from aiohttp import web
@@ -487,10 +486,6 @@ async def set_displayname(request: web.Request) -> web.Response:
 
 async def set_avatar_url(request: web.Request) -> web.Response:
     return await _set_profile(request, "avatar_url", "avatar_url")
-
-
-def profile_path(user_id: str) -> str:
-    return f"{PREFIX}/profile/{quote(user_id, safe='')}"
 
 
 def routes(deps: GatewayDeps) -> list[web.RouteDef]:

@@ -114,7 +114,6 @@ def _pair_doc(pair: Pair) -> dict[str, Any]:
 class ContactsStore:
     def __init__(self, client: AsyncMongoClient, db: AsyncDatabase) -> None:
         self._client = client
-        self._db = db
         self.phones = db["phones"]
         self.profiles = db["profiles"]
         self.books = db["books"]

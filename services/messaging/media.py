@@ -27,8 +27,6 @@ from plumbing.domain_errors import DomainError, Errcode, ErrorKind, invalid, not
 
 # Pillow format name -> MIME type, for the image types served and thumbnailed.
 IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
-# Served inline; everything else is an attachment (no HTML or SVG rendered from this origin).
-INLINE_TYPES = frozenset({*IMAGE_TYPES.values(), "audio/ogg", "audio/mpeg", "audio/mp4", "video/mp4", "video/webm"})
 MAX_PIXELS = 40_000_000  # a decompression bomb is refused before it is decoded
 MAX_THUMBNAIL_SIDE = 1600
 _MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")

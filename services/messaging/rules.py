@@ -150,7 +150,6 @@ def _require_url(content: JSON, key: str, schemes: tuple[str, ...], *, optional:
 
 
 MEDIA_MSGTYPES = ("m.image", "m.file", "m.audio", "m.video")
-TEXT_MSGTYPES = ("m.text", "m.notice", "m.emote")
 CONTENT_SCHEMES = ("mxc://", "https://", "http://")
 WEB_SCHEMES = ("https://", "http://")
 

@@ -354,10 +354,6 @@ class Batch:
         self.claim_positions()
         await self.tx.write(self.writes)
 
-    def is_append_only(self) -> bool:
-        w = self.writes
-        return not (w.state or w.rooms or w.receipts or w.redactions) and all(e["kind"] == "event" for e in w.entries)
-
 
 _MISSING = object()
 

@@ -59,7 +59,6 @@ def _zhadui(doc: dict[str, Any]) -> Zhadui:
 
 class MongoZhaduiStore:
     def __init__(self, db: AsyncDatabase, outbox: Outbox) -> None:
-        self._db = db
         self._client = db.client
         self._outbox = outbox
         self._zhaduis = db["zhaduis"]
