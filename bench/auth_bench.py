@@ -29,7 +29,7 @@ import aiohttp
 
 from bench.common import percentile
 from bench.common import run as bench_run
-from plumbing.stack import StackConfig, running_stack
+from plumbing.dev.stack import StackConfig, running_stack
 
 V3 = "/_matrix/client/v3"
 PASSWORD = "benchmark password 1"

@@ -42,9 +42,10 @@ import aiohttp
 import orjson
 
 from bench.common import run as bench_run
+from plumbing.dev.stack import StackConfig, running_stack
+from plumbing.dev.supervisor import Supervisor
 from plumbing.ports import free_port
-from plumbing.stack import StackConfig, running_stack
-from plumbing.supervisor import Supervisor, stop_subprocess
+from plumbing.process import stop_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"

@@ -39,9 +39,9 @@ from laiwang.contacts.v1 import contacts_pb2 as pb
 from laiwang.contacts.v1 import contacts_pb2_grpc
 from laiwang.events.v1 import auth_events_pb2
 from plumbing import streams
+from plumbing.dev.stack import StackConfig, stack_specs
+from plumbing.dev.supervisor import Supervisor
 from plumbing.jetstream import ensure_stream
-from plumbing.stack import StackConfig, stack_specs
-from plumbing.supervisor import Supervisor
 from services.contacts.core import lookup_hash
 
 SERVER = "laiwang.bench"

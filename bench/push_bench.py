@@ -33,9 +33,9 @@ from aiohttp import web
 
 from bench.common import percentile
 from bench.common import run as bench_run
+from plumbing.dev.stack import StackConfig, running_stack
 from plumbing.dev_push_gateway import PushGateway
 from plumbing.ports import free_port
-from plumbing.stack import StackConfig, running_stack
 
 BENCH_DIR = Path(os.environ.get("LAIWANG_BENCH_DIR", "var/bench"))
 V3 = "/_matrix/client/v3"

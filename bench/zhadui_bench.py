@@ -29,7 +29,7 @@ from bench.common import insert_in_batches, percentile, rss_mb
 from bench.common import run as bench_run
 from laiwang.zhadui.v1 import zhadui_pb2 as pb
 from laiwang.zhadui.v1 import zhadui_pb2_grpc
-from plumbing.stack import RunningStack, StackConfig, running_stack
+from plumbing.dev.stack import RunningStack, StackConfig, running_stack
 from tests.matrix_support import register_user
 
 SERVER = "laiwang.bench"

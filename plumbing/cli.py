@@ -2,7 +2,7 @@
 
 laiwang run              the whole stack (what `make run` calls)
 laiwang serve SERVICE    one process: auth, contacts, messaging, zhadui, open_platform or gateway
-laiwang demo             demo people, a friendship, a chat and a zhadui on a running stack (plumbing/demo.py)
+laiwang demo             demo people, a friendship, a chat and a zhadui on a running stack (plumbing/dev/demo.py)
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ import signal
 import sys
 import time
 
+from plumbing.config import SERVICES
 from plumbing.errors import StartupError
-from plumbing.stack import SERVICES, StackConfig, check_ports_free, stack_specs
-from plumbing.supervisor import Supervisor, terminate_with_parent
+from plumbing.process import terminate_with_parent
 
 
 async def run_stack() -> None:
+    # The dev-only stack is imported here, so that `laiwang serve` never loads it.
+    from plumbing.dev.stack import StackConfig, check_ports_free, stack_specs
+    from plumbing.dev.supervisor import Supervisor
+
     terminate_with_parent()
     config = StackConfig.from_env()
     check_ports_free(config)
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("demo", help="demo users, friends, a chat and a zhadui on a running stack", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
-        from plumbing.demo import main as demo
+        from plumbing.dev.demo import main as demo
 
         demo(rest)
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from plumbing.supervisor import terminate_with_parent
+from plumbing.process import terminate_with_parent
 
 
 def main() -> None:

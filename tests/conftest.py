@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from plumbing.stack import RunningStack, running_stack
-from plumbing.supervisor import with_parent_death
+from plumbing.dev.stack import RunningStack, running_stack
+from plumbing.process import with_parent_death
 from tests.support import free_port, stack_config, stop_process
 
 BIN = Path(sys.executable).parent

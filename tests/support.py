@@ -7,9 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from plumbing.dev.stack import StackConfig
 from plumbing.ports import free_port, free_port_block
-from plumbing.stack import StackConfig
-from plumbing.supervisor import stop_subprocess as stop_process
+from plumbing.process import stop_subprocess as stop_process
 
 __all__ = ["eventually", "free_port", "free_port_block", "stack_config", "stop_process"]
 

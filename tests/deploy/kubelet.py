@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plumbing.ports import free_port
-from plumbing.supervisor import with_parent_death
+from plumbing.process import with_parent_death
 from tests.deploy.k8s import ROOT, named
 
 BIN = Path(sys.executable).parent

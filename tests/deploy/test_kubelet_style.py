@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from plumbing.ports import free_port
-from plumbing.supervisor import stop_subprocess, with_parent_death
+from plumbing.process import stop_subprocess, with_parent_death
 from tests.deploy.k8s import render
 from tests.deploy.kubelet import BIN, Cluster, Pod
 

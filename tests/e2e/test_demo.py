@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from nio import AsyncClient, LoginResponse, RoomMessageText, SyncResponse
 
-from plumbing.demo import CHAT, DISCUSSION, ROOM_NAME, ZHADUI_TITLE
-from plumbing.stack import RunningStack
+from plumbing.dev.demo import CHAT, DISCUSSION, ROOM_NAME, ZHADUI_TITLE
+from plumbing.dev.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from plumbing.demo import CHAT
-from plumbing.stack import RunningStack
+from plumbing.dev.demo import CHAT
+from plumbing.dev.stack import RunningStack
 from tests.conftest import launch_stack
 
 pytestmark = pytest.mark.e2e

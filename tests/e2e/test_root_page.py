@@ -7,7 +7,7 @@ import re
 import aiohttp
 import pytest
 
-from plumbing.stack import RunningStack
+from plumbing.dev.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 
-from plumbing.stack import SERVICES
+from plumbing.config import SERVICES
 from tests.support import free_port, free_port_block
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plumbing.stack import SERVICES
+from plumbing.config import SERVICES
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from plumbing.stack import StackConfig, running_stack
-from plumbing.supervisor import with_parent_death
+from plumbing.dev.stack import StackConfig, running_stack
+from plumbing.process import with_parent_death
 from tests.conftest import _wait_for_port
 from tests.matrix_support import register_user
 from tests.support import eventually, free_port, stop_process

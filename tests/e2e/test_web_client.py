@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from plumbing.stack import RunningStack
+from plumbing.dev.stack import RunningStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plumbing.supervisor import Child, ChildSpec
+from plumbing.dev.supervisor import Child, ChildSpec
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_a_launched_child_dies_with_its_parent() -> None:
     """What keeps the tests' session-wide Mongo-wire server from outliving a killed run."""
     script = (
         "import os, subprocess, sys\n"
-        "from plumbing.supervisor import with_parent_death\n"
+        "from plumbing.process import with_parent_death\n"
         "p = subprocess.Popen(with_parent_death(['sleep', '60']))\n"
         "print(p.pid, flush=True)\n"
         "import time; time.sleep(60)\n"

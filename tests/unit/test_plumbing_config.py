@@ -8,8 +8,8 @@ import pytest
 
 from gateway.config import GatewayConfig
 from plumbing.config import Env, ServiceConfig
+from plumbing.dev.stack import StackConfig
 from plumbing.errors import ConfigError
-from plumbing.stack import StackConfig
 from plumbing.streams import StreamSettings
 
 pytestmark = pytest.mark.unit

@@ -16,7 +16,7 @@ from plumbing.config import (
     ServiceConfig,
     default_address,
 )
-from plumbing.stack import StackConfig, stack_specs
+from plumbing.dev.stack import StackConfig, stack_specs
 
 pytestmark = pytest.mark.unit
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from plumbing.stack import StackConfig
+from plumbing.dev.stack import StackConfig
 
 V3 = "/_matrix/client/v3"
 V1 = "/_laiwang/client/v1"

@@ -2,7 +2,7 @@
 (unless NATS_URL / MONGO_URI point elsewhere), the dev push gateway, the five services, then the gateway.
 
 Used by `laiwang run` (`make run`) and by the end-to-end test fixture, so both start the system
-the same way.
+the same way. Dev-only: production runs each process on its own (`laiwang serve`, deploy/k8s).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from plumbing.config import (
     SERVICES,
     Env,
 )
+from plumbing.dev.supervisor import ChildSpec, Probe, Supervisor
 from plumbing.errors import StartupError
 from plumbing.ports import free_port, free_port_block, port_is_free
-from plumbing.supervisor import ChildSpec, Probe, Supervisor
 
 HOST = LOCAL_HOST
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import weakref
@@ -21,41 +19,13 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from plumbing.errors import StartupError
+from plumbing.process import with_parent_death
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
-_PR_SET_PDEATHSIG = 1
 # A quick stop (see Supervisor.stop_all) gives each server this long after SIGTERM before SIGKILL.
 QUICK_STOP_SECONDS = 2.0
-
-
-def terminate_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (a no-op elsewhere).
-
-    The supervisor uses it for itself (so SIGTERM to `make`, which does not forward signals,
-    still stops the stack) and for every child (so nothing outlives a killed supervisor).
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def with_parent_death(argv: list[str]) -> list[str]:
-    """`argv` run through `plumbing.launch`, so it gets SIGTERM if this process dies.
-
-    Start the result without `preexec_fn` (see `plumbing.launch` for why).
-    """
-    return [sys.executable, "-m", "plumbing.launch", str(os.getpid()), *argv]
-
-
-def stop_subprocess(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM a synchronously started process, then SIGKILL if it has not stopped within `timeout`."""
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @dataclass
