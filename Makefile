@@ -59,9 +59,10 @@ check-proto: install ## generated code current, buf lint, buf breaking against m
 		$(BUF) breaking protos --against '.git#branch=main,subdir=protos' && echo "buf breaking: no breaking changes against main"; \
 	else echo "buf breaking: main has no protos yet; nothing to compare"; fi
 
-lint: install ## ruff check and ruff format --check
+lint: install ## ruff check, ruff format --check and mypy (settings in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: install ## ruff --fix and ruff format
 	$(VENV)/bin/ruff check --fix .

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -19,7 +19,7 @@ from gateway.config import GatewayConfig, Rate
 from gateway.downstream import Downstream
 from gateway.matrix import MatrixError, json_response
 from gateway.ratelimit import RateLimiter
-from gateway.token_cache import TokenCache
+from gateway.token_cache import Rejection, Requester, TokenCache
 from laiwang.auth.v1 import auth_pb2_grpc
 from laiwang.contacts.v1 import contacts_pb2_grpc
 from laiwang.messaging.v1 import e2e_pb2_grpc, media_pb2_grpc, messaging_pb2_grpc
@@ -54,13 +54,13 @@ CORS_HEADERS = {
 class Stubs:
     """One typed stub per downstream service, over the channels opened once at start-up."""
 
-    auth: auth_pb2_grpc.AuthServiceStub
-    contacts: contacts_pb2_grpc.ContactsServiceStub
-    messaging: messaging_pb2_grpc.MessagingServiceStub
-    e2e: e2e_pb2_grpc.E2eServiceStub  # served by the messaging process
-    media: media_pb2_grpc.MediaServiceStub  # served by the messaging process
-    zhadui: zhadui_pb2_grpc.ZhaduiServiceStub
-    open_platform: open_platform_pb2_grpc.OpenPlatformServiceStub
+    auth: auth_pb2_grpc.AuthServiceAsyncStub
+    contacts: contacts_pb2_grpc.ContactsServiceAsyncStub
+    messaging: messaging_pb2_grpc.MessagingServiceAsyncStub
+    e2e: e2e_pb2_grpc.E2eServiceAsyncStub  # served by the messaging process
+    media: media_pb2_grpc.MediaServiceAsyncStub  # served by the messaging process
+    zhadui: zhadui_pb2_grpc.ZhaduiServiceAsyncStub
+    open_platform: open_platform_pb2_grpc.OpenPlatformServiceAsyncStub
 
     @classmethod
     def over(cls, downstream: Downstream) -> Stubs:
@@ -122,7 +122,7 @@ class GatewayDeps:
     # Per-replica state, each owned by one module: session.py (introspections in flight, the NATS
     # reconnect count the token cache was filled at, revocation subscriptions), routes/sync.py
     # (the wake-up hub) and routes/contacts.py (the served OpenAPI document).
-    introspections: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    introspections: dict[str, asyncio.Future[Requester | Rejection]] = field(default_factory=dict)
     nats_reconnects: int | None = None
     revocation_subscriptions: list[Subscription] = field(default_factory=list)
     wake_hub: WakeHub | None = None

@@ -64,7 +64,7 @@ def access_token_of(request: web.Request) -> str | None:
     return token or None
 
 
-def auth_stub(deps: GatewayDeps) -> auth_pb2_grpc.AuthServiceStub:
+def auth_stub(deps: GatewayDeps) -> auth_pb2_grpc.AuthServiceAsyncStub:
     return deps.stubs.auth
 
 

@@ -6,6 +6,7 @@ Each reader names the variable it reads so that a bad value is reported as, for 
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from collections.abc import Mapping
@@ -45,7 +46,11 @@ def default_address(service: str) -> str:
 
 
 class Env:
-    """Typed, validated reads from an environment mapping (``os.environ`` by default)."""
+    """Typed, validated reads from an environment mapping (``os.environ`` by default).
+
+    Its methods are named after the types they return, so annotations below `def str` name the
+    builtins as `builtins.str`.
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
@@ -64,7 +69,14 @@ class Env:
             return default
         return value
 
-    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        *,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -78,7 +90,7 @@ class Env:
             raise ConfigError(f"{name}={value} is above the maximum {maximum}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(self, name: builtins.str, default: builtins.float, *, minimum: builtins.float = 0.0) -> builtins.float:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -90,16 +102,16 @@ class Env:
             raise ConfigError(f"{name}={value} is below the minimum {minimum}")
         return value
 
-    def port(self, name: str, default: int) -> int:
+    def port(self, name: builtins.str, default: builtins.int) -> builtins.int:
         return self.int(name, default, minimum=0, maximum=65535)
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
         value = self.str(name, default).upper() if choices == _LOG_LEVELS else self.str(name, default)
         if value not in choices:
             raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -110,14 +122,14 @@ class Env:
             return False
         raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
 
-    def address(self, name: str, default: str | None = None) -> str:
+    def address(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str:
         """A ``host:port`` address of another component."""
         value = self.str(name, default)
         if not _HOST_PORT.match(value):
             raise ConfigError(f"{name}={value!r} is not a host:port address")
         return value
 
-    def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str:
+    def url(self, name: builtins.str, default: builtins.str | None, schemes: tuple[builtins.str, ...]) -> builtins.str:
         value = self.str(name, default)
         if not any(value.startswith(f"{scheme}://") for scheme in schemes):
             raise ConfigError(f"{name}={value!r} must start with {' or '.join(s + '://' for s in schemes)}")

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -76,9 +76,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -87,9 +87,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler  # health and reflection are not business traffic
 
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
+            # Under grpc.aio the behaviour is a coroutine function of the aio context; the stubs
+            # type RpcMethodHandler for the synchronous server only.
+            inner = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], handler.unary_unary)
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 request_token = request_id_var.set(_incoming_request_id(context))
                 remaining = context.time_remaining()
                 deadline_token = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)

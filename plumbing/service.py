@@ -11,8 +11,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -63,7 +64,7 @@ class ServiceParts:
     indexes: IndexPlan = field(default_factory=dict)
     produces: Sequence[StreamSpec] = ()
     consumers: Sequence[tuple[ConsumerSpec, Handler]] = ()
-    background: Sequence[Callable[[], Awaitable[None]]] = ()
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     # gRPC services this one cannot work without (name -> address): it reports SERVING only while
     # they do (plumbing.readiness).
     depends_on: Mapping[str, str] = field(default_factory=dict)

@@ -11,7 +11,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 from aiohttp import web
@@ -189,12 +189,21 @@ def _identifier(body: dict[str, Any]) -> dict[str, Any]:
     raise MatrixError(400, "M_MISSING_PARAM", "identifier is required")
 
 
+class _LoginCommon(TypedDict):
+    """The LoginRequest fields every login type sends."""
+
+    device_id: str
+    initial_device_display_name: str
+    refresh_token: bool
+    client_address: str
+
+
 async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS_KEY]
     limit_address(request)
     body = await read_json_object(request)
     login_type = body.get("type")
-    common = {
+    common: _LoginCommon = {
         "device_id": body_str(body, "device_id", max_len=255),
         "initial_device_display_name": body_str(body, "initial_device_display_name", max_len=200),
         "refresh_token": body_bool(body, "refresh_token", False),

@@ -28,7 +28,7 @@ PREFIX = "/_laiwang/client/v1/apps"
 _MAX_CLIENT_ID_LEN = 64
 
 
-def _stub(request: web.Request) -> open_platform_pb2_grpc.OpenPlatformServiceStub:
+def _stub(request: web.Request) -> open_platform_pb2_grpc.OpenPlatformServiceAsyncStub:
     return request.app[DEPS_KEY].stubs.open_platform
 
 

@@ -51,7 +51,7 @@ _SETTINGS = {
 _SETTING_NAMES = {value: name for name, value in _SETTINGS.items()}
 
 
-def _stub(request: web.Request) -> contacts_pb2_grpc.ContactsServiceStub:
+def _stub(request: web.Request) -> contacts_pb2_grpc.ContactsServiceAsyncStub:
     return request.app[DEPS_KEY].stubs.contacts
 
 

@@ -21,11 +21,11 @@ PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
 _MAX_BODY = 512 * 1024
 
 
-def _stub(deps: GatewayDeps) -> e2e_pb2_grpc.E2eServiceStub:
+def _stub(deps: GatewayDeps) -> e2e_pb2_grpc.E2eServiceAsyncStub:
     return deps.stubs.e2e
 
 
-async def _start(request: web.Request) -> tuple[e2e_pb2_grpc.E2eServiceStub, mpb.Requester, bytes]:
+async def _start(request: web.Request) -> tuple[e2e_pb2_grpc.E2eServiceAsyncStub, mpb.Requester, bytes]:
     who = await authenticate(request)
     deps = request.app[DEPS_KEY]
     deps.limits.e2e.check(who.user_id)

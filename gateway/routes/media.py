@@ -37,18 +37,18 @@ _INLINE = frozenset(
 )
 
 
-def _stub(deps: GatewayDeps) -> media_pb2_grpc.MediaServiceStub:
+def _stub(deps: GatewayDeps) -> media_pb2_grpc.MediaServiceAsyncStub:
     return deps.stubs.media
 
 
-async def _start(request: web.Request) -> tuple[media_pb2_grpc.MediaServiceStub, mpb.Requester]:
+async def _start(request: web.Request) -> tuple[media_pb2_grpc.MediaServiceAsyncStub, mpb.Requester]:
     who = await authenticate(request)
     deps = request.app[DEPS_KEY]
     deps.limits.media.check(who.user_id)
     return _stub(deps), mpb.Requester(user_id=who.user_id, device_id=who.device_id)
 
 
-async def _start_legacy(request: web.Request) -> tuple[media_pb2_grpc.MediaServiceStub, mpb.Requester]:
+async def _start_legacy(request: web.Request) -> tuple[media_pb2_grpc.MediaServiceAsyncStub, mpb.Requester]:
     try:
         return await _start(request)
     except MatrixError as exc:
@@ -100,7 +100,9 @@ def _serve(content: bytes, content_type: str, filename: str) -> web.Response:
     )
 
 
-async def _download(request: web.Request, stub: media_pb2_grpc.MediaServiceStub, who: mpb.Requester) -> web.Response:
+async def _download(
+    request: web.Request, stub: media_pb2_grpc.MediaServiceAsyncStub, who: mpb.Requester
+) -> web.Response:
     reply = await call(
         stub.Download,
         pb.DownloadRequest(
@@ -111,7 +113,9 @@ async def _download(request: web.Request, stub: media_pb2_grpc.MediaServiceStub,
     return _serve(reply.content, reply.content_type, request.match_info.get("file_name") or reply.filename)
 
 
-async def _thumbnail(request: web.Request, stub: media_pb2_grpc.MediaServiceStub, who: mpb.Requester) -> web.Response:
+async def _thumbnail(
+    request: web.Request, stub: media_pb2_grpc.MediaServiceAsyncStub, who: mpb.Requester
+) -> web.Response:
     method = query_str(request, "method", "scale", max_len=16)
     message = pb.ThumbnailRequest(
         requester=who,

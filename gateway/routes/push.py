@@ -79,7 +79,7 @@ async def get_actions(request: web.Request) -> web.Response:
     return json_response({"actions": (await _one(request)).get("actions", [])})
 
 
-def _changer(change: int, needs_body: bool):  # noqa: ANN202 - an aiohttp handler factory
+def _changer(change: pb.PushRuleChange.ValueType, needs_body: bool):  # noqa: ANN202 - an aiohttp handler factory
     async def handler(request: web.Request) -> web.Response:
         deps, who = await _requester(request)
         limit_writes(deps, who.user_id)

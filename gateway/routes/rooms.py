@@ -31,7 +31,7 @@ PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
 _EMPTY = b"{}"
 
 
-def messaging_stub(deps: GatewayDeps) -> messaging_pb2_grpc.MessagingServiceStub:
+def messaging_stub(deps: GatewayDeps) -> messaging_pb2_grpc.MessagingServiceAsyncStub:
     return deps.stubs.messaging
 
 
@@ -60,7 +60,7 @@ async def create_room(request: web.Request) -> web.Response:
     return json_response({"room_id": reply.room_id})
 
 
-def _membership_handler(action: int, needs_target: bool):  # noqa: ANN202 - an aiohttp handler factory
+def _membership_handler(action: pb.MembershipAction.ValueType, needs_target: bool):  # noqa: ANN202 - an aiohttp handler factory
     async def handler(request: web.Request) -> web.Response:
         deps, who = await _requester(request)
         body = await read_json_object(request, allow_empty=True)
@@ -222,8 +222,8 @@ async def event_context(request: web.Request) -> web.Response:
 
     deps, who = await _requester(request)
     definition = filter_definition(query_str(request, "filter", max_len=4096))
-    room = definition.get("room") if isinstance(definition.get("room"), dict) else {}
-    state = room.get("state") if isinstance(room.get("state"), dict) else {}
+    room = found if isinstance(found := definition.get("room"), dict) else {}
+    state = found if isinstance(found := room.get("state"), dict) else {}
     reply = await call(
         messaging_stub(deps).GetEventContext,
         pb.GetEventContextRequest(

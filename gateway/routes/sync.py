@@ -292,12 +292,12 @@ async def sync(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     if timeout_ms <= 0:
-        reply = await call(stub.Sync, sync_request, timeout=10.0)
-        return web.Response(body=reply.body_json, content_type="application/json")
+        answer = await call(stub.Sync, sync_request, timeout=10.0)
+        return web.Response(body=answer.body_json, content_type="application/json")
     waiter, entry = await hub.acquire(who.user_id)
     SYNC_WAITING.inc()
     try:
-        reply = None
+        reply: pb.SyncResponse | None = None
         if not (sync_request.since and not sync_request.full_state and entry.is_quiet_since(sync_request.since)):
             reply = await _compute(stub, sync_request, waiter, entry)
         while reply is None or not reply.has_changes:

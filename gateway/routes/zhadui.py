@@ -45,7 +45,7 @@ _STATUS_NAMES = {
 }
 
 
-def _stub(request: web.Request) -> zhadui_pb2_grpc.ZhaduiServiceStub:
+def _stub(request: web.Request) -> zhadui_pb2_grpc.ZhaduiServiceAsyncStub:
     return request.app[DEPS_KEY].stubs.zhadui
 
 

@@ -101,7 +101,7 @@ class AuthStore:
 
         async def run(session: AsyncClientSession) -> T:
             emitted.clear()
-            return await work(_EmitTracking(session, emitted))  # type: ignore[arg-type]
+            return await work(_EmitTracking(session, emitted))
 
         result = await in_transaction(self._client, run)
         if emitted and self._outbox is not None:

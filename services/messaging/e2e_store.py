@@ -60,6 +60,7 @@ class E2eMongoStore:
         doc = await self.db.counters.find_one_and_update(
             {"_id": SEQ}, {"$inc": {"seq": count}}, upsert=True, return_document=ReturnDocument.AFTER, session=session
         )
+        assert doc is not None  # an upsert that returns the document AFTER always has one
         return int(doc["seq"])
 
     async def head(self) -> int:
@@ -199,6 +200,7 @@ class E2eMongoStore:
                 return_document=ReturnDocument.AFTER,
                 session=session,
             )
+            assert counter is not None  # an upsert that returns the document AFTER always has one
             version = str(counter["seq"])
             await self.db.e2e_backups.insert_one(
                 {

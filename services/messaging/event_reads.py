@@ -54,14 +54,14 @@ class EventReads:
             return events
         result = []
         for event in events:
-            edit = latest.get(event["event_id"])
-            if edit is not None:
+            newest = latest.get(event["event_id"])
+            if newest is not None:
                 unsigned = dict(event.get("unsigned", {}))
                 relations = dict(unsigned.get("m.relations", {}))
                 relations[REPLACE] = {
-                    "event_id": edit["event_id"],
-                    "origin_server_ts": edit["origin_server_ts"],
-                    "sender": edit["sender"],
+                    "event_id": newest["event_id"],
+                    "origin_server_ts": newest["origin_server_ts"],
+                    "sender": newest["sender"],
                 }
                 unsigned["m.relations"] = relations
                 event = {**event, "unsigned": unsigned}

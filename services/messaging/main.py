@@ -122,7 +122,7 @@ async def build(runtime: Runtime) -> ServiceParts:
         blobs, settings.server_name, Access(refs.rooms_referencing, core.memberships, core.is_encrypted), max_upload
     )
     media_api = MediaApi(media)
-    indexes = store.indexes()
+    indexes = dict(store.indexes())
     for plan in (e2e_store.indexes(), blobs.indexes(), refs.indexes(), push_store.indexes()):
         for collection, models in plan.items():
             indexes[collection] = [*indexes.get(collection, []), *models]

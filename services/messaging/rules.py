@@ -287,7 +287,7 @@ _KEEP_CONTENT = {
 
 def pruned(event: JSON, redaction: JSON) -> JSON:
     """The event as left after a redaction: envelope kept, content reduced to what the spec keeps."""
-    keep = {
+    keep: JSON = {
         k: event[k]
         for k in ("event_id", "type", "room_id", "sender", "state_key", "origin_server_ts", "redacts")
         if k in event

@@ -90,10 +90,10 @@ MAX_COUNTED_EVENTS = 1000
 
 def room_context(view: RoomView, user_id: str, sender: str) -> RoomContext:
     levels = view.power_levels()
-    users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
+    users = found if isinstance(found := levels.get("users"), dict) else {}
     default = levels.get("users_default", 0)
     sender_power = users.get(sender, default)
-    notifications = levels.get("notifications") if isinstance(levels.get("notifications"), dict) else {}
+    notifications = found if isinstance(found := levels.get("notifications"), dict) else {}
     own = view.state.get((MEMBER, user_id))
     name = own["event"]["content"].get("displayname") if own is not None else None
     return RoomContext(

@@ -81,7 +81,7 @@ class Batch:
         del w.txn_ids[txns:]
         while len(self._journal) > journal:
             kind, key, previous = self._journal.pop()
-            target: dict[str, Any] = {
+            targets: dict[str, dict[str, Any]] = {
                 "state": self.state,
                 "writes.state": w.state,
                 "receipts": w.receipts,
@@ -89,7 +89,8 @@ class Batch:
                 "account_data": w.account_data,
                 "txn_map": self.txn_map,
                 "room_docs": self.room_docs,
-            }[kind]
+            }
+            target = targets[kind]
             if previous is _MISSING:
                 target.pop(key, None)
             else:
@@ -494,7 +495,9 @@ class Writer:
                 if partial.inserted:
                     # The claim of base_head+1 held, so every check in this batch held: finish the
                     # requests whose entries are stored (and the refusals), redo the rest.
-                    stored, rest, done = partial.inserted, [], []
+                    stored = partial.inserted
+                    rest: list[tuple[_Pending, tuple[bool, Any]]] = []
+                    done: list[tuple[_Pending, tuple[bool, Any]]] = []
                     for item, outcome, count in zip(pending, outcomes, appended, strict=True):
                         (rest if count and stored < count else done).append((item, outcome))
                         stored -= count

@@ -101,6 +101,7 @@ class MongoAppStore:
                 return_document=ReturnDocument.AFTER,
                 session=session,
             )
+            assert owner is not None  # an upsert that returns the document AFTER always has one
             if owner["apps"] > max_per_owner:
                 raise _OverCap
             await self._apps.insert_one(_document(app), session=session)

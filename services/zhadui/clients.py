@@ -38,7 +38,7 @@ class MessagingRooms:
     async def leave(self, room_id: str, user: str, ban: bool) -> None:
         await self._set(room_id, user, mpb.MEMBERSHIP_BAN if ban else mpb.MEMBERSHIP_LEAVE)
 
-    async def _set(self, room_id: str, user: str, membership: int) -> None:
+    async def _set(self, room_id: str, user: str, membership: mpb.Membership.ValueType) -> None:
         # Messaging answers a change to the membership a user already has without a new event,
         # which is what makes these calls safe to repeat from event redelivery.
         await self._stub.ServiceSetMembership(

@@ -38,7 +38,13 @@ DISCUSSIONS = ConsumerSpec(
 # Posts count as activity; membership, state and redactions do not.
 _ACTIVITY_TYPES = frozenset({"m.room.message", "m.room.encrypted", "m.sticker"})
 
-_PAIR_EVENTS = {
+_PairEvent = (
+    contacts_events.FriendshipCreated
+    | contacts_events.FriendshipRemoved
+    | contacts_events.UserBlocked
+    | contacts_events.UserUnblocked
+)
+_PAIR_EVENTS: dict[str, type[_PairEvent]] = {
     "laiwang.contacts.friendship_created": contacts_events.FriendshipCreated,
     "laiwang.contacts.friendship_removed": contacts_events.FriendshipRemoved,
     "laiwang.contacts.user_blocked": contacts_events.UserBlocked,
