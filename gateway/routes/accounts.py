@@ -1,8 +1,8 @@
 """Matrix account endpoints: register, login, refresh, logout, whoami, password, deactivate, devices.
 
-Handlers translate HTTP <-> auth's gRPC API; the rules live in services/auth/core.py. Passwords
-and tokens pass through here but are never logged (the access log is off and errors never echo
-request bodies).
+Handlers translate HTTP <-> auth's gRPC API; the rules live in services/auth/ (core.py, phone.py,
+sso.py). Passwords and tokens pass through here but are never logged (the access log is off and
+errors never echo request bodies).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ import grpc
 from laiwang.auth.v1 import auth_pb2 as pb
 from laiwang.auth.v1 import auth_pb2_grpc
 from plumbing.grpc_errors import maps_domain_errors
-from services.auth.core import AuthCore, NewSession
+from services.auth.core import AuthCore
+from services.auth.model import NewSession
 
 
 def _session(s: NewSession) -> pb.Session:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from laiwang.events.v1 import auth_events_pb2 as ev
-from services.auth.core import (
+from services.auth.model import (
     AccountDeactivatedEvent,
     DomainEvent,
     PhoneUnboundEvent,

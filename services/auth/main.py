@@ -23,7 +23,8 @@ from plumbing.config import Env
 from plumbing.errors import ConfigError
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.auth.api import AuthApi
-from services.auth.core import Argon2Params, AuthCore, AuthSettings
+from services.auth.core import AuthCore
+from services.auth.model import Argon2Params, AuthSettings
 from services.auth.oidc import OidcClient
 from services.auth.sms import DevSmsSender
 from services.auth.store import AuthStore

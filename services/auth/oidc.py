@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from plumbing.domain_errors import DomainError, Errcode, try_again
-from services.auth.core import OidcIdentity
+from services.auth.model import OidcIdentity
 
 
 def refused(message: str) -> DomainError:

@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 from plumbing.mongo import IndexPlan, in_transaction
 from plumbing.outbox import Outbox
 from services.auth import events
-from services.auth.core import (
+from services.auth.model import (
     AccessToken,
     Device,
     DomainEvent,

@@ -15,7 +15,9 @@ from plumbing.domain_errors import DomainError, Errcode
 from plumbing.jetstream import EventPublisher, connect_nats, ensure_stream
 from plumbing.mongo import connect_mongo, ensure_indexes
 from plumbing.outbox import OUTBOX_INDEXES, Outbox
-from services.auth.core import AuthCore, AuthSettings, PasswordHasher, digest
+from services.auth.core import AuthCore
+from services.auth.model import AuthSettings
+from services.auth.rules import PasswordHasher, digest
 from services.auth.store import AuthStore
 from tests.unit.auth_fakes import FAST_ARGON2, FakeSms
 

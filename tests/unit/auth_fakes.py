@@ -7,22 +7,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from services.auth.core import (
+from services.auth.core import AuthCore
+from services.auth.model import (
     AccessToken,
     Argon2Params,
-    AuthCore,
     AuthSettings,
     Device,
     DomainEvent,
     ExternalAccount,
     OidcState,
-    PasswordHasher,
     PhoneSession,
     RefreshToken,
     Threepid,
     Tx,
     User,
 )
+from services.auth.rules import PasswordHasher
 
 T = TypeVar("T")
 

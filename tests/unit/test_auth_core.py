@@ -5,18 +5,15 @@ from __future__ import annotations
 import pytest
 
 from plumbing.domain_errors import DomainError, Errcode
-from services.auth.core import (
+from services.auth.model import (
     AccountDeactivatedEvent,
     PhoneUnboundEvent,
     PhoneVerifiedEvent,
     ProfileChangedEvent,
     TokenRevokedEvent,
     UserRegisteredEvent,
-    digest,
-    normalise_phone,
-    parse_username,
-    pkce_pair,
 )
+from services.auth.rules import digest, normalise_phone, parse_username, pkce_pair
 from tests.unit.auth_fakes import make_core
 
 pytestmark = pytest.mark.unit
