@@ -9,7 +9,8 @@ from laiwang.contacts.v1 import contacts_pb2_grpc
 from plumbing.domain_errors import invalid
 from plumbing.grpc_errors import maps_domain_errors
 from services.contacts.core import Discoverability, Pair
-from services.contacts.logic import BookResult, ContactsLogic
+from services.contacts.logic import ContactsLogic
+from services.contacts.model import BookResult
 
 Context = grpc.aio.ServicerContext
 

@@ -33,7 +33,8 @@ from services.contacts.api import ContactsApi
 from services.contacts.clients import AuthPhones
 from services.contacts.core import BudgetPolicy, Keyring, Normaliser, PhoneIndex
 from services.contacts.events import AUTH_CONSUMER, PairEventProducer, auth_handler
-from services.contacts.logic import ContactsLogic, Settings
+from services.contacts.logic import ContactsLogic
+from services.contacts.model import Settings
 from services.contacts.store import ContactsStore
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,8 @@ import pytest
 
 from services.contacts import core
 from services.contacts.core import BudgetPolicy, Discoverability, Keyring, Normaliser
-from services.contacts.logic import ContactsLogic, Settings
+from services.contacts.logic import ContactsLogic
+from services.contacts.model import Settings
 from tests.unit.contacts_fakes import FakeContactsStore
 from tests.unit.refusals import refused
 
