@@ -27,6 +27,7 @@ from gateway.rpc import matrix_error_from
 from gateway.token_cache import Rejection, Requester, TokenCache
 from laiwang.auth.v1 import auth_pb2, auth_pb2_grpc
 from laiwang.events.v1 import auth_events_pb2
+from plumbing.jetstream import decode_event
 
 __all__ = [
     "Requester",
@@ -125,16 +126,17 @@ async def authenticate(request: web.Request) -> Requester:
 
 def handle_revocation(cache: TokenCache, subject: str, data: bytes) -> None:
     """Apply one auth event to the cache (exposed for tests)."""
-    if subject == TOKEN_REVOKED_SUBJECT:
-        event = auth_events_pb2.TokenRevoked.FromString(data)
-        if event.all_devices:
+    match decode_event(subject, data):
+        case auth_events_pb2.TokenRevoked() as event:
+            if event.all_devices:
+                cache.evict_user(event.user_id)
+            if event.token_ids:
+                cache.evict_token_ids(list(event.token_ids))
+            elif event.device_id:
+                cache.evict_user(event.user_id, event.device_id)
+        case auth_events_pb2.AccountDeactivated() as event:
             cache.evict_user(event.user_id)
-        if event.token_ids:
-            cache.evict_token_ids(list(event.token_ids))
-        elif event.device_id:
-            cache.evict_user(event.user_id, event.device_id)
-    elif subject == ACCOUNT_DEACTIVATED_SUBJECT:
-        cache.evict_user(auth_events_pb2.AccountDeactivated.FromString(data).user_id)
+        # Other auth events do not touch the cache.
 
 
 async def start_revocation_listener(deps: GatewayDeps) -> None:

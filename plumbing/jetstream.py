@@ -12,8 +12,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import nats
+from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoServersError
@@ -24,12 +26,62 @@ from nats.js.errors import BadRequestError
 
 from plumbing.errors import StartupError
 from plumbing.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING, EVENTS_CONSUMED, EVENTS_PUBLISHED
-from plumbing.streams import StreamSettings, StreamSpec
+from plumbing.streams import EVENT_TYPES, StreamSettings, StreamSpec, event_type
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
 MSG_ID_HEADER = "Nats-Msg-Id"
+E = TypeVar("E", bound=Message)
+
+
+class UndecodableEvent(Exception):
+    """A payload that is not the message its subject carries; retrying cannot fix it."""
+
+
+def decode_event(subject: str, data: bytes) -> Message | None:
+    """The event on `subject`, decoded as the type `streams.EVENT_TYPES` names; None for a subject
+    that carries no event of the contract."""
+    message_type = event_type(subject)
+    if message_type is None:
+        return None
+    try:
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        raise UndecodableEvent(f"{subject}: payload is not a {message_type.__name__}") from exc
+
+
+class EventRouter:
+    """The one typed consumer helper: a Handler that decodes each event once and calls the route
+    for its type, `router.on(ProfileChanged, handle)` with `handle(event, msg)`.
+
+    A subject without a route (another service's event, or one newer than this consumer) is
+    ignored explicitly and acked; an undecodable payload is logged and acked, because redelivery
+    cannot fix it. A route that raises is retried by DurableConsumer as usual.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._routes: dict[type[Message], Callable[[Any, Msg], Awaitable[None]]] = {}
+
+    def on(self, message_type: type[E], route: Callable[[E, Msg], Awaitable[None]]) -> EventRouter:
+        if message_type not in EVENT_TYPES.values():
+            raise ValueError(f"{message_type.__name__} is not in plumbing.streams.EVENT_TYPES")
+        self._routes[message_type] = route
+        return self
+
+    async def __call__(self, msg: Msg) -> None:
+        message_type = event_type(msg.subject)
+        route = self._routes.get(message_type) if message_type is not None else None
+        if route is None:
+            log.debug("%s: %s is not ours; ignored", self.name, msg.subject)
+            return
+        try:
+            event = decode_event(msg.subject, msg.data)
+        except UndecodableEvent:
+            log.error("%s: undecodable event on %s; skipped", self.name, msg.subject)
+            return
+        await route(event, msg)
 
 
 async def connect_nats(url: str, name: str, timeout_seconds: float = 5.0) -> NatsClient:

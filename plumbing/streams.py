@@ -2,13 +2,20 @@
 
 Stream names and subjects are part of the contract between services (like `protos/`): the
 producer owns its stream, and a consumer may declare the same stream so that start-up order does
-not matter. Payloads are the messages of `laiwang.events.v1`.
+not matter. Payloads are the messages of `laiwang.events.v1`; `EVENT_TYPES` is the one registry
+of which message each subject carries (producers publish it, consumers decode with it through
+`plumbing.jetstream.EventRouter` or `decode_event`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, messaging_events_pb2, zhadui_events_pb2
 
 STORAGE_TYPES = ("file", "memory")
 
@@ -40,6 +47,36 @@ ZHADUI = StreamSpec("ZHADUI", ("laiwang.zhadui.>",))
 OPEN_PLATFORM = StreamSpec("OPEN_PLATFORM", ("laiwang.open_platform.>",))
 
 ALL = (AUTH, CONTACTS, MESSAGING, ZHADUI, OPEN_PLATFORM)
+
+# Every event subject and the protobuf message it carries. A subject missing here is not an event
+# of the contract: consumers ignore it.
+EVENT_TYPES: Mapping[str, type[Message]] = {
+    "laiwang.auth.user_registered": auth_events_pb2.UserRegistered,
+    "laiwang.auth.phone_verified": auth_events_pb2.PhoneVerified,
+    "laiwang.auth.phone_unbound": auth_events_pb2.PhoneUnbound,
+    "laiwang.auth.profile_changed": auth_events_pb2.ProfileChanged,
+    "laiwang.auth.token_revoked": auth_events_pb2.TokenRevoked,
+    "laiwang.auth.account_deactivated": auth_events_pb2.AccountDeactivated,
+    "laiwang.contacts.friendship_created": contacts_events_pb2.FriendshipCreated,
+    "laiwang.contacts.friendship_removed": contacts_events_pb2.FriendshipRemoved,
+    "laiwang.contacts.user_blocked": contacts_events_pb2.UserBlocked,
+    "laiwang.contacts.user_unblocked": contacts_events_pb2.UserUnblocked,
+    "laiwang.messaging.room_event": messaging_events_pb2.RoomEventPersisted,
+    "laiwang.zhadui.created": zhadui_events_pb2.ZhaduiCreated,
+    "laiwang.zhadui.joined": zhadui_events_pb2.ZhaduiJoined,
+    "laiwang.zhadui.left": zhadui_events_pb2.ZhaduiLeft,
+    "laiwang.zhadui.closed": zhadui_events_pb2.ZhaduiClosed,
+    "laiwang.zhadui.archived": zhadui_events_pb2.ZhaduiArchived,
+    "laiwang.zhadui.active": zhadui_events_pb2.ZhaduiActive,
+}
+# Looked up by the subject's last two tokens (`contacts.friendship_created`), as the consumers
+# always have, so that a stream whose subjects carry another root (the tests') decodes the same.
+_BY_NAME: Mapping[str, type[Message]] = {subject.split(".", 1)[1]: t for subject, t in EVENT_TYPES.items()}
+
+
+def event_type(subject: str) -> type[Message] | None:
+    """The message `subject` carries, or None if it is not an event of the contract."""
+    return _BY_NAME.get(".".join(subject.rsplit(".", 2)[-2:]))
 
 
 def wake_subject(user_id: str) -> str:

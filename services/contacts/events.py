@@ -7,50 +7,48 @@ CONTACTS) through the transactional outbox.
 
 from __future__ import annotations
 
-import logging
-
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2
+from laiwang.events.v1 import auth_events_pb2 as ev
+from laiwang.events.v1 import contacts_events_pb2
 from plumbing import streams
-from plumbing.jetstream import ConsumerSpec, Handler
+from plumbing.jetstream import ConsumerSpec, EventRouter, Handler
 from plumbing.outbox import Outbox
 from services.contacts.core import Pair, PairEvent, PairEventKind
 from services.contacts.logic import ContactsLogic
-
-log = logging.getLogger(__name__)
 
 AUTH_CONSUMER = ConsumerSpec(stream=streams.AUTH, durable="contacts-auth-events", filter_subject="laiwang.auth.>")
 SUBJECT_PREFIX = "laiwang.contacts."
 
 
 def auth_handler(logic: ContactsLogic) -> Handler:
-    async def handle(message: Msg) -> None:
-        name = message.subject.rsplit(".", 1)[-1]
-        try:
-            if name == "user_registered":
-                e = auth_events_pb2.UserRegistered.FromString(message.data)
-                await logic.user_registered(e.user_id, e.display_name)
-            elif name == "phone_verified":
-                v = auth_events_pb2.PhoneVerified.FromString(message.data)
-                await logic.phone_verified(v.user_id, v.msisdn, v.verified_at_ms or _stream_ms(message))
-            elif name == "phone_unbound":
-                u = auth_events_pb2.PhoneUnbound.FromString(message.data)
-                await logic.phone_unbound(u.user_id, u.msisdn, u.unbound_at_ms or _stream_ms(message))
-            elif name == "profile_changed":
-                p = auth_events_pb2.ProfileChanged.FromString(message.data)
-                await logic.profile_changed(p.user_id, p.display_name)
-            elif name == "account_deactivated":
-                d = auth_events_pb2.AccountDeactivated.FromString(message.data)
-                await logic.account_deactivated(d.user_id, d.deactivated_at_ms or _stream_ms(message))
-            # token_revoked and anything newer are not ours to act on.
-        except DecodeError:
-            # Retrying cannot fix a malformed payload; log it and let the ack drop it.
-            log.error("undecodable auth event on %s; skipped", message.subject)
+    """auth's events into the phone index and profiles; token_revoked and anything newer are not ours."""
 
-    return handle
+    async def registered(e: ev.UserRegistered, _: Msg) -> None:
+        await logic.user_registered(e.user_id, e.display_name)
+
+    async def verified(e: ev.PhoneVerified, message: Msg) -> None:
+        await logic.phone_verified(e.user_id, e.msisdn, e.verified_at_ms or _stream_ms(message))
+
+    async def unbound(e: ev.PhoneUnbound, message: Msg) -> None:
+        await logic.phone_unbound(e.user_id, e.msisdn, e.unbound_at_ms or _stream_ms(message))
+
+    async def profile(e: ev.ProfileChanged, _: Msg) -> None:
+        await logic.profile_changed(e.user_id, e.display_name)
+
+    async def deactivated(e: ev.AccountDeactivated, message: Msg) -> None:
+        await logic.account_deactivated(e.user_id, e.deactivated_at_ms or _stream_ms(message))
+
+    return (
+        EventRouter("contacts-auth-events")
+        .on(ev.UserRegistered, registered)
+        .on(ev.PhoneVerified, verified)
+        .on(ev.PhoneUnbound, unbound)
+        .on(ev.ProfileChanged, profile)
+        .on(ev.AccountDeactivated, deactivated)
+    )
 
 
 def _stream_ms(message: Msg) -> int:

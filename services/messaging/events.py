@@ -24,17 +24,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
-from google.protobuf.message import Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, gateway_events_pb2, messaging_events_pb2
-from plumbing.jetstream import MSG_ID_HEADER, ConsumerSpec, Handler
+from plumbing.jetstream import MSG_ID_HEADER, ConsumerSpec, EventRouter, Handler
 from plumbing.metrics import EVENTS_PUBLISHED
 from plumbing.streams import AUTH, CONTACTS, MESSAGING, SYNCING_SUBJECT, wake_subject
 from services.messaging.core import Messaging
@@ -61,14 +59,13 @@ def profile_handler(core: Messaging) -> Handler:
     """auth's ProfileChanged -> member events with the new displayname/avatar_url in every joined
     room. Idempotent: rooms whose member event already shows the profile get nothing."""
 
-    async def handle(msg: Msg) -> None:
-        event = auth_events_pb2.ProfileChanged.FromString(msg.data)
+    async def handle(event: auth_events_pb2.ProfileChanged, _: Msg) -> None:
         if not event.user_id:
             return
         rooms = await core.profile_changed(event.user_id, event.display_name, event.avatar_url)
         log.debug("profile of %s sent into %d rooms", event.user_id, rooms)
 
-    return handle
+    return EventRouter(PROFILE_CONSUMER.durable).on(auth_events_pb2.ProfileChanged, handle)
 
 
 def encode_room_event(entry: JSON) -> messaging_events_pb2.RoomEventPersisted:
@@ -309,12 +306,12 @@ async def follow_syncing(nc: NatsClient, seen: Callable[[str, str, int], None]) 
     return await nc.subscribe(SYNCING_SUBJECT, cb=on_syncing)
 
 
-_CONTACT_EVENTS: dict[str, type[Message]] = {
-    "friendship_created": contacts_events_pb2.FriendshipCreated,
-    "friendship_removed": contacts_events_pb2.FriendshipRemoved,
-    "user_blocked": contacts_events_pb2.UserBlocked,
-    "user_unblocked": contacts_events_pb2.UserUnblocked,
-}
+_PairEvent = (
+    contacts_events_pb2.FriendshipCreated
+    | contacts_events_pb2.FriendshipRemoved
+    | contacts_events_pb2.UserBlocked
+    | contacts_events_pb2.UserUnblocked
+)
 
 
 def contacts_handler(store: MessagingStore, on_change: Callable[[str], Awaitable[None]] | None = None) -> Handler:
@@ -323,12 +320,8 @@ def contacts_handler(store: MessagingStore, on_change: Callable[[str], Awaitable
     `on_change(pair)` runs after a newer state was stored (to evict cached copies on every replica).
     """
 
-    async def handle(msg: Msg) -> None:
+    async def handle(event: _PairEvent, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
-        cls = _CONTACT_EVENTS.get(kind)
-        if cls is None:
-            return  # other contacts events are not ours to project
-        event: Any = cls.FromString(msg.data)
         state = event.state
         if not state.user_a or not state.user_b:
             log.warning("contacts event %s without pair state; ignored", kind)
@@ -349,4 +342,11 @@ def contacts_handler(store: MessagingStore, on_change: Callable[[str], Awaitable
         if applied and on_change is not None:
             await on_change(pair)
 
-    return handle
+    # Other contacts events are not ours to project.
+    return (
+        EventRouter(CONTACTS_CONSUMER.durable)
+        .on(contacts_events_pb2.FriendshipCreated, handle)
+        .on(contacts_events_pb2.FriendshipRemoved, handle)
+        .on(contacts_events_pb2.UserBlocked, handle)
+        .on(contacts_events_pb2.UserUnblocked, handle)
+    )

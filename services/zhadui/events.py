@@ -24,7 +24,7 @@ from laiwang.events.v1 import contacts_events_pb2 as contacts_events
 from laiwang.events.v1 import messaging_events_pb2 as messaging_events
 from laiwang.events.v1 import zhadui_events_pb2 as zhadui_events
 from plumbing import streams
-from plumbing.jetstream import ConsumerSpec, Handler
+from plumbing.jetstream import ConsumerSpec, EventRouter, Handler, UndecodableEvent, decode_event
 from services.zhadui.core import AudienceIndex, PairState, Status, ZhaduiCore
 from services.zhadui.store import MongoZhaduiStore
 
@@ -44,78 +44,73 @@ _PairEvent = (
     | contacts_events.UserBlocked
     | contacts_events.UserUnblocked
 )
-_PAIR_EVENTS: dict[str, type[_PairEvent]] = {
-    "laiwang.contacts.friendship_created": contacts_events.FriendshipCreated,
-    "laiwang.contacts.friendship_removed": contacts_events.FriendshipRemoved,
-    "laiwang.contacts.user_blocked": contacts_events.UserBlocked,
-    "laiwang.contacts.user_unblocked": contacts_events.UserUnblocked,
-}
 
 
-def _pair_change(msg: Msg) -> tuple[PairState, int] | None:
-    message_type = _PAIR_EVENTS.get(msg.subject)
-    if message_type is None:
-        return None  # contacts publishes other events zhadui does not need
-    event = message_type.FromString(msg.data)
+def _pair_change(event: _PairEvent) -> tuple[PairState, int]:
     s = event.state
     return PairState(s.user_a, s.user_b, s.friends, s.a_blocks_b, s.b_blocks_a), event.version
 
 
 def own_event_handler(core: ZhaduiCore) -> Handler:
-    async def handle(msg: Msg) -> None:
-        kind = msg.subject.rsplit(".", 1)[-1]
-        if kind == "joined":
-            joined = zhadui_events.ZhaduiJoined.FromString(msg.data)
-            await core.on_joined(joined.zhadui_id, joined.user_id, joined.joined_at_ms)
-        elif kind == "left":
-            left = zhadui_events.ZhaduiLeft.FromString(msg.data)
-            await core.on_left(left.zhadui_id, left.user_id, removed=bool(left.removed_by))
+    async def joined(event: zhadui_events.ZhaduiJoined, _: Msg) -> None:
+        await core.on_joined(event.zhadui_id, event.user_id, event.joined_at_ms)
 
-    return handle
+    async def left(event: zhadui_events.ZhaduiLeft, _: Msg) -> None:
+        await core.on_left(event.zhadui_id, event.user_id, removed=bool(event.removed_by))
+
+    return EventRouter(OWN_EVENTS.durable).on(zhadui_events.ZhaduiJoined, joined).on(zhadui_events.ZhaduiLeft, left)
 
 
 def friend_graph_handler(core: ZhaduiCore) -> Handler:
-    async def handle(msg: Msg) -> None:
-        if change := _pair_change(msg):
-            await core.on_pair_changed(*change, now_ms=time.time_ns() // 1_000_000)
+    async def changed(event: _PairEvent, _: Msg) -> None:
+        await core.on_pair_changed(*_pair_change(event), now_ms=time.time_ns() // 1_000_000)
 
-    return handle
+    # Contacts publishes other events zhadui does not need.
+    return (
+        EventRouter(FRIEND_GRAPH.durable)
+        .on(contacts_events.FriendshipCreated, changed)
+        .on(contacts_events.FriendshipRemoved, changed)
+        .on(contacts_events.UserBlocked, changed)
+        .on(contacts_events.UserUnblocked, changed)
+    )
 
 
 def discussion_handler(core: ZhaduiCore) -> Handler:
-    async def handle(msg: Msg) -> None:
-        event = messaging_events.RoomEventPersisted.FromString(msg.data)
+    async def persisted(event: messaging_events.RoomEventPersisted, _: Msg) -> None:
         if event.type in _ACTIVITY_TYPES and not event.HasField("state_key"):
             await core.on_discussion_message(event.room_id, event.origin_server_ts)
 
-    return handle
+    return EventRouter(DISCUSSIONS.durable).on(messaging_events.RoomEventPersisted, persisted)
 
 
 def apply_to_index(index: AudienceIndex, msg: Msg) -> None:
     """Apply one zhadui or contacts event to an index (idempotent)."""
-    if msg.subject.startswith("laiwang.contacts."):
-        if change := _pair_change(msg):
-            index.apply_pair(*change)
+    try:
+        event = decode_event(msg.subject, msg.data)
+    except UndecodableEvent:
+        log.error("audience index: undecodable event on %s; skipped", msg.subject)
         return
-    kind = msg.subject.rsplit(".", 1)[-1]
-    if kind == "created":
-        created = zhadui_events.ZhaduiCreated.FromString(msg.data)
-        index.apply_zhadui(
-            created.zhadui_id, created.creator_user_id, created.created_at_ms, Status.OPEN, created.room_id
-        )
-    elif kind == "joined":
-        joined = zhadui_events.ZhaduiJoined.FromString(msg.data)
-        index.apply_membership(joined.zhadui_id, joined.user_id, True, joined.joined_at_ms)
-    elif kind == "left":
-        left = zhadui_events.ZhaduiLeft.FromString(msg.data)
-        index.apply_membership(left.zhadui_id, left.user_id, False, left.left_at_ms)
-    elif kind == "active":
-        active = zhadui_events.ZhaduiActive.FromString(msg.data)
-        index.apply_zhadui(active.zhadui_id, "", active.at_ms, Status.OPEN)  # status never moves back
-    elif kind == "closed":
-        index.apply_zhadui(zhadui_events.ZhaduiClosed.FromString(msg.data).zhadui_id, "", 0, Status.CLOSED)
-    elif kind == "archived":
-        index.apply_zhadui(zhadui_events.ZhaduiArchived.FromString(msg.data).zhadui_id, "", 0, Status.ARCHIVED)
+    match event:
+        case (
+            contacts_events.FriendshipCreated()
+            | contacts_events.FriendshipRemoved()
+            | contacts_events.UserBlocked()
+            | contacts_events.UserUnblocked()
+        ):
+            index.apply_pair(*_pair_change(event))
+        case zhadui_events.ZhaduiCreated():
+            index.apply_zhadui(event.zhadui_id, event.creator_user_id, event.created_at_ms, Status.OPEN, event.room_id)
+        case zhadui_events.ZhaduiJoined():
+            index.apply_membership(event.zhadui_id, event.user_id, True, event.joined_at_ms)
+        case zhadui_events.ZhaduiLeft():
+            index.apply_membership(event.zhadui_id, event.user_id, False, event.left_at_ms)
+        case zhadui_events.ZhaduiActive():
+            index.apply_zhadui(event.zhadui_id, "", event.at_ms, Status.OPEN)  # status never moves back
+        case zhadui_events.ZhaduiClosed():
+            index.apply_zhadui(event.zhadui_id, "", 0, Status.CLOSED)
+        case zhadui_events.ZhaduiArchived():
+            index.apply_zhadui(event.zhadui_id, "", 0, Status.ARCHIVED)
+        # Anything else on these subjects (other contacts events, newer kinds) is not the index's.
 
 
 class IndexFollower:
