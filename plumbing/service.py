@@ -65,6 +65,10 @@ class ServiceParts:
     produces: Sequence[StreamSpec] = ()
     consumers: Sequence[tuple[ConsumerSpec, Handler]] = ()
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
+    # Run in order at shutdown, after the gRPC server has drained, the background jobs have been
+    # cancelled and awaited, and the consumers have stopped; before the outbox, NATS and Mongo
+    # close. Whatever a builder started (subscriptions, loops) stops here, in the open.
+    stop: Sequence[Callable[[], Awaitable[None]]] = ()
     # gRPC services this one cannot work without (name -> address): it reports SERVING only while
     # they do (plumbing.readiness).
     depends_on: Mapping[str, str] = field(default_factory=dict)
@@ -135,8 +139,15 @@ async def _serve(config: ServiceConfig, build: Builder) -> None:
     await server.shutdown(config.shutdown_grace_seconds)
     for task in background:
         task.cancel()
+    if background:  # let their `finally` blocks run; a job that ignores cancellation does not hold us
+        await asyncio.wait(background, timeout=5.0)
     for consumer in consumers:
         await consumer.stop()
+    for hook in parts.stop:
+        try:
+            await hook()
+        except Exception:
+            log.warning("stop hook %s failed", getattr(hook, "__qualname__", hook), exc_info=True)
     await outbox.stop()
     with contextlib.suppress(Exception):
         await nc.drain()

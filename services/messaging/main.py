@@ -129,16 +129,15 @@ async def build(runtime: Runtime) -> ServiceParts:
     log.info("messaging ready", extra={"invite_policy": settings.invite_policy, "head": core.cache.head})
 
     async def every_second() -> None:
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                await core.expire_typing()
-                await notifier.announce()
-        finally:  # background jobs are cancelled at shutdown: leave NATS and the writer tidy
-            for subscription in subscriptions:
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
-            await core.stop()
+        while True:
+            await asyncio.sleep(1.0)
+            await core.expire_typing()
+            await notifier.announce()
+
+    async def stop_replication() -> None:
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def periodic_catch_up() -> None:
         # Covers replication messages lost on a NATS reconnect: at most a second behind.
@@ -164,6 +163,7 @@ async def build(runtime: Runtime) -> ServiceParts:
             (PUSH_CONSUMER, push_handler(fanout)),
         ],
         background=[every_second, periodic_catch_up, relay.run, sender.run],
+        stop=[stop_replication, core.stop],  # leave NATS and the writer tidy
     )
 
 

@@ -48,7 +48,8 @@ async def build(runtime: Runtime) -> ServiceParts:
         activity_resolution_ms=int(activity_resolution * 1000),
         cursor_key=cursor_key,
     )
-    await IndexFollower(core, store, runtime.nats).start()
+    follower = IndexFollower(core, store, runtime.nats)
+    await follower.start()
 
     async def archive_forever() -> None:
         while True:
@@ -72,6 +73,7 @@ async def build(runtime: Runtime) -> ServiceParts:
             (DISCUSSIONS, discussion_handler(core)),
         ],
         background=[archive_forever],
+        stop=[follower.stop],
         depends_on={"messaging": messaging},  # every discussion is a messaging room
     )
 
