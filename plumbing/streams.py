@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, messaging_events_pb2, zhadui_events_pb2
+from laiwang.events.v1 import (
+    auth_events_pb2,
+    contacts_events_pb2,
+    messaging_events_pb2,
+    open_platform_events_pb2,
+    zhadui_events_pb2,
+)
 
 STORAGE_TYPES = ("file", "memory")
 
@@ -68,6 +74,7 @@ EVENT_TYPES: Mapping[str, type[Message]] = {
     "laiwang.zhadui.closed": zhadui_events_pb2.ZhaduiClosed,
     "laiwang.zhadui.archived": zhadui_events_pb2.ZhaduiArchived,
     "laiwang.zhadui.active": zhadui_events_pb2.ZhaduiActive,
+    "laiwang.open_platform.app_changed": open_platform_events_pb2.AppChanged,
 }
 # Looked up by the subject's last two tokens (`contacts.friendship_created`), as the consumers
 # always have, so that a stream whose subjects carry another root (the tests') decodes the same.

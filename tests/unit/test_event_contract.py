@@ -22,6 +22,7 @@ from services.auth.model import (
 from services.contacts import events as contacts_events
 from services.contacts.core import Pair, PairEvent, PairEventKind
 from services.messaging import events as messaging_events
+from services.open_platform import events as open_platform_events
 from services.zhadui import store as zhadui_store
 
 pytestmark = pytest.mark.unit
@@ -70,6 +71,11 @@ def test_messaging_and_zhadui_subjects_carry_their_types() -> None:
         zhadui_store.SUBJECT_ACTIVE: zhadui_events_pb2.ZhaduiActive,
     }
     assert {s: streams.EVENT_TYPES[s] for s in expected} == expected
+
+
+def test_open_platform_publishes_the_registered_type() -> None:
+    subject, message = open_platform_events.app_changed("client", "@a:t", "registered", 1)
+    assert streams.EVENT_TYPES[subject] is type(message)
 
 
 def test_decode_event_names_the_type_and_refuses_a_foreign_payload() -> None:
