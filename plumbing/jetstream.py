@@ -70,6 +70,12 @@ class EventRouter:
         self._routes[message_type] = route
         return self
 
+    def on_each(self, message_types: tuple[type[E], ...], route: Callable[[E, Msg], Awaitable[None]]) -> EventRouter:
+        """The same route for several types (such as `streams.PAIR_STATE_EVENTS`)."""
+        for message_type in message_types:
+            self.on(message_type, route)
+        return self
+
     async def __call__(self, msg: Msg) -> None:
         message_type = event_type(msg.subject)
         route = self._routes.get(message_type) if message_type is not None else None

@@ -76,6 +76,20 @@ EVENT_TYPES: Mapping[str, type[Message]] = {
     "laiwang.zhadui.active": zhadui_events_pb2.ZhaduiActive,
     "laiwang.open_platform.app_changed": open_platform_events_pb2.AppChanged,
 }
+# The friend-graph events: each carries the pair's whole state and a version (newest wins), so
+# the projections of it (messaging's relations, zhadui's pairs) treat all four alike.
+PairStateEvent = (
+    contacts_events_pb2.FriendshipCreated
+    | contacts_events_pb2.FriendshipRemoved
+    | contacts_events_pb2.UserBlocked
+    | contacts_events_pb2.UserUnblocked
+)
+PAIR_STATE_EVENTS: tuple[type[PairStateEvent], ...] = (
+    contacts_events_pb2.FriendshipCreated,
+    contacts_events_pb2.FriendshipRemoved,
+    contacts_events_pb2.UserBlocked,
+    contacts_events_pb2.UserUnblocked,
+)
 # Looked up by the subject's last two tokens (`contacts.friendship_created`), as the consumers
 # always have, so that a stream whose subjects carry another root (the tests') decodes the same.
 _BY_NAME: Mapping[str, type[Message]] = {subject.split(".", 1)[1]: t for subject, t in EVENT_TYPES.items()}

@@ -31,10 +31,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, gateway_events_pb2, messaging_events_pb2
+from laiwang.events.v1 import auth_events_pb2, gateway_events_pb2, messaging_events_pb2
 from plumbing.jetstream import MSG_ID_HEADER, ConsumerSpec, EventRouter, Handler
 from plumbing.metrics import EVENTS_PUBLISHED
-from plumbing.streams import AUTH, CONTACTS, MESSAGING, SYNCING_SUBJECT, wake_subject
+from plumbing.streams import AUTH, CONTACTS, MESSAGING, PAIR_STATE_EVENTS, SYNCING_SUBJECT, PairStateEvent, wake_subject
 from services.messaging.core import Messaging
 from services.messaging.rules import JSON, MEMBER, canonical_bytes, now_ms, pair_id, parse_sync_token
 from services.messaging.store import MessagingStore
@@ -306,21 +306,13 @@ async def follow_syncing(nc: NatsClient, seen: Callable[[str, str, int], None]) 
     return await nc.subscribe(SYNCING_SUBJECT, cb=on_syncing)
 
 
-_PairEvent = (
-    contacts_events_pb2.FriendshipCreated
-    | contacts_events_pb2.FriendshipRemoved
-    | contacts_events_pb2.UserBlocked
-    | contacts_events_pb2.UserUnblocked
-)
-
-
 def contacts_handler(store: MessagingStore, on_change: Callable[[str], Awaitable[None]] | None = None) -> Handler:
     """Idempotent: each event carries the pair's whole state and a version; older versions are ignored.
 
     `on_change(pair)` runs after a newer state was stored (to evict cached copies on every replica).
     """
 
-    async def handle(event: _PairEvent, msg: Msg) -> None:
+    async def handle(event: PairStateEvent, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
         state = event.state
         if not state.user_a or not state.user_b:
@@ -343,10 +335,4 @@ def contacts_handler(store: MessagingStore, on_change: Callable[[str], Awaitable
             await on_change(pair)
 
     # Other contacts events are not ours to project.
-    return (
-        EventRouter(CONTACTS_CONSUMER.durable)
-        .on(contacts_events_pb2.FriendshipCreated, handle)
-        .on(contacts_events_pb2.FriendshipRemoved, handle)
-        .on(contacts_events_pb2.UserBlocked, handle)
-        .on(contacts_events_pb2.UserUnblocked, handle)
-    )
+    return EventRouter(CONTACTS_CONSUMER.durable).on_each(PAIR_STATE_EVENTS, handle)

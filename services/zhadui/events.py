@@ -20,7 +20,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from laiwang.events.v1 import contacts_events_pb2 as contacts_events
 from laiwang.events.v1 import messaging_events_pb2 as messaging_events
 from laiwang.events.v1 import zhadui_events_pb2 as zhadui_events
 from plumbing import streams
@@ -38,15 +37,8 @@ DISCUSSIONS = ConsumerSpec(
 # Posts count as activity; membership, state and redactions do not.
 _ACTIVITY_TYPES = frozenset({"m.room.message", "m.room.encrypted", "m.sticker"})
 
-_PairEvent = (
-    contacts_events.FriendshipCreated
-    | contacts_events.FriendshipRemoved
-    | contacts_events.UserBlocked
-    | contacts_events.UserUnblocked
-)
 
-
-def _pair_change(event: _PairEvent) -> tuple[PairState, int]:
+def _pair_change(event: streams.PairStateEvent) -> tuple[PairState, int]:
     s = event.state
     return PairState(s.user_a, s.user_b, s.friends, s.a_blocks_b, s.b_blocks_a), event.version
 
@@ -62,17 +54,11 @@ def own_event_handler(core: ZhaduiCore) -> Handler:
 
 
 def friend_graph_handler(core: ZhaduiCore) -> Handler:
-    async def changed(event: _PairEvent, _: Msg) -> None:
+    async def changed(event: streams.PairStateEvent, _: Msg) -> None:
         await core.on_pair_changed(*_pair_change(event), now_ms=time.time_ns() // 1_000_000)
 
     # Contacts publishes other events zhadui does not need.
-    return (
-        EventRouter(FRIEND_GRAPH.durable)
-        .on(contacts_events.FriendshipCreated, changed)
-        .on(contacts_events.FriendshipRemoved, changed)
-        .on(contacts_events.UserBlocked, changed)
-        .on(contacts_events.UserUnblocked, changed)
-    )
+    return EventRouter(FRIEND_GRAPH.durable).on_each(streams.PAIR_STATE_EVENTS, changed)
 
 
 def discussion_handler(core: ZhaduiCore) -> Handler:
@@ -91,12 +77,7 @@ def apply_to_index(index: AudienceIndex, msg: Msg) -> None:
         log.error("audience index: undecodable event on %s; skipped", msg.subject)
         return
     match event:
-        case (
-            contacts_events.FriendshipCreated()
-            | contacts_events.FriendshipRemoved()
-            | contacts_events.UserBlocked()
-            | contacts_events.UserUnblocked()
-        ):
+        case _ if isinstance(event, streams.PAIR_STATE_EVENTS):
             index.apply_pair(*_pair_change(event))
         case zhadui_events.ZhaduiCreated():
             index.apply_zhadui(event.zhadui_id, event.creator_user_id, event.created_at_ms, Status.OPEN, event.room_id)

@@ -11,14 +11,7 @@ from laiwang.events.v1 import auth_events_pb2, contacts_events_pb2, messaging_ev
 from plumbing import streams
 from plumbing.jetstream import EventRouter, UndecodableEvent, decode_event
 from services.auth import events as auth_events
-from services.auth.model import (
-    AccountDeactivatedEvent,
-    PhoneUnboundEvent,
-    PhoneVerifiedEvent,
-    ProfileChangedEvent,
-    TokenRevokedEvent,
-    UserRegisteredEvent,
-)
+from services.auth import model as auth_model
 from services.contacts import events as contacts_events
 from services.contacts.core import Pair, PairEvent, PairEventKind
 from services.messaging import events as messaging_events
@@ -41,15 +34,15 @@ def test_every_registered_subject_is_in_a_declared_stream() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        UserRegisteredEvent("@a:t", "A", 1.0),
-        PhoneVerifiedEvent("@a:t", "+8613800000000", 1.0),
-        PhoneUnboundEvent("@a:t", "+8613800000000", 1.0),
-        ProfileChangedEvent("@a:t", "A", ""),
-        TokenRevokedEvent("@a:t", "DEV", ("t1",), False, "logout"),
-        AccountDeactivatedEvent("@a:t", 1.0),
+        auth_model.UserRegisteredEvent("@a:t", "A", 1.0),
+        auth_model.PhoneVerifiedEvent("@a:t", "+8613800000000", 1.0),
+        auth_model.PhoneUnboundEvent("@a:t", "+8613800000000", 1.0),
+        auth_model.ProfileChangedEvent("@a:t", "A", ""),
+        auth_model.TokenRevokedEvent("@a:t", "DEV", ("t1",), False, "logout"),
+        auth_model.AccountDeactivatedEvent("@a:t", 1.0),
     ],
 )
-def test_auth_publishes_the_registered_type(event: auth_events.DomainEvent) -> None:
+def test_auth_publishes_the_registered_type(event: auth_model.DomainEvent) -> None:
     subject, message = auth_events.to_message(event)
     assert streams.EVENT_TYPES[subject] is type(message)
 
