@@ -1,7 +1,7 @@
 """Offline push: message-to-push-gateway latency at a steady send rate, and pokes per burst.
 
 Starts the stack (embedded NATS and Mongo-wire server, the services, the gateway) and a loopback
-push gateway in this process (plumbing/dev_push_gateway.py's `PushGateway`), registers `--users`
+push gateway in this process (plumbing/dev/push_gateway.py's `PushGateway`), registers `--users`
 users in direct rooms of two, each with a pusher, then:
 
 1. sends `--rate` messages/s for `--seconds` (open loop: a message is started on schedule whether
@@ -33,8 +33,8 @@ from aiohttp import web
 
 from bench.common import percentile
 from bench.common import run as bench_run
+from plumbing.dev.push_gateway import PushGateway
 from plumbing.dev.stack import StackConfig, running_stack
-from plumbing.dev_push_gateway import PushGateway
 from plumbing.ports import free_port
 
 BENCH_DIR = Path(os.environ.get("LAIWANG_BENCH_DIR", "var/bench"))

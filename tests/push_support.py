@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 from nio import AsyncClient
 
+from plumbing.dev.push_gateway import PushGateway
 from plumbing.dev.stack import RunningStack
-from plumbing.dev_push_gateway import PushGateway
 from tests.matrix_support import RegisteredUser
 from tests.support import free_port
 

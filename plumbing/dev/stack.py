@@ -43,7 +43,7 @@ class StackPorts:
     mongo: int = DEFAULT_MONGO_PORT
     grpc_base: int = DEFAULT_GRPC_PORT_BASE
     metrics_base: int = DEFAULT_METRICS_PORT_BASE
-    push_gateway: int = 8009  # the dev push gateway (plumbing/dev_push_gateway.py)
+    push_gateway: int = 8009  # the dev push gateway (plumbing/dev/push_gateway.py)
 
     def grpc(self, service: str) -> int:
         return self.grpc_base + SERVICES.index(service)
@@ -239,7 +239,7 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
     specs.append(
         ChildSpec(
             name="push-gateway",
-            argv=[sys.executable, "-m", "plumbing.dev_push_gateway", "--host", HOST, "--port", str(ports.push_gateway)],
+            argv=[sys.executable, "-m", "plumbing.dev.push_gateway", "--host", HOST, "--port", str(ports.push_gateway)],
             probe=_http_ok(f"http://{HOST}:{ports.push_gateway}/healthz"),
             address=config.push_gateway_url,
         )

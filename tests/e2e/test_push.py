@@ -1,5 +1,5 @@
 """Offline push end to end (docs/push.md): the whole stack, a real loopback push gateway
-(plumbing/dev_push_gateway.py, run in this process so the test sees what it received), pushers
+(plumbing/dev/push_gateway.py, run in this process so the test sees what it received), pushers
 registered over raw HTTP, messages, rules, receipts and redactions through matrix-nio.
 
 Waits are on the thing expected: a notification arriving at the gateway, a counter of the

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from plumbing.dev_push_gateway import PushGateway
+from plumbing.dev.push_gateway import PushGateway
 from tests.conftest import RunningStack, launch_stack
 from tests.matrix_support import RegisteredUser, register_user
 from tests.push_support import chat, metric, request, set_pusher
