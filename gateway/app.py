@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from gateway.config import GatewayConfig, Rate
 from gateway.downstream import Downstream
 from gateway.matrix import MatrixError, json_response
+from gateway.partner_tokens import PartnerRequester, PartnerTokenCache
 from gateway.ratelimit import RateLimiter
 from gateway.token_cache import Rejection, Requester, TokenCache
 from laiwang.auth.v1 import auth_pb2_grpc
@@ -88,6 +89,9 @@ class Limiters:
     e2e: RateLimiter
     media: RateLimiter
     apps: RateLimiter
+    oauth: RateLimiter
+    partner_app: RateLimiter
+    partner_user: RateLimiter
 
     @classmethod
     def of(cls, config: GatewayConfig) -> Limiters:
@@ -103,6 +107,9 @@ class Limiters:
             e2e=limiter(config.e2e_rate),
             media=limiter(config.media_rate),
             apps=limiter(config.apps_rate),
+            oauth=limiter(config.oauth_rate),
+            partner_app=limiter(config.partner_app_rate),
+            partner_user=limiter(config.partner_user_rate),
         )
 
 
@@ -127,11 +134,18 @@ class GatewayDeps:
     revocation_subscriptions: list[Subscription] = field(default_factory=list)
     wake_hub: WakeHub | None = None
     openapi_document: bytes | None = None
+    # partner_auth.py: partner token checks (evicted by open_platform's events), checks in flight,
+    # the NATS reconnect count the cache was filled at, its subscriptions.
+    partner_tokens: PartnerTokenCache = field(default_factory=PartnerTokenCache)
+    partner_checks: dict[str, asyncio.Future[PartnerRequester | None]] = field(default_factory=dict)
+    partner_nats_reconnects: int | None = None
+    partner_subscriptions: list[Subscription] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.stubs = Stubs.over(self.downstream)
         self.limits = Limiters.of(self.config)
         self.tokens.ttl = self.config.token_cache_seconds
+        self.partner_tokens.ttl = self.config.token_cache_seconds
 
 
 DEPS_KEY = web.AppKey("deps", GatewayDeps)

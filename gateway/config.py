@@ -75,6 +75,9 @@ class GatewayConfig:
     e2e_rate: Rate = Rate(20.0, 200)
     media_rate: Rate = Rate(10.0, 100)
     apps_rate: Rate = Rate(10.0, 100)  # the open platform's owner routes
+    oauth_rate: Rate = Rate(20.0, 100)  # per address: the OAuth2 endpoints and the consent page
+    partner_app_rate: Rate = Rate(50.0, 200)  # per app: the partner API
+    partner_user_rate: Rate = Rate(5.0, 30)  # per app and user: the partner API
     # Peers whose X-Forwarded-For is believed (the client is the last untrusted hop).
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     token_cache_seconds: float = 30.0
@@ -115,6 +118,9 @@ class GatewayConfig:
             e2e_rate=Rate.from_env(env, "E2E", 20.0, 200),
             media_rate=Rate.from_env(env, "MEDIA", 10.0, 100),
             apps_rate=Rate.from_env(env, "APPS", 10.0, 100),
+            oauth_rate=Rate.from_env(env, "OAUTH", 20.0, 100),
+            partner_app_rate=Rate.from_env(env, "PARTNER_APP", 50.0, 200),
+            partner_user_rate=Rate.from_env(env, "PARTNER_USER", 5.0, 30),
             trusted_proxies=_trusted_proxies(env),
             token_cache_seconds=env.float("GATEWAY_TOKEN_CACHE_SECONDS", 30.0, minimum=0.0),
             wake_linger_seconds=env.float("GATEWAY_WAKE_LINGER_SECONDS", 60.0, minimum=0.1),

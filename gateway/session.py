@@ -34,6 +34,7 @@ __all__ = [
     "access_token_of",
     "auth_stub",
     "authenticate",
+    "authenticate_token",
     "start_revocation_listener",
     "stop_revocation_listener",
     "token_key",
@@ -106,6 +107,13 @@ async def authenticate(request: web.Request) -> Requester:
     access_token = access_token_of(request)
     if access_token is None:
         raise MatrixError(401, "M_MISSING_TOKEN", "missing access token")
+    requester = await authenticate_token(request, access_token)
+    request[REQUESTER_KEY] = requester
+    return requester
+
+
+async def authenticate_token(request: web.Request, access_token: str) -> Requester:
+    """The requester behind `access_token` (from wherever the route found it, e.g. a session cookie)."""
     deps = request.app[DEPS_KEY]
     _drop_cache_after_reconnect(deps)
     key = token_key(access_token)
@@ -120,7 +128,6 @@ async def authenticate(request: web.Request) -> Requester:
         answer = await asyncio.shield(pending)
     if isinstance(answer, Rejection):
         raise MatrixError(401, "M_UNKNOWN_TOKEN", "unknown or expired access token", soft_logout=answer.soft_logout)
-    request[REQUESTER_KEY] = answer
     return answer
 
 

@@ -25,6 +25,8 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.zhadui",
     "gateway.routes.contacts",
     "gateway.routes.apps",
+    "gateway.routes.oauth",
+    "gateway.routes.partner",
     "gateway.routes.root",
 )
 

@@ -8,8 +8,17 @@ import grpc
 
 from laiwang.open_platform.v1 import open_platform_pb2 as pb
 from laiwang.open_platform.v1 import open_platform_pb2_grpc
+from plumbing.domain_errors import invalid
 from plumbing.grpc_errors import maps_domain_errors
-from services.open_platform.core import App, AppRegistry, AppSettings, bot_user_id, validate_settings
+from services.open_platform.authorizations import Authorizations
+from services.open_platform.core import SCOPES, App, AppRegistry, AppSettings, bot_user_id, validate_settings
+from services.open_platform.oauth import Consent, OAuthServer, Refusal
+
+_ENDPOINTS = {
+    pb.O_AUTH_ENDPOINT_KIND_TOKEN: "token",
+    pb.O_AUTH_ENDPOINT_KIND_REVOCATION: "revocation",
+    pb.O_AUTH_ENDPOINT_KIND_INTROSPECTION: "introspection",
+}
 
 
 def _now_ms() -> int:
@@ -17,8 +26,17 @@ def _now_ms() -> int:
 
 
 class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
-    def __init__(self, registry: AppRegistry, server_name: str, allow_loopback_webhooks: bool) -> None:
+    def __init__(
+        self,
+        registry: AppRegistry,
+        server_name: str,
+        allow_loopback_webhooks: bool,
+        oauth: OAuthServer,
+        authorizations: Authorizations,
+    ) -> None:
         self._registry = registry
+        self._oauth = oauth
+        self._authorizations = authorizations
         self._server_name = server_name
         self._allow_loopback = allow_loopback_webhooks
 
@@ -113,3 +131,102 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
             request.caller_user_id, request.client_id, request.overlap_seconds * 1000, _now_ms()
         )
         return pb.RotateWebhookSecretResponse(app=self._app(app), webhook_secret=secret)
+
+    # -- OAuth2 ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _scopes(scopes: tuple[str, ...] | list[str]) -> list[pb.ScopeDescription]:
+        return [pb.ScopeDescription(scope=s, description=SCOPES.get(s, s)) for s in scopes]
+
+    @staticmethod
+    def _oauth_error(refusal: Refusal) -> pb.OAuthError:
+        return pb.OAuthError(error=refusal.error, description=refusal.description)
+
+    @maps_domain_errors
+    async def PrepareConsent(
+        self, request: pb.PrepareConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PrepareConsentResponse:
+        outcome = await self._oauth.prepare_consent(request.query, request.user_id)
+        if isinstance(outcome, Consent):
+            s = outcome.app.settings
+            return pb.PrepareConsentResponse(
+                page=pb.ConsentPage(
+                    client_id=outcome.app.client_id,
+                    app_name=s.name,
+                    app_description=s.description,
+                    icon_url=s.icon_url,
+                    homepage_url=s.homepage_url,
+                    scopes=self._scopes(outcome.scopes),
+                    redirect_uri=outcome.redirect_uri,
+                )
+            )
+        if outcome.redirect_to:
+            return pb.PrepareConsentResponse(redirect_to=outcome.redirect_to)
+        return pb.PrepareConsentResponse(error=self._oauth_error(outcome))
+
+    @maps_domain_errors
+    async def CompleteConsent(
+        self, request: pb.CompleteConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompleteConsentResponse:
+        outcome = await self._oauth.complete_consent(request.query, request.user_id, request.approved)
+        if isinstance(outcome, str):
+            return pb.CompleteConsentResponse(redirect_to=outcome)
+        if outcome.redirect_to:
+            return pb.CompleteConsentResponse(redirect_to=outcome.redirect_to)
+        return pb.CompleteConsentResponse(error=self._oauth_error(outcome))
+
+    @maps_domain_errors
+    async def OAuthEndpoint(
+        self, request: pb.OAuthEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OAuthEndpointResponse:
+        kind = _ENDPOINTS.get(request.endpoint)
+        if kind is None:
+            raise invalid("unknown OAuth endpoint")
+        status, headers, body = await self._oauth.endpoint(kind, request.form, request.authorization)
+        return pb.OAuthEndpointResponse(status=status, headers=headers, body=body)
+
+    @maps_domain_errors
+    async def CheckPartnerToken(
+        self, request: pb.CheckPartnerTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckPartnerTokenResponse:
+        found = await self._authorizations.check(request.access_token)
+        if found is None:
+            return pb.CheckPartnerTokenResponse(active=False)
+        t = found.token
+        return pb.CheckPartnerTokenResponse(
+            active=True,
+            client_id=t.client_id,
+            user_id=t.user_id,
+            scopes=t.scope.split(),
+            grant_id=t.grant_id,
+            expires_at_ms=t.expires_ms,
+            app_name=found.app.settings.name,
+            bot_user_id=bot_user_id(t.client_id, self._server_name),
+        )
+
+    @maps_domain_errors
+    async def ListAuthorizations(
+        self, request: pb.ListAuthorizationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAuthorizationsResponse:
+        found = await self._authorizations.list(request.caller_user_id)
+        return pb.ListAuthorizationsResponse(
+            authorizations=[
+                pb.Authorization(
+                    client_id=app.client_id,
+                    app_name=app.settings.name,
+                    icon_url=app.settings.icon_url,
+                    homepage_url=app.settings.homepage_url,
+                    scopes=self._scopes(record.scopes),
+                    authorized_at_ms=record.created_ms,
+                    updated_at_ms=record.updated_ms,
+                )
+                for record, app in found
+            ]
+        )
+
+    @maps_domain_errors
+    async def RevokeAuthorization(
+        self, request: pb.RevokeAuthorizationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeAuthorizationResponse:
+        await self._authorizations.revoke(request.caller_user_id, request.client_id, _now_ms())
+        return pb.RevokeAuthorizationResponse()

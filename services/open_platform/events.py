@@ -5,6 +5,9 @@ same transaction as the change they report.
 
   laiwang.open_platform.app_changed   AppChanged: registered, updated, suspended, resumed, deleted,
                                       secret rotated (never the secret itself)
+  laiwang.open_platform.authorization_revoked
+                                      AuthorizationRevoked: a user revoked an app, an app revoked
+                                      a token, or a reused refresh token/code revoked its grant
 """
 
 from __future__ import annotations
@@ -29,4 +32,18 @@ def app_changed(client_id: str, owner: str, change: str, at_ms: int) -> tuple[st
     """(subject, event) for an app-registry change."""
     return SUBJECT_APP_CHANGED, pb.AppChanged(
         client_id=client_id, owner_user_id=owner, change=_CHANGES[change], at_ms=at_ms
+    )
+
+
+SUBJECT_AUTHORIZATION_REVOKED = "laiwang.open_platform.authorization_revoked"
+
+_REASONS = {"user": pb.REVOCATION_REASON_USER, "token": pb.REVOCATION_REASON_TOKEN, "reuse": pb.REVOCATION_REASON_REUSE}
+
+
+def authorization_revoked(
+    client_id: str, user_id: str, grant_ids: list[str], reason: str, at_ms: int
+) -> tuple[str, pb.AuthorizationRevoked]:
+    """(subject, event) for tokens that stopped working: these grants, or all of the user's with the app."""
+    return SUBJECT_AUTHORIZATION_REVOKED, pb.AuthorizationRevoked(
+        client_id=client_id, user_id=user_id, grant_ids=grant_ids, reason=_REASONS[reason], at_ms=at_ms
     )

@@ -8,7 +8,10 @@ from plumbing.config import Env
 from plumbing.ids import sortable_id
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.open_platform.api import OpenPlatformApi
+from services.open_platform.authorizations import Authorizations
 from services.open_platform.core import AppRegistry
+from services.open_platform.oauth import OAuthServer
+from services.open_platform.oauth_store import MongoOAuthStore
 from services.open_platform.store import MongoAppStore
 
 
@@ -18,11 +21,15 @@ async def build(runtime: Runtime) -> ServiceParts:
     allow_loopback = env.bool("OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS", False)
     store = MongoAppStore(runtime.db, runtime.outbox)
     registry = AppRegistry(store, new_id=sortable_id)
-    api = OpenPlatformApi(registry, runtime.config.server_name, allow_loopback)
+    oauth_store = MongoOAuthStore(runtime.db, runtime.outbox)
+    # Authlib wants an absolute https URI for every request; nothing is derived from it.
+    oauth = OAuthServer(store.get, oauth_store, f"https://{runtime.config.server_name}")
+    authorizations = Authorizations(store.get, oauth_store)
+    api = OpenPlatformApi(registry, runtime.config.server_name, allow_loopback, oauth, authorizations)
     return ServiceParts(
         service_names=[open_platform_pb2.DESCRIPTOR.services_by_name["OpenPlatformService"].full_name],
         registrations=[api.register],
-        indexes=store.indexes(),
+        indexes={**store.indexes(), **oauth_store.indexes()},
         produces=[streams.OPEN_PLATFORM],
     )
 

@@ -11,6 +11,7 @@ Every write commits with its AppChanged event in the outbox.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
@@ -21,6 +22,8 @@ from plumbing.mongo import IndexPlan, in_transaction
 from plumbing.outbox import Outbox
 from services.open_platform import events
 from services.open_platform.core import App, AppSettings, WebhookSecret
+
+log = logging.getLogger(__name__)
 
 
 class _OverCap(Exception):
@@ -92,6 +95,15 @@ class MongoAppStore:
         subject, event = events.app_changed(app.client_id, app.owner, change, at_ms)
         await self._outbox.add(session, subject, event)
 
+    async def _publish_now(self) -> None:
+        # Gateways drop the app's cached tokens on this event: relaying it before the call returns
+        # makes a suspension or deletion in force everywhere by the time the owner has the answer.
+        try:
+            await self._outbox.relay_once()
+        except Exception:
+            log.warning("relaying an app change failed; the outbox poll will send it", exc_info=True)
+            self._outbox.kick()
+
     async def insert(self, app: App, max_per_owner: int) -> bool:
         async def write(session: AsyncClientSession) -> None:
             owner = await self._owners.find_one_and_update(
@@ -132,7 +144,10 @@ class MongoAppStore:
             return bool(done.matched_count)
 
         replaced = await in_transaction(self._client, write)
-        self._outbox.kick()
+        if replaced and change in ("suspended", "resumed"):
+            await self._publish_now()
+        else:
+            self._outbox.kick()
         return replaced
 
     async def delete(self, app: App) -> None:
@@ -143,4 +158,4 @@ class MongoAppStore:
                 await self._emit(session, app, "deleted", app.updated_ms)
 
         await in_transaction(self._client, write)
-        self._outbox.kick()
+        await self._publish_now()

@@ -3,11 +3,13 @@
 isort:skip_file
 Events the open_platform service publishes on stream OPEN_PLATFORM, subject
 `laiwang.open_platform.<event>`. Gateway replicas follow app_changed to drop cached partner
-tokens of a suspended or deleted app at once.
+tokens of a suspended or deleted app at once, and authorization_revoked to drop revoked tokens.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -47,6 +49,31 @@ APP_CHANGE_CLIENT_SECRET_ROTATED: AppChange.ValueType  # 6
 APP_CHANGE_WEBHOOK_SECRET_ROTATED: AppChange.ValueType  # 7
 Global___AppChange: _TypeAlias = AppChange  # noqa: Y015
 
+class _RevocationReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RevocationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RevocationReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVOCATION_REASON_UNSPECIFIED: _RevocationReason.ValueType  # 0
+    REVOCATION_REASON_USER: _RevocationReason.ValueType  # 1
+    """The user revoked the app (every grant of the user with the app)."""
+    REVOCATION_REASON_TOKEN: _RevocationReason.ValueType  # 2
+    """The app revoked a token (RFC 7009)."""
+    REVOCATION_REASON_REUSE: _RevocationReason.ValueType  # 3
+    """A rotated refresh token or a used authorization code came back: the whole grant is revoked."""
+
+class RevocationReason(_RevocationReason, metaclass=_RevocationReasonEnumTypeWrapper): ...
+
+REVOCATION_REASON_UNSPECIFIED: RevocationReason.ValueType  # 0
+REVOCATION_REASON_USER: RevocationReason.ValueType  # 1
+"""The user revoked the app (every grant of the user with the app)."""
+REVOCATION_REASON_TOKEN: RevocationReason.ValueType  # 2
+"""The app revoked a token (RFC 7009)."""
+REVOCATION_REASON_REUSE: RevocationReason.ValueType  # 3
+"""A rotated refresh token or a used authorization code came back: the whole grant is revoked."""
+Global___RevocationReason: _TypeAlias = RevocationReason  # noqa: Y015
+
 @_typing.final
 class AppChanged(_message.Message):
     """Subject: laiwang.open_platform.app_changed. Never carries a secret."""
@@ -76,3 +103,39 @@ class AppChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppChanged: _TypeAlias = AppChanged  # noqa: Y015
+
+@_typing.final
+class AuthorizationRevoked(_message.Message):
+    """Subject: laiwang.open_platform.authorization_revoked. Tokens of these grants (or, when grant_ids
+    is empty, every token of the user with the app) stopped working.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    GRANT_IDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    user_id: _builtins.str
+    reason: Global___RevocationReason.ValueType
+    at_ms: _builtins.int
+    @_builtins.property
+    def grant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        grant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reason: Global___RevocationReason.ValueType = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "client_id", b"client_id", "grant_ids", b"grant_ids", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizationRevoked: _TypeAlias = AuthorizationRevoked  # noqa: Y015

@@ -3,7 +3,7 @@
 isort:skip_file
 Events the open_platform service publishes on stream OPEN_PLATFORM, subject
 `laiwang.open_platform.<event>`. Gateway replicas follow app_changed to drop cached partner
-tokens of a suspended or deleted app at once.
+tokens of a suspended or deleted app at once, and authorization_revoked to drop revoked tokens.
 """
 
 from collections import abc as _abc

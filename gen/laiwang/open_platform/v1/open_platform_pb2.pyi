@@ -13,6 +13,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,6 +24,25 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _OAuthEndpointKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OAuthEndpointKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OAuthEndpointKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    O_AUTH_ENDPOINT_KIND_UNSPECIFIED: _OAuthEndpointKind.ValueType  # 0
+    O_AUTH_ENDPOINT_KIND_TOKEN: _OAuthEndpointKind.ValueType  # 1
+    O_AUTH_ENDPOINT_KIND_REVOCATION: _OAuthEndpointKind.ValueType  # 2
+    O_AUTH_ENDPOINT_KIND_INTROSPECTION: _OAuthEndpointKind.ValueType  # 3
+
+class OAuthEndpointKind(_OAuthEndpointKind, metaclass=_OAuthEndpointKindEnumTypeWrapper): ...
+
+O_AUTH_ENDPOINT_KIND_UNSPECIFIED: OAuthEndpointKind.ValueType  # 0
+O_AUTH_ENDPOINT_KIND_TOKEN: OAuthEndpointKind.ValueType  # 1
+O_AUTH_ENDPOINT_KIND_REVOCATION: OAuthEndpointKind.ValueType  # 2
+O_AUTH_ENDPOINT_KIND_INTROSPECTION: OAuthEndpointKind.ValueType  # 3
+Global___OAuthEndpointKind: _TypeAlias = OAuthEndpointKind  # noqa: Y015
 
 @_typing.final
 class AppSettings(_message.Message):
@@ -476,3 +496,443 @@ class RotateWebhookSecretResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateWebhookSecretResponse: _TypeAlias = RotateWebhookSecretResponse  # noqa: Y015
+
+@_typing.final
+class PrepareConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    query: _builtins.str
+    """The authorization request's query string, as the browser sent it."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        query: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareConsentRequest: _TypeAlias = PrepareConsentRequest  # noqa: Y015
+
+@_typing.final
+class ScopeDescription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    scope: _builtins.str
+    description: _builtins.str
+    """In plain words, for the consent page."""
+    def __init__(
+        self,
+        *,
+        scope: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScopeDescription: _TypeAlias = ScopeDescription  # noqa: Y015
+
+@_typing.final
+class PrepareConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    REDIRECT_TO_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    redirect_to: _builtins.str
+    """The request is refused but the client and redirect URI are known: send the browser here."""
+    @_builtins.property
+    def page(self) -> Global___ConsentPage: ...
+    @_builtins.property
+    def error(self) -> Global___OAuthError:
+        """The request is refused and must not be redirected (unknown client, unregistered
+        redirect_uri): show this error to the user (RFC 6749 4.1.2.1).
+        """
+
+    def __init__(
+        self,
+        *,
+        page: Global___ConsentPage | None = ...,
+        redirect_to: _builtins.str = ...,
+        error: Global___OAuthError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "page", b"page", "redirect_to", b"redirect_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "page", b"page", "redirect_to", b"redirect_to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["page", "redirect_to", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___PrepareConsentResponse: _TypeAlias = PrepareConsentResponse  # noqa: Y015
+
+@_typing.final
+class ConsentPage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    APP_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ICON_URL_FIELD_NUMBER: _builtins.int
+    HOMEPAGE_URL_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    REDIRECT_URI_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    app_name: _builtins.str
+    app_description: _builtins.str
+    icon_url: _builtins.str
+    homepage_url: _builtins.str
+    redirect_uri: _builtins.str
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScopeDescription]: ...
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        app_name: _builtins.str = ...,
+        app_description: _builtins.str = ...,
+        icon_url: _builtins.str = ...,
+        homepage_url: _builtins.str = ...,
+        scopes: _abc.Iterable[Global___ScopeDescription] | None = ...,
+        redirect_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_description", b"app_description", "app_name", b"app_name", "client_id", b"client_id", "homepage_url", b"homepage_url", "icon_url", b"icon_url", "redirect_uri", b"redirect_uri", "scopes", b"scopes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentPage: _TypeAlias = ConsentPage  # noqa: Y015
+
+@_typing.final
+class OAuthError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    error: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        error: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OAuthError: _TypeAlias = OAuthError  # noqa: Y015
+
+@_typing.final
+class CompleteConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    APPROVED_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    query: _builtins.str
+    approved: _builtins.bool
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        query: _builtins.str = ...,
+        approved: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "query", b"query", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteConsentRequest: _TypeAlias = CompleteConsentRequest  # noqa: Y015
+
+@_typing.final
+class CompleteConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDIRECT_TO_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    redirect_to: _builtins.str
+    @_builtins.property
+    def error(self) -> Global___OAuthError: ...
+    def __init__(
+        self,
+        *,
+        redirect_to: _builtins.str = ...,
+        error: Global___OAuthError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "redirect_to", b"redirect_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "redirect_to", b"redirect_to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["redirect_to", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___CompleteConsentResponse: _TypeAlias = CompleteConsentResponse  # noqa: Y015
+
+@_typing.final
+class OAuthEndpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    FORM_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_FIELD_NUMBER: _builtins.int
+    endpoint: Global___OAuthEndpointKind.ValueType
+    form: _builtins.bytes
+    """application/x-www-form-urlencoded body."""
+    authorization: _builtins.str
+    """The Authorization header, if any (HTTP Basic client authentication)."""
+    def __init__(
+        self,
+        *,
+        endpoint: Global___OAuthEndpointKind.ValueType = ...,
+        form: _builtins.bytes = ...,
+        authorization: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "endpoint", b"endpoint", "form", b"form"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OAuthEndpointRequest: _TypeAlias = OAuthEndpointRequest  # noqa: Y015
+
+@_typing.final
+class OAuthEndpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    status: _builtins.int
+    body: _builtins.bytes
+    """JSON."""
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        status: _builtins.int = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OAuthEndpointResponse: _TypeAlias = OAuthEndpointResponse  # noqa: Y015
+
+@_typing.final
+class CheckPartnerTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckPartnerTokenRequest: _TypeAlias = CheckPartnerTokenRequest  # noqa: Y015
+
+@_typing.final
+class CheckPartnerTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    BOT_USER_ID_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    client_id: _builtins.str
+    user_id: _builtins.str
+    """Empty for an app-level token (client credentials)."""
+    grant_id: _builtins.str
+    """One authorization grant: every token issued from one consent (refreshes included)."""
+    expires_at_ms: _builtins.int
+    app_name: _builtins.str
+    bot_user_id: _builtins.str
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        client_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        grant_id: _builtins.str = ...,
+        expires_at_ms: _builtins.int = ...,
+        app_name: _builtins.str = ...,
+        bot_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "app_name", b"app_name", "bot_user_id", b"bot_user_id", "client_id", b"client_id", "expires_at_ms", b"expires_at_ms", "grant_id", b"grant_id", "scopes", b"scopes", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckPartnerTokenResponse: _TypeAlias = CheckPartnerTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListAuthorizationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuthorizationsRequest: _TypeAlias = ListAuthorizationsRequest  # noqa: Y015
+
+@_typing.final
+class Authorization(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    ICON_URL_FIELD_NUMBER: _builtins.int
+    HOMEPAGE_URL_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    AUTHORIZED_AT_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    app_name: _builtins.str
+    icon_url: _builtins.str
+    homepage_url: _builtins.str
+    authorized_at_ms: _builtins.int
+    updated_at_ms: _builtins.int
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScopeDescription]: ...
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        app_name: _builtins.str = ...,
+        icon_url: _builtins.str = ...,
+        homepage_url: _builtins.str = ...,
+        scopes: _abc.Iterable[Global___ScopeDescription] | None = ...,
+        authorized_at_ms: _builtins.int = ...,
+        updated_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "authorized_at_ms", b"authorized_at_ms", "client_id", b"client_id", "homepage_url", b"homepage_url", "icon_url", b"icon_url", "scopes", b"scopes", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Authorization: _TypeAlias = Authorization  # noqa: Y015
+
+@_typing.final
+class ListAuthorizationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORIZATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def authorizations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Authorization]: ...
+    def __init__(
+        self,
+        *,
+        authorizations: _abc.Iterable[Global___Authorization] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizations", b"authorizations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuthorizationsResponse: _TypeAlias = ListAuthorizationsResponse  # noqa: Y015
+
+@_typing.final
+class RevokeAuthorizationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAuthorizationRequest: _TypeAlias = RevokeAuthorizationRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAuthorizationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAuthorizationResponse: _TypeAlias = RevokeAuthorizationResponse  # noqa: Y015

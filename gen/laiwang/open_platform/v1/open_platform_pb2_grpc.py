@@ -74,6 +74,36 @@ class OpenPlatformServiceStub:
                 request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretRequest.SerializeToString,
                 response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretResponse.FromString,
                 _registered_method=True)
+        self.PrepareConsent = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/PrepareConsent',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PrepareConsentRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PrepareConsentResponse.FromString,
+                _registered_method=True)
+        self.CompleteConsent = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/CompleteConsent',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CompleteConsentRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CompleteConsentResponse.FromString,
+                _registered_method=True)
+        self.OAuthEndpoint = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/OAuthEndpoint',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.OAuthEndpointRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.OAuthEndpointResponse.FromString,
+                _registered_method=True)
+        self.CheckPartnerToken = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/CheckPartnerToken',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CheckPartnerTokenRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CheckPartnerTokenResponse.FromString,
+                _registered_method=True)
+        self.ListAuthorizations = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ListAuthorizations',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAuthorizationsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAuthorizationsResponse.FromString,
+                _registered_method=True)
+        self.RevokeAuthorization = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/RevokeAuthorization',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationResponse.FromString,
+                _registered_method=True)
 
 
 class OpenPlatformServiceServicer:
@@ -135,6 +165,51 @@ class OpenPlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareConsent(self, request, context):
+        """OAuth2 authorization server (Authlib inside the service; the gateway serves the HTTP face).
+        Validates an authorization request (the query string of GET /_laiwang/oauth2/authorize) for
+        the signed-in user: what the consent page shows, or why it cannot be shown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteConsent(self, request, context):
+        """The user's decision: where the browser goes next (the redirect URI with a code, or an error).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OAuthEndpoint(self, request, context):
+        """The token (RFC 6749), revocation (RFC 7009) and introspection (RFC 7662) endpoints, as HTTP
+        exchanges: the gateway forwards the form body and Authorization header, and answers with the
+        status, headers and JSON body the service returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckPartnerToken(self, request, context):
+        """What a partner access token stands for (the gateway caches the answer, evicted by events).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuthorizations(self, request, context):
+        """The apps the caller authorized, and revoking one of them (every token it holds for the caller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAuthorization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenPlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +252,36 @@ def add_OpenPlatformServiceServicer_to_server(servicer, server):
                     servicer.RotateWebhookSecret,
                     request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretRequest.FromString,
                     response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretResponse.SerializeToString,
+            ),
+            'PrepareConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareConsent,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PrepareConsentRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PrepareConsentResponse.SerializeToString,
+            ),
+            'CompleteConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteConsent,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CompleteConsentRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CompleteConsentResponse.SerializeToString,
+            ),
+            'OAuthEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.OAuthEndpoint,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.OAuthEndpointRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.OAuthEndpointResponse.SerializeToString,
+            ),
+            'CheckPartnerToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckPartnerToken,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CheckPartnerTokenRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CheckPartnerTokenResponse.SerializeToString,
+            ),
+            'ListAuthorizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuthorizations,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAuthorizationsRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAuthorizationsResponse.SerializeToString,
+            ),
+            'RevokeAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAuthorization,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +500,168 @@ class OpenPlatformService:
             '/laiwang.open_platform.v1.OpenPlatformService/RotateWebhookSecret',
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretRequest.SerializeToString,
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RotateWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/PrepareConsent',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PrepareConsentRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PrepareConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/CompleteConsent',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CompleteConsentRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CompleteConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OAuthEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/OAuthEndpoint',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.OAuthEndpointRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.OAuthEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckPartnerToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/CheckPartnerToken',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CheckPartnerTokenRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.CheckPartnerTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuthorizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ListAuthorizations',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAuthorizationsRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListAuthorizationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/RevokeAuthorization',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationResponse.FromString,
             options,
             channel_credentials,
             insecure,

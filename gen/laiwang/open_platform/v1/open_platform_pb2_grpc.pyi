@@ -55,6 +55,23 @@ class OpenPlatformServiceStub:
     """A new webhook signing secret; the previous one keeps signing (beside the new one) until
     `previous_webhook_secret_expires_at_ms`, so receivers can switch without losing deliveries.
     """
+    PrepareConsent: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.PrepareConsentRequest, _open_platform_pb2.PrepareConsentResponse]
+    """OAuth2 authorization server (Authlib inside the service; the gateway serves the HTTP face).
+    Validates an authorization request (the query string of GET /_laiwang/oauth2/authorize) for
+    the signed-in user: what the consent page shows, or why it cannot be shown.
+    """
+    CompleteConsent: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.CompleteConsentRequest, _open_platform_pb2.CompleteConsentResponse]
+    """The user's decision: where the browser goes next (the redirect URI with a code, or an error)."""
+    OAuthEndpoint: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.OAuthEndpointRequest, _open_platform_pb2.OAuthEndpointResponse]
+    """The token (RFC 6749), revocation (RFC 7009) and introspection (RFC 7662) endpoints, as HTTP
+    exchanges: the gateway forwards the form body and Authorization header, and answers with the
+    status, headers and JSON body the service returns.
+    """
+    CheckPartnerToken: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.CheckPartnerTokenRequest, _open_platform_pb2.CheckPartnerTokenResponse]
+    """What a partner access token stands for (the gateway caches the answer, evicted by events)."""
+    ListAuthorizations: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListAuthorizationsRequest, _open_platform_pb2.ListAuthorizationsResponse]
+    """The apps the caller authorized, and revoking one of them (every token it holds for the caller)."""
+    RevokeAuthorization: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.RevokeAuthorizationRequest, _open_platform_pb2.RevokeAuthorizationResponse]
 
 @_typing.type_check_only
 class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
@@ -77,6 +94,23 @@ class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
     """A new webhook signing secret; the previous one keeps signing (beside the new one) until
     `previous_webhook_secret_expires_at_ms`, so receivers can switch without losing deliveries.
     """
+    PrepareConsent: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.PrepareConsentRequest, _open_platform_pb2.PrepareConsentResponse]  # type: ignore[assignment]
+    """OAuth2 authorization server (Authlib inside the service; the gateway serves the HTTP face).
+    Validates an authorization request (the query string of GET /_laiwang/oauth2/authorize) for
+    the signed-in user: what the consent page shows, or why it cannot be shown.
+    """
+    CompleteConsent: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.CompleteConsentRequest, _open_platform_pb2.CompleteConsentResponse]  # type: ignore[assignment]
+    """The user's decision: where the browser goes next (the redirect URI with a code, or an error)."""
+    OAuthEndpoint: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.OAuthEndpointRequest, _open_platform_pb2.OAuthEndpointResponse]  # type: ignore[assignment]
+    """The token (RFC 6749), revocation (RFC 7009) and introspection (RFC 7662) endpoints, as HTTP
+    exchanges: the gateway forwards the form body and Authorization header, and answers with the
+    status, headers and JSON body the service returns.
+    """
+    CheckPartnerToken: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.CheckPartnerTokenRequest, _open_platform_pb2.CheckPartnerTokenResponse]  # type: ignore[assignment]
+    """What a partner access token stands for (the gateway caches the answer, evicted by events)."""
+    ListAuthorizations: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListAuthorizationsRequest, _open_platform_pb2.ListAuthorizationsResponse]  # type: ignore[assignment]
+    """The apps the caller authorized, and revoking one of them (every token it holds for the caller)."""
+    RevokeAuthorization: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.RevokeAuthorizationRequest, _open_platform_pb2.RevokeAuthorizationResponse]  # type: ignore[assignment]
 
 class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -144,5 +178,58 @@ class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         """A new webhook signing secret; the previous one keeps signing (beside the new one) until
         `previous_webhook_secret_expires_at_ms`, so receivers can switch without losing deliveries.
         """
+
+    @_abc_1.abstractmethod
+    def PrepareConsent(
+        self,
+        request: _open_platform_pb2.PrepareConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.PrepareConsentResponse, _abc.Awaitable[_open_platform_pb2.PrepareConsentResponse]]:
+        """OAuth2 authorization server (Authlib inside the service; the gateway serves the HTTP face).
+        Validates an authorization request (the query string of GET /_laiwang/oauth2/authorize) for
+        the signed-in user: what the consent page shows, or why it cannot be shown.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteConsent(
+        self,
+        request: _open_platform_pb2.CompleteConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.CompleteConsentResponse, _abc.Awaitable[_open_platform_pb2.CompleteConsentResponse]]:
+        """The user's decision: where the browser goes next (the redirect URI with a code, or an error)."""
+
+    @_abc_1.abstractmethod
+    def OAuthEndpoint(
+        self,
+        request: _open_platform_pb2.OAuthEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.OAuthEndpointResponse, _abc.Awaitable[_open_platform_pb2.OAuthEndpointResponse]]:
+        """The token (RFC 6749), revocation (RFC 7009) and introspection (RFC 7662) endpoints, as HTTP
+        exchanges: the gateway forwards the form body and Authorization header, and answers with the
+        status, headers and JSON body the service returns.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckPartnerToken(
+        self,
+        request: _open_platform_pb2.CheckPartnerTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.CheckPartnerTokenResponse, _abc.Awaitable[_open_platform_pb2.CheckPartnerTokenResponse]]:
+        """What a partner access token stands for (the gateway caches the answer, evicted by events)."""
+
+    @_abc_1.abstractmethod
+    def ListAuthorizations(
+        self,
+        request: _open_platform_pb2.ListAuthorizationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ListAuthorizationsResponse, _abc.Awaitable[_open_platform_pb2.ListAuthorizationsResponse]]:
+        """The apps the caller authorized, and revoking one of them (every token it holds for the caller)."""
+
+    @_abc_1.abstractmethod
+    def RevokeAuthorization(
+        self,
+        request: _open_platform_pb2.RevokeAuthorizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.RevokeAuthorizationResponse, _abc.Awaitable[_open_platform_pb2.RevokeAuthorizationResponse]]: ...
 
 def add_OpenPlatformServiceServicer_to_server(servicer: OpenPlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
