@@ -27,6 +27,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.routes.apps",
     "gateway.routes.oauth",
     "gateway.routes.partner",
+    "gateway.routes.subscriptions",
     "gateway.routes.root",
 )
 

@@ -62,6 +62,8 @@ def parse_username(username: str, server_name: str) -> str:
         )
     if localpart.startswith("_"):
         raise DomainError(Errcode.INVALID_USERNAME, "usernames starting with _ are reserved")
+    if localpart.startswith("app_"):  # partner apps' bots are @app_<client id> (open_platform)
+        raise DomainError(Errcode.INVALID_USERNAME, "usernames starting with app_ are reserved for apps")
     user_id = f"@{localpart}:{server_name}"
     if len(user_id.encode()) > 255:
         raise DomainError(Errcode.INVALID_USERNAME, "user id is longer than 255 bytes")

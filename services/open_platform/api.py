@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import grpc
@@ -13,6 +14,7 @@ from plumbing.grpc_errors import maps_domain_errors
 from services.open_platform.authorizations import Authorizations
 from services.open_platform.core import SCOPES, App, AppRegistry, AppSettings, bot_user_id, validate_settings
 from services.open_platform.oauth import Consent, OAuthServer, Refusal
+from services.open_platform.subscriptions import Subscription, Subscriptions
 
 _ENDPOINTS = {
     pb.O_AUTH_ENDPOINT_KIND_TOKEN: "token",
@@ -33,8 +35,10 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
         allow_loopback_webhooks: bool,
         oauth: OAuthServer,
         authorizations: Authorizations,
+        subscriptions: Subscriptions,
     ) -> None:
         self._registry = registry
+        self._subscriptions = subscriptions
         self._oauth = oauth
         self._authorizations = authorizations
         self._server_name = server_name
@@ -230,3 +234,52 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
     ) -> pb.RevokeAuthorizationResponse:
         await self._authorizations.revoke(request.caller_user_id, request.client_id, _now_ms())
         return pb.RevokeAuthorizationResponse()
+
+    # -- subscriptions -----------------------------------------------------------------------------
+
+    async def _info(self, sub: Subscription) -> pb.SubscriptionInfo:
+        app = await self._registry.lookup(sub.client_id)
+        return pb.SubscriptionInfo(
+            client_id=sub.client_id,
+            user_id=sub.user_id,
+            room_id=sub.room_id,
+            bot_user_id=bot_user_id(sub.client_id, self._server_name),
+            app_name=app.settings.name if app else "",
+            subscribed_at_ms=sub.subscribed_ms,
+        )
+
+    @maps_domain_errors
+    async def Subscribe(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext) -> pb.SubscribeResponse:
+        sub = await self._subscriptions.subscribe(request.caller_user_id, request.client_id, _now_ms())
+        return pb.SubscribeResponse(subscription=await self._info(sub))
+
+    @maps_domain_errors
+    async def Unsubscribe(
+        self, request: pb.UnsubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnsubscribeResponse:
+        await self._subscriptions.unsubscribe(request.caller_user_id, request.client_id, _now_ms())
+        return pb.UnsubscribeResponse()
+
+    @maps_domain_errors
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSubscriptionsResponse:
+        subs = await self._subscriptions.of_user(request.caller_user_id)
+        return pb.ListSubscriptionsResponse(subscriptions=[await self._info(s) for s in subs])
+
+    @maps_domain_errors
+    async def ListSubscribers(
+        self, request: pb.ListSubscribersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSubscribersResponse:
+        subs = await self._subscriptions.of_app(request.client_id, request.after_user_id, request.limit or 100)
+        return pb.ListSubscribersResponse(subscribers=[await self._info(s) for s in subs])
+
+    @maps_domain_errors
+    async def MessageSubscriber(
+        self, request: pb.MessageSubscriberRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MessageSubscriberResponse:
+        txn_id = request.txn_id or secrets.token_hex(12)
+        room_id, event_id = await self._subscriptions.message(
+            request.client_id, request.user_id, request.body, txn_id, _now_ms()
+        )
+        return pb.MessageSubscriberResponse(room_id=room_id, event_id=event_id)

@@ -262,6 +262,10 @@ class AppRegistry:
             raise forbidden(f"at most {MAX_APPS_PER_OWNER} apps per owner")
         return Created(app, client_secret, webhook_secret)
 
+    async def lookup(self, client_id: str) -> App | None:
+        """Any app by id (for other parts of this service, never for owner routes)."""
+        return await self._store.get(client_id) if client_id else None
+
     async def list(self, caller: str) -> list[App]:
         return await self._store.list_by_owner(caller)
 

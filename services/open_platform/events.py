@@ -8,6 +8,8 @@ same transaction as the change they report.
   laiwang.open_platform.authorization_revoked
                                       AuthorizationRevoked: a user revoked an app, an app revoked
                                       a token, or a reused refresh token/code revoked its grant
+  laiwang.open_platform.subscription_changed
+                                      SubscriptionChanged: a user subscribed to or left an app
 """
 
 from __future__ import annotations
@@ -46,4 +48,16 @@ def authorization_revoked(
     """(subject, event) for tokens that stopped working: these grants, or all of the user's with the app."""
     return SUBJECT_AUTHORIZATION_REVOKED, pb.AuthorizationRevoked(
         client_id=client_id, user_id=user_id, grant_ids=grant_ids, reason=_REASONS[reason], at_ms=at_ms
+    )
+
+
+SUBJECT_SUBSCRIPTION_CHANGED = "laiwang.open_platform.subscription_changed"
+
+
+def subscription_changed(
+    client_id: str, user_id: str, room_id: str, subscribed: bool, at_ms: int
+) -> tuple[str, pb.SubscriptionChanged]:
+    """(subject, event) for a user subscribing to or unsubscribing from an app."""
+    return SUBJECT_SUBSCRIPTION_CHANGED, pb.SubscriptionChanged(
+        client_id=client_id, user_id=user_id, room_id=room_id, subscribed=subscribed, at_ms=at_ms
     )

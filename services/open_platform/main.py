@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from laiwang.open_platform.v1 import open_platform_pb2
 from plumbing import streams
-from plumbing.config import Env
+from plumbing.config import Env, default_address
+from plumbing.grpc_client import open_channel
 from plumbing.ids import sortable_id
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.open_platform.api import OpenPlatformApi
 from services.open_platform.authorizations import Authorizations
+from services.open_platform.clients import MessagingRooms
 from services.open_platform.core import AppRegistry
 from services.open_platform.oauth import OAuthServer
 from services.open_platform.oauth_store import MongoOAuthStore
 from services.open_platform.store import MongoAppStore
+from services.open_platform.subscription_store import MongoSubscriptionStore
+from services.open_platform.subscriptions import Budget, Subscriptions
 
 
 async def build(runtime: Runtime) -> ServiceParts:
@@ -25,12 +29,23 @@ async def build(runtime: Runtime) -> ServiceParts:
     # Authlib wants an absolute https URI for every request; nothing is derived from it.
     oauth = OAuthServer(store.get, oauth_store, f"https://{runtime.config.server_name}")
     authorizations = Authorizations(store.get, oauth_store)
-    api = OpenPlatformApi(registry, runtime.config.server_name, allow_loopback, oauth, authorizations)
+    messaging = env.address("MESSAGING_ADDR", default_address("messaging"))
+    subscription_store = MongoSubscriptionStore(runtime.db, runtime.outbox)
+    subscriptions = Subscriptions(
+        store.get,
+        subscription_store,
+        MessagingRooms(open_channel(messaging)),
+        runtime.config.server_name,
+        per_subscriber=Budget(env.int("OPEN_PLATFORM_SUBSCRIBER_MESSAGES_PER_HOUR", 20, minimum=1), 3_600_000),
+        per_app=Budget(env.int("OPEN_PLATFORM_APP_MESSAGES_PER_MINUTE", 6000, minimum=1), 60_000),
+    )
+    api = OpenPlatformApi(registry, runtime.config.server_name, allow_loopback, oauth, authorizations, subscriptions)
     return ServiceParts(
         service_names=[open_platform_pb2.DESCRIPTOR.services_by_name["OpenPlatformService"].full_name],
         registrations=[api.register],
-        indexes={**store.indexes(), **oauth_store.indexes()},
+        indexes={**store.indexes(), **oauth_store.indexes(), **subscription_store.indexes()},
         produces=[streams.OPEN_PLATFORM],
+        depends_on={"messaging": messaging},  # each subscription is a messaging room
     )
 
 

@@ -242,6 +242,7 @@ def test_network_policies_allow_exactly_the_calls_the_code_makes(overlay: str) -
         *(("gateway", s) for s in SERVICES),
         ("contacts", "auth"),
         ("zhadui", "messaging"),
+        ("open-platform", "messaging"),  # subscription rooms
     }
     for source, target, port in calls:
         assert allowed(objects, source, target, port), f"{source} -> {target}:{port} is blocked"

@@ -38,7 +38,18 @@ def test_valid_usernames(username: str) -> None:
 
 @pytest.mark.parametrize(
     "username",
-    ["Alice", "al ice", "@alice:elsewhere.org", "_reserved", "", "ali#ce", "x" * 300, "@:laiwang.test", "名字"],
+    [
+        "Alice",
+        "al ice",
+        "@alice:elsewhere.org",
+        "_reserved",
+        "app_01abc",
+        "",
+        "ali#ce",
+        "x" * 300,
+        "@:laiwang.test",
+        "名字",
+    ],
 )
 def test_invalid_usernames(username: str) -> None:
     with pytest.raises(DomainError) as caught:

@@ -139,3 +139,38 @@ class AuthorizationRevoked(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizationRevoked: _TypeAlias = AuthorizationRevoked  # noqa: Y015
+
+@_typing.final
+class SubscriptionChanged(_message.Message):
+    """Subject: laiwang.open_platform.subscription_changed. A user subscribed to an app (its bot and the
+    user share `room_id`) or unsubscribed (the app may no longer message them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIBED_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    user_id: _builtins.str
+    room_id: _builtins.str
+    subscribed: _builtins.bool
+    at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+        subscribed: _builtins.bool = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "client_id", b"client_id", "room_id", b"room_id", "subscribed", b"subscribed", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionChanged: _TypeAlias = SubscriptionChanged  # noqa: Y015

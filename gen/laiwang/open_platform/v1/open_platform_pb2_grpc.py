@@ -104,6 +104,31 @@ class OpenPlatformServiceStub:
                 request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationRequest.SerializeToString,
                 response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/Subscribe',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.Unsubscribe = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/Unsubscribe',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UnsubscribeRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UnsubscribeResponse.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ListSubscriptions',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.ListSubscribers = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ListSubscribers',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscribersRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscribersResponse.FromString,
+                _registered_method=True)
+        self.MessageSubscriber = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/MessageSubscriber',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberResponse.FromString,
+                _registered_method=True)
 
 
 class OpenPlatformServiceServicer:
@@ -210,6 +235,41 @@ class OpenPlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """Subscriptions: the caller subscribes to an app (a direct room with the app's bot is opened),
+        lists and leaves them; repeating a subscribe changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unsubscribe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscribers(self, request, context):
+        """Called for a partner app (the gateway checked its token and scope): its active subscribers,
+        and a message from its bot to one of them (PERMISSION_DENIED for anyone else; RESOURCE_EXHAUSTED
+        with retry_after_ms over the per-app or per-subscriber budget).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MessageSubscriber(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenPlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +342,31 @@ def add_OpenPlatformServiceServicer_to_server(servicer, server):
                     servicer.RevokeAuthorization,
                     request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationRequest.FromString,
                     response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SubscribeRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Unsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsubscribe,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UnsubscribeRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UnsubscribeResponse.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'ListSubscribers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscribers,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscribersRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscribersResponse.SerializeToString,
+            ),
+            'MessageSubscriber': grpc.unary_unary_rpc_method_handler(
+                    servicer.MessageSubscriber,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -662,6 +747,141 @@ class OpenPlatformService:
             '/laiwang.open_platform.v1.OpenPlatformService/RevokeAuthorization',
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationRequest.SerializeToString,
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.RevokeAuthorizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/Subscribe',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SubscribeRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/Unsubscribe',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UnsubscribeRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UnsubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ListSubscriptions',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscriptionsRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscribers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ListSubscribers',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscribersRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListSubscribersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MessageSubscriber(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/MessageSubscriber',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,18 @@ class OpenPlatformServiceStub:
     ListAuthorizations: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListAuthorizationsRequest, _open_platform_pb2.ListAuthorizationsResponse]
     """The apps the caller authorized, and revoking one of them (every token it holds for the caller)."""
     RevokeAuthorization: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.RevokeAuthorizationRequest, _open_platform_pb2.RevokeAuthorizationResponse]
+    Subscribe: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.SubscribeRequest, _open_platform_pb2.SubscribeResponse]
+    """Subscriptions: the caller subscribes to an app (a direct room with the app's bot is opened),
+    lists and leaves them; repeating a subscribe changes nothing.
+    """
+    Unsubscribe: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.UnsubscribeRequest, _open_platform_pb2.UnsubscribeResponse]
+    ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListSubscriptionsRequest, _open_platform_pb2.ListSubscriptionsResponse]
+    ListSubscribers: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListSubscribersRequest, _open_platform_pb2.ListSubscribersResponse]
+    """Called for a partner app (the gateway checked its token and scope): its active subscribers,
+    and a message from its bot to one of them (PERMISSION_DENIED for anyone else; RESOURCE_EXHAUSTED
+    with retry_after_ms over the per-app or per-subscriber budget).
+    """
+    MessageSubscriber: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.MessageSubscriberRequest, _open_platform_pb2.MessageSubscriberResponse]
 
 @_typing.type_check_only
 class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
@@ -111,6 +123,18 @@ class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
     ListAuthorizations: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListAuthorizationsRequest, _open_platform_pb2.ListAuthorizationsResponse]  # type: ignore[assignment]
     """The apps the caller authorized, and revoking one of them (every token it holds for the caller)."""
     RevokeAuthorization: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.RevokeAuthorizationRequest, _open_platform_pb2.RevokeAuthorizationResponse]  # type: ignore[assignment]
+    Subscribe: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.SubscribeRequest, _open_platform_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Subscriptions: the caller subscribes to an app (a direct room with the app's bot is opened),
+    lists and leaves them; repeating a subscribe changes nothing.
+    """
+    Unsubscribe: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.UnsubscribeRequest, _open_platform_pb2.UnsubscribeResponse]  # type: ignore[assignment]
+    ListSubscriptions: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListSubscriptionsRequest, _open_platform_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    ListSubscribers: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListSubscribersRequest, _open_platform_pb2.ListSubscribersResponse]  # type: ignore[assignment]
+    """Called for a partner app (the gateway checked its token and scope): its active subscribers,
+    and a message from its bot to one of them (PERMISSION_DENIED for anyone else; RESOURCE_EXHAUSTED
+    with retry_after_ms over the per-app or per-subscriber budget).
+    """
+    MessageSubscriber: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.MessageSubscriberRequest, _open_platform_pb2.MessageSubscriberResponse]  # type: ignore[assignment]
 
 class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -231,5 +255,47 @@ class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _open_platform_pb2.RevokeAuthorizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_open_platform_pb2.RevokeAuthorizationResponse, _abc.Awaitable[_open_platform_pb2.RevokeAuthorizationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _open_platform_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.SubscribeResponse, _abc.Awaitable[_open_platform_pb2.SubscribeResponse]]:
+        """Subscriptions: the caller subscribes to an app (a direct room with the app's bot is opened),
+        lists and leaves them; repeating a subscribe changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def Unsubscribe(
+        self,
+        request: _open_platform_pb2.UnsubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.UnsubscribeResponse, _abc.Awaitable[_open_platform_pb2.UnsubscribeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSubscriptions(
+        self,
+        request: _open_platform_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ListSubscriptionsResponse, _abc.Awaitable[_open_platform_pb2.ListSubscriptionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSubscribers(
+        self,
+        request: _open_platform_pb2.ListSubscribersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ListSubscribersResponse, _abc.Awaitable[_open_platform_pb2.ListSubscribersResponse]]:
+        """Called for a partner app (the gateway checked its token and scope): its active subscribers,
+        and a message from its bot to one of them (PERMISSION_DENIED for anyone else; RESOURCE_EXHAUSTED
+        with retry_after_ms over the per-app or per-subscriber budget).
+        """
+
+    @_abc_1.abstractmethod
+    def MessageSubscriber(
+        self,
+        request: _open_platform_pb2.MessageSubscriberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.MessageSubscriberResponse, _abc.Awaitable[_open_platform_pb2.MessageSubscriberResponse]]: ...
 
 def add_OpenPlatformServiceServicer_to_server(servicer: OpenPlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
