@@ -8,6 +8,9 @@ POST   /_laiwang/client/v1/apps/{client_id}/suspend | /resume
 DELETE /_laiwang/client/v1/apps/{client_id}
 POST   /_laiwang/client/v1/apps/{client_id}/client_secret/rotate  a new client secret, returned once
 POST   /_laiwang/client/v1/apps/{client_id}/webhook_secret/rotate {"overlap_seconds": n}: old and new sign
+GET    /_laiwang/client/v1/apps/{client_id}/webhook_deliveries    the delivery log (newest first)
+GET    /_laiwang/client/v1/apps/{client_id}/webhook_dead_letters  events not delivered within 24 h
+POST   /_laiwang/client/v1/apps/{client_id}/webhook_dead_letters/{webhook_id}/replay   deliver it again
 """
 
 from __future__ import annotations
@@ -162,6 +165,57 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
     return json_response({**app_json(reply.app), "webhook_secret": reply.webhook_secret})
 
 
+async def webhook_deliveries(request: web.Request) -> web.Response:
+    owner = await _owner(request)
+    reply = await call(
+        _stub(request).ListWebhookDeliveries,
+        pb.ListWebhookDeliveriesRequest(caller_user_id=owner, client_id=_client_id(request)),
+    )
+    return json_response(
+        {
+            "deliveries": [
+                {
+                    "webhook_id": a.webhook_id,
+                    "type": a.type,
+                    "attempt": a.attempt,
+                    "status": a.status,
+                    "latency_ms": a.latency_ms,
+                    "error": a.error,
+                    "at": a.at_ms,
+                }
+                for a in reply.attempts
+            ]
+        }
+    )
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    owner = await _owner(request)
+    reply = await call(
+        _stub(request).ListDeadLetters, pb.ListDeadLettersRequest(caller_user_id=owner, client_id=_client_id(request))
+    )
+    return json_response(
+        {
+            "dead_letters": [
+                {"webhook_id": d.webhook_id, "type": d.type, "reason": d.reason, "dead_at": d.dead_at_ms}
+                for d in reply.dead_letters
+            ]
+        }
+    )
+
+
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    owner = await _owner(request)
+    webhook_id = request.match_info["webhook_id"]
+    if len(webhook_id) > 64:
+        raise MatrixError(404, "M_NOT_FOUND", "no such dead letter")
+    await call(
+        _stub(request).ReplayDeadLetter,
+        pb.ReplayDeadLetterRequest(caller_user_id=owner, client_id=_client_id(request), webhook_id=webhook_id),
+    )
+    return json_response({})
+
+
 def routes(deps: GatewayDeps) -> list[web.RouteDef]:
     one = f"{PREFIX}/{{client_id}}"
     return [
@@ -174,4 +228,7 @@ def routes(deps: GatewayDeps) -> list[web.RouteDef]:
         web.post(f"{one}/resume", resume),
         web.post(f"{one}/client_secret/rotate", rotate_client_secret),
         web.post(f"{one}/webhook_secret/rotate", rotate_webhook_secret),
+        web.get(f"{one}/webhook_deliveries", webhook_deliveries),
+        web.get(f"{one}/webhook_dead_letters", dead_letters),
+        web.post(f"{one}/webhook_dead_letters/{{webhook_id}}/replay", replay_dead_letter),
     ]

@@ -9,12 +9,13 @@ import grpc
 
 from laiwang.open_platform.v1 import open_platform_pb2 as pb
 from laiwang.open_platform.v1 import open_platform_pb2_grpc
-from plumbing.domain_errors import invalid
+from plumbing.domain_errors import invalid, not_found
 from plumbing.grpc_errors import maps_domain_errors
 from services.open_platform.authorizations import Authorizations
 from services.open_platform.core import SCOPES, App, AppRegistry, AppSettings, bot_user_id, validate_settings
 from services.open_platform.oauth import Consent, OAuthServer, Refusal
 from services.open_platform.subscriptions import Subscription, Subscriptions
+from services.open_platform.webhook_store import MongoWebhookStore
 
 _ENDPOINTS = {
     pb.O_AUTH_ENDPOINT_KIND_TOKEN: "token",
@@ -36,8 +37,10 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
         oauth: OAuthServer,
         authorizations: Authorizations,
         subscriptions: Subscriptions,
+        webhooks: MongoWebhookStore,
     ) -> None:
         self._registry = registry
+        self._webhooks = webhooks
         self._subscriptions = subscriptions
         self._oauth = oauth
         self._authorizations = authorizations
@@ -283,3 +286,48 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
             request.client_id, request.user_id, request.body, txn_id, _now_ms()
         )
         return pb.MessageSubscriberResponse(room_id=room_id, event_id=event_id)
+
+    # -- webhooks, owner side ----------------------------------------------------------------------
+
+    @maps_domain_errors
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWebhookDeliveriesResponse:
+        app = await self._registry.get(request.caller_user_id, request.client_id)
+        docs = await self._webhooks.attempts_of(app.client_id)
+        return pb.ListWebhookDeliveriesResponse(
+            attempts=[
+                pb.WebhookAttempt(
+                    webhook_id=d["webhook_id"],
+                    type=d["type"],
+                    attempt=d["attempt"],
+                    status=d["status"],
+                    latency_ms=d["latency_ms"],
+                    error=d["error"],
+                    at_ms=d["at_ms"],
+                )
+                for d in docs
+            ]
+        )
+
+    @maps_domain_errors
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDeadLettersResponse:
+        app = await self._registry.get(request.caller_user_id, request.client_id)
+        docs = await self._webhooks.dead_letters_of(app.client_id)
+        return pb.ListDeadLettersResponse(
+            dead_letters=[
+                pb.DeadLetter(webhook_id=d["webhook_id"], type=d["type"], reason=d["reason"], dead_at_ms=d["at_ms"])
+                for d in docs
+            ]
+        )
+
+    @maps_domain_errors
+    async def ReplayDeadLetter(
+        self, request: pb.ReplayDeadLetterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReplayDeadLetterResponse:
+        app = await self._registry.get(request.caller_user_id, request.client_id)
+        if not await self._webhooks.replay(app.client_id, request.webhook_id, _now_ms()):
+            raise not_found("no such dead letter")
+        return pb.ReplayDeadLetterResponse()

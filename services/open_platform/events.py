@@ -10,9 +10,12 @@ same transaction as the change they report.
                                       a token, or a reused refresh token/code revoked its grant
   laiwang.open_platform.subscription_changed
                                       SubscriptionChanged: a user subscribed to or left an app
+  laiwang.open_platform.webhook       WebhookEvent: one delivery for an app's webhook endpoint
 """
 
 from __future__ import annotations
+
+import json
 
 from laiwang.events.v1 import open_platform_events_pb2 as pb
 
@@ -60,4 +63,21 @@ def subscription_changed(
     """(subject, event) for a user subscribing to or unsubscribing from an app."""
     return SUBJECT_SUBSCRIPTION_CHANGED, pb.SubscriptionChanged(
         client_id=client_id, user_id=user_id, room_id=room_id, subscribed=subscribed, at_ms=at_ms
+    )
+
+
+SUBJECT_WEBHOOK = "laiwang.open_platform.webhook"
+
+
+def webhook_event(
+    webhook_id: str, client_id: str, user_id: str, kind: str, data: dict, at_ms: int
+) -> tuple[str, pb.WebhookEvent]:
+    """(subject, event) for one delivery to an app's webhook endpoint."""
+    return SUBJECT_WEBHOOK, pb.WebhookEvent(
+        webhook_id=webhook_id,
+        client_id=client_id,
+        user_id=user_id,
+        type=kind,
+        data_json=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+        created_at_ms=at_ms,
     )

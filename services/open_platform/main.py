@@ -14,9 +14,12 @@ from services.open_platform.clients import MessagingRooms
 from services.open_platform.core import AppRegistry
 from services.open_platform.oauth import OAuthServer
 from services.open_platform.oauth_store import MongoOAuthStore
+from services.open_platform.replies import REPLIES, replies_handler
 from services.open_platform.store import MongoAppStore
 from services.open_platform.subscription_store import MongoSubscriptionStore
 from services.open_platform.subscriptions import Budget, Subscriptions
+from services.open_platform.webhook_store import MongoWebhookStore
+from services.open_platform.webhooks import RetryPolicy, WebhookConsumer, WebhookDelivery
 
 
 async def build(runtime: Runtime) -> ServiceParts:
@@ -39,12 +42,31 @@ async def build(runtime: Runtime) -> ServiceParts:
         per_subscriber=Budget(env.int("OPEN_PLATFORM_SUBSCRIBER_MESSAGES_PER_HOUR", 20, minimum=1), 3_600_000),
         per_app=Budget(env.int("OPEN_PLATFORM_APP_MESSAGES_PER_MINUTE", 6000, minimum=1), 60_000),
     )
-    api = OpenPlatformApi(registry, runtime.config.server_name, allow_loopback, oauth, authorizations, subscriptions)
+    webhook_store = MongoWebhookStore(runtime.db, runtime.outbox)
+    policy = RetryPolicy(
+        base_seconds=env.float("OPEN_PLATFORM_WEBHOOK_RETRY_BASE_SECONDS", 5.0, minimum=0.05),
+        max_seconds=env.float("OPEN_PLATFORM_WEBHOOK_RETRY_MAX_SECONDS", 3600.0, minimum=0.1),
+        give_up_seconds=env.float("OPEN_PLATFORM_WEBHOOK_GIVE_UP_SECONDS", 24 * 3600.0, minimum=1.0),
+    )
+    delivery = WebhookDelivery(store.get, webhook_store, policy, allow_loopback)
+    # Longer than a try's 5 s timeout: an event is redelivered only when its process died mid-try.
+    ack_wait = env.float("OPEN_PLATFORM_WEBHOOK_ACK_WAIT_SECONDS", 30.0, minimum=6.0)
+    webhook_consumer = WebhookConsumer(runtime.js, delivery, ack_wait)
+    api = OpenPlatformApi(
+        registry, runtime.config.server_name, allow_loopback, oauth, authorizations, subscriptions, webhook_store
+    )
     return ServiceParts(
         service_names=[open_platform_pb2.DESCRIPTOR.services_by_name["OpenPlatformService"].full_name],
         registrations=[api.register],
-        indexes={**store.indexes(), **oauth_store.indexes(), **subscription_store.indexes()},
+        indexes={
+            **store.indexes(),
+            **oauth_store.indexes(),
+            **subscription_store.indexes(),
+            **webhook_store.indexes(),
+        },
         produces=[streams.OPEN_PLATFORM],
+        consumers=[(REPLIES, replies_handler(subscription_store))],
+        background=[webhook_consumer.run],
         depends_on={"messaging": messaging},  # each subscription is a messaging room
     )
 

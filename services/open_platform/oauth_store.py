@@ -22,6 +22,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from plumbing.ids import sortable_id
 from plumbing.mongo import IndexPlan, in_transaction
 from plumbing.outbox import Outbox
 from services.open_platform import events
@@ -233,6 +234,10 @@ class MongoOAuthStore:
                 return False
             subject, event = events.authorization_revoked(client_id, user_id, [], "user", at_ms)
             await self._outbox.add(session, subject, event)
+            subject, hook = events.webhook_event(
+                f"msg_{sortable_id()}", client_id, user_id, "authorization.revoked", {"user_id": user_id}, at_ms
+            )
+            await self._outbox.add(session, subject, hook)
             return True
 
         done = await in_transaction(self._client, write)

@@ -16,10 +16,15 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from plumbing.ids import sortable_id
 from plumbing.mongo import IndexPlan, in_transaction
 from plumbing.outbox import Outbox
 from services.open_platform import events
 from services.open_platform.subscriptions import Subscription
+
+
+def new_webhook_id() -> str:
+    return f"msg_{sortable_id()}"
 
 
 def _id(client_id: str, user_id: str) -> str:
@@ -50,6 +55,7 @@ class MongoSubscriptionStore:
             "subscriptions": [
                 IndexModel([("client_id", ASCENDING), ("active", ASCENDING), ("user_id", ASCENDING)]),
                 IndexModel([("user_id", ASCENDING)]),
+                IndexModel([("room_id", ASCENDING)]),
             ],
             "budgets": [IndexModel([("window_end_ms", ASCENDING)])],
         }
@@ -85,11 +91,33 @@ class MongoSubscriptionStore:
                 sub.client_id, sub.user_id, sub.room_id, sub.active, sub.updated_ms
             )
             await self._outbox.add(session, subject, event)
+            kind = "subscription.created" if sub.active else "subscription.deleted"
+            data = {"user_id": sub.user_id, "room_id": sub.room_id}
+            subject, hook = events.webhook_event(
+                new_webhook_id(), sub.client_id, sub.user_id, kind, data, sub.updated_ms
+            )
+            await self._outbox.add(session, subject, hook)
             return True
 
         done = await in_transaction(self._client, write)
         self._outbox.kick()
         return done
+
+    async def active_by_room(self, room_id: str) -> Subscription | None:
+        doc = await self._subscriptions.find_one({"room_id": room_id, "active": True})
+        return _subscription(doc) if doc else None
+
+    async def add_webhook(
+        self, webhook_id: str, client_id: str, user_id: str, kind: str, data: dict, at_ms: int
+    ) -> None:
+        """One webhook event through the outbox (its own transaction)."""
+
+        async def write(session: AsyncClientSession) -> None:
+            subject, hook = events.webhook_event(webhook_id, client_id, user_id, kind, data, at_ms)
+            await self._outbox.add(session, subject, hook)
+
+        await in_transaction(self._client, write)
+        self._outbox.kick()
 
     async def subscriptions_of(self, user_id: str) -> list[Subscription]:
         docs = await self._subscriptions.find({"user_id": user_id}, limit=500).to_list()

@@ -257,8 +257,9 @@ def test_network_policies_allow_exactly_the_calls_the_code_makes(overlay: str) -
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_only_auth_and_messaging_reach_outside_the_cluster_and_only_public_https(overlay: str) -> None:
-    # auth: the OIDC provider; messaging: push gateways (docs/push.md). Never the private ranges.
+def test_only_auth_messaging_and_open_platform_reach_outside_the_cluster_and_only_public_https(overlay: str) -> None:
+    # auth: the OIDC provider; messaging: push gateways (docs/push.md); open-platform: partner apps'
+    # webhooks (docs/open_platform.md). Never the private ranges.
     objects = render(overlay)
     outside: dict[str, list[dict[str, Any]]] = {}
     for app in PROCESSES:
@@ -267,7 +268,7 @@ def test_only_auth_and_messaging_reach_outside_the_cluster_and_only_public_https
             for rule in policy["spec"].get("egress", []):
                 if any("ipBlock" in peer for peer in rule.get("to", [])):
                     outside.setdefault(app, []).append(rule)
-    assert set(outside) == {"auth", "messaging"}
+    assert set(outside) == {"auth", "messaging", "open-platform"}
     for rules in outside.values():
         for rule in rules:
             assert [p["port"] for p in rule["ports"]] == [443]

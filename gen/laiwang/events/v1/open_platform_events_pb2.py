@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,laiwang/events/v1/open_platform_events.proto\x12\x11laiwang.events.v1\"s\n\nAppChanged\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rowner_user_id\x18\x02 \x01(\t\x12,\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x1c.laiwang.events.v1.AppChange\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"\x91\x01\n\x14\x41uthorizationRevoked\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tgrant_ids\x18\x03 \x03(\t\x12\x33\n\x06reason\x18\x04 \x01(\x0e\x32#.laiwang.events.v1.RevocationReason\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\"m\n\x13SubscriptionChanged\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\x12\x12\n\nsubscribed\x18\x04 \x01(\x08\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03*\xf1\x01\n\tAppChange\x12\x1a\n\x16\x41PP_CHANGE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41PP_CHANGE_REGISTERED\x10\x01\x12\x16\n\x12\x41PP_CHANGE_UPDATED\x10\x02\x12\x18\n\x14\x41PP_CHANGE_SUSPENDED\x10\x03\x12\x16\n\x12\x41PP_CHANGE_RESUMED\x10\x04\x12\x16\n\x12\x41PP_CHANGE_DELETED\x10\x05\x12$\n APP_CHANGE_CLIENT_SECRET_ROTATED\x10\x06\x12%\n!APP_CHANGE_WEBHOOK_SECRET_ROTATED\x10\x07*\x8b\x01\n\x10RevocationReason\x12!\n\x1dREVOCATION_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REVOCATION_REASON_USER\x10\x01\x12\x1b\n\x17REVOCATION_REASON_TOKEN\x10\x02\x12\x1b\n\x17REVOCATION_REASON_REUSE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,laiwang/events/v1/open_platform_events.proto\x12\x11laiwang.events.v1\"s\n\nAppChanged\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rowner_user_id\x18\x02 \x01(\t\x12,\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x1c.laiwang.events.v1.AppChange\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"\x91\x01\n\x14\x41uthorizationRevoked\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tgrant_ids\x18\x03 \x03(\t\x12\x33\n\x06reason\x18\x04 \x01(\x0e\x32#.laiwang.events.v1.RevocationReason\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\"m\n\x13SubscriptionChanged\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\x12\x12\n\nsubscribed\x18\x04 \x01(\x08\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\"~\n\x0cWebhookEvent\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x11\n\tdata_json\x18\x05 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03*\xf1\x01\n\tAppChange\x12\x1a\n\x16\x41PP_CHANGE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41PP_CHANGE_REGISTERED\x10\x01\x12\x16\n\x12\x41PP_CHANGE_UPDATED\x10\x02\x12\x18\n\x14\x41PP_CHANGE_SUSPENDED\x10\x03\x12\x16\n\x12\x41PP_CHANGE_RESUMED\x10\x04\x12\x16\n\x12\x41PP_CHANGE_DELETED\x10\x05\x12$\n APP_CHANGE_CLIENT_SECRET_ROTATED\x10\x06\x12%\n!APP_CHANGE_WEBHOOK_SECRET_ROTATED\x10\x07*\x8b\x01\n\x10RevocationReason\x12!\n\x1dREVOCATION_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REVOCATION_REASON_USER\x10\x01\x12\x1b\n\x17REVOCATION_REASON_TOKEN\x10\x02\x12\x1b\n\x17REVOCATION_REASON_REUSE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'laiwang.events.v1.open_platform_events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPCHANGE']._serialized_start=444
-  _globals['_APPCHANGE']._serialized_end=685
-  _globals['_REVOCATIONREASON']._serialized_start=688
-  _globals['_REVOCATIONREASON']._serialized_end=827
+  _globals['_APPCHANGE']._serialized_start=572
+  _globals['_APPCHANGE']._serialized_end=813
+  _globals['_REVOCATIONREASON']._serialized_start=816
+  _globals['_REVOCATIONREASON']._serialized_end=955
   _globals['_APPCHANGED']._serialized_start=67
   _globals['_APPCHANGED']._serialized_end=182
   _globals['_AUTHORIZATIONREVOKED']._serialized_start=185
   _globals['_AUTHORIZATIONREVOKED']._serialized_end=330
   _globals['_SUBSCRIPTIONCHANGED']._serialized_start=332
   _globals['_SUBSCRIPTIONCHANGED']._serialized_end=441
+  _globals['_WEBHOOKEVENT']._serialized_start=443
+  _globals['_WEBHOOKEVENT']._serialized_end=569
 # @@protoc_insertion_point(module_scope)

@@ -174,3 +174,45 @@ class SubscriptionChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubscriptionChanged: _TypeAlias = SubscriptionChanged  # noqa: Y015
+
+@_typing.final
+class WebhookEvent(_message.Message):
+    """Subject: laiwang.open_platform.webhook. One event for a partner app's webhook endpoint; the
+    delivery consumer signs and POSTs it (Standard Webhooks), retrying with the same webhook_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The Standard Webhooks `webhook-id`: the same on every retry and replay."""
+    client_id: _builtins.str
+    user_id: _builtins.str
+    """The user it concerns (empty for app-wide events)."""
+    type: _builtins.str
+    """subscription.created, subscription.deleted, message.received, authorization.revoked"""
+    data_json: _builtins.bytes
+    """The event's `data` object, as JSON."""
+    created_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        data_json: _builtins.bytes = ...,
+        created_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "created_at_ms", b"created_at_ms", "data_json", b"data_json", "type", b"type", "user_id", b"user_id", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookEvent: _TypeAlias = WebhookEvent  # noqa: Y015

@@ -129,6 +129,21 @@ class OpenPlatformServiceStub:
                 request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberRequest.SerializeToString,
                 response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberResponse.FromString,
                 _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ListWebhookDeliveries',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ListDeadLetters',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetter = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ReplayDeadLetter',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.FromString,
+                _registered_method=True)
 
 
 class OpenPlatformServiceServicer:
@@ -270,6 +285,26 @@ class OpenPlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookDeliveries(self, request, context):
+        """Webhooks, owner side: the delivery log (newest first), the dead-letter list, and replaying a
+        dead letter (the same webhook-id is delivered again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenPlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -367,6 +402,21 @@ def add_OpenPlatformServiceServicer_to_server(servicer, server):
                     servicer.MessageSubscriber,
                     request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberRequest.FromString,
                     response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetter,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -882,6 +932,87 @@ class OpenPlatformService:
             '/laiwang.open_platform.v1.OpenPlatformService/MessageSubscriber',
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberRequest.SerializeToString,
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.MessageSubscriberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ListWebhookDeliveries',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ListDeadLetters',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListDeadLettersRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ReplayDeadLetter',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

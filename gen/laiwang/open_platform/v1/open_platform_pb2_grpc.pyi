@@ -84,6 +84,12 @@ class OpenPlatformServiceStub:
     with retry_after_ms over the per-app or per-subscriber budget).
     """
     MessageSubscriber: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.MessageSubscriberRequest, _open_platform_pb2.MessageSubscriberResponse]
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListWebhookDeliveriesRequest, _open_platform_pb2.ListWebhookDeliveriesResponse]
+    """Webhooks, owner side: the delivery log (newest first), the dead-letter list, and replaying a
+    dead letter (the same webhook-id is delivered again).
+    """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListDeadLettersRequest, _open_platform_pb2.ListDeadLettersResponse]
+    ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ReplayDeadLetterRequest, _open_platform_pb2.ReplayDeadLetterResponse]
 
 @_typing.type_check_only
 class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
@@ -135,6 +141,12 @@ class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
     with retry_after_ms over the per-app or per-subscriber budget).
     """
     MessageSubscriber: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.MessageSubscriberRequest, _open_platform_pb2.MessageSubscriberResponse]  # type: ignore[assignment]
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListWebhookDeliveriesRequest, _open_platform_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """Webhooks, owner side: the delivery log (newest first), the dead-letter list, and replaying a
+    dead letter (the same webhook-id is delivered again).
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListDeadLettersRequest, _open_platform_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ReplayDeadLetterRequest, _open_platform_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
 
 class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -297,5 +309,29 @@ class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _open_platform_pb2.MessageSubscriberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_open_platform_pb2.MessageSubscriberResponse, _abc.Awaitable[_open_platform_pb2.MessageSubscriberResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _open_platform_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_open_platform_pb2.ListWebhookDeliveriesResponse]]:
+        """Webhooks, owner side: the delivery log (newest first), the dead-letter list, and replaying a
+        dead letter (the same webhook-id is delivered again).
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _open_platform_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ListDeadLettersResponse, _abc.Awaitable[_open_platform_pb2.ListDeadLettersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReplayDeadLetter(
+        self,
+        request: _open_platform_pb2.ReplayDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_open_platform_pb2.ReplayDeadLetterResponse]]: ...
 
 def add_OpenPlatformServiceServicer_to_server(servicer: OpenPlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

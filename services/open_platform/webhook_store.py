@@ -1,0 +1,88 @@
+"""Repository of webhook deliveries: the per-app delivery log and the dead-letter list.
+
+Collections:
+  webhook_attempts      one document per try: webhook id, try number, HTTP status, latency, error
+  webhook_dead_letters  `<client_id>\\n<webhook id>`: an event that could not be delivered in time;
+                        replaying it puts the same event (same webhook id) back through the outbox
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from laiwang.events.v1 import open_platform_events_pb2 as pb
+from plumbing.ids import sortable_id
+from plumbing.mongo import IndexPlan, in_transaction
+from plumbing.outbox import Outbox
+from services.open_platform.events import SUBJECT_WEBHOOK
+from services.open_platform.webhooks import Attempt
+
+
+class MongoWebhookStore:
+    def __init__(self, db: AsyncDatabase, outbox: Outbox) -> None:
+        self._client = db.client
+        self._outbox = outbox
+        self._attempts = db["webhook_attempts"]
+        self._dead = db["webhook_dead_letters"]
+
+    @staticmethod
+    def indexes() -> IndexPlan:
+        return {
+            "webhook_attempts": [IndexModel([("client_id", ASCENDING), ("_id", DESCENDING)])],
+            "webhook_dead_letters": [IndexModel([("client_id", ASCENDING), ("at_ms", DESCENDING)])],
+        }
+
+    async def log_attempt(self, attempt: Attempt) -> None:
+        await self._attempts.insert_one(
+            {
+                "_id": sortable_id(),
+                "client_id": attempt.client_id,
+                "webhook_id": attempt.webhook_id,
+                "type": attempt.kind,
+                "attempt": attempt.attempt,
+                "status": attempt.status,
+                "latency_ms": attempt.latency_ms,
+                "error": attempt.error,
+                "at_ms": attempt.at_ms,
+            }
+        )
+
+    async def attempts_of(self, client_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._attempts.find({"client_id": client_id}, sort=[("_id", DESCENDING)], limit=limit).to_list()
+
+    async def dead_letter(self, event: pb.WebhookEvent, reason: str, at_ms: int) -> None:
+        await self._dead.replace_one(
+            {"_id": f"{event.client_id}\n{event.webhook_id}"},
+            {
+                "client_id": event.client_id,
+                "webhook_id": event.webhook_id,
+                "type": event.type,
+                "event": event.SerializeToString(),
+                "reason": reason,
+                "at_ms": at_ms,
+            },
+            upsert=True,
+        )
+
+    async def dead_letters_of(self, client_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._dead.find({"client_id": client_id}, sort=[("at_ms", DESCENDING)], limit=limit).to_list()
+
+    async def replay(self, client_id: str, webhook_id: str, at_ms: int) -> bool:
+        """Put a dead letter back for delivery (same webhook id, a fresh 24 h); False if there is none."""
+
+        async def write(session: AsyncClientSession) -> bool:
+            doc = await self._dead.find_one_and_delete({"_id": f"{client_id}\n{webhook_id}"}, session=session)
+            if doc is None:
+                return False
+            event = pb.WebhookEvent.FromString(bytes(doc["event"]))
+            event.created_at_ms = at_ms
+            await self._outbox.add(session, SUBJECT_WEBHOOK, event)
+            return True
+
+        done = await in_transaction(self._client, write)
+        self._outbox.kick()
+        return done
