@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
@@ -9,9 +10,10 @@ import grpc
 
 from laiwang.open_platform.v1 import open_platform_pb2 as pb
 from laiwang.open_platform.v1 import open_platform_pb2_grpc
-from plumbing.domain_errors import invalid, not_found
+from plumbing.domain_errors import bad_json, invalid, not_found
 from plumbing.grpc_errors import maps_domain_errors
 from services.open_platform.authorizations import Authorizations
+from services.open_platform.cards import Cards
 from services.open_platform.core import SCOPES, App, AppRegistry, AppSettings, bot_user_id, validate_settings
 from services.open_platform.oauth import Consent, OAuthServer, Refusal
 from services.open_platform.subscriptions import Subscription, Subscriptions
@@ -38,8 +40,10 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
         authorizations: Authorizations,
         subscriptions: Subscriptions,
         webhooks: MongoWebhookStore,
+        cards: Cards,
     ) -> None:
         self._registry = registry
+        self._cards = cards
         self._webhooks = webhooks
         self._subscriptions = subscriptions
         self._oauth = oauth
@@ -331,3 +335,39 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
         if not await self._webhooks.replay(app.client_id, request.webhook_id, _now_ms()):
             raise not_found("no such dead letter")
         return pb.ReplayDeadLetterResponse()
+
+    # -- cards -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _card(raw: bytes) -> object:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise bad_json("card_json is not JSON") from None
+
+    @maps_domain_errors
+    async def PostCard(self, request: pb.PostCardRequest, context: grpc.aio.ServicerContext) -> pb.PostCardResponse:
+        event_id = await self._cards.post(
+            request.client_id,
+            request.user_id,
+            request.room_id,
+            self._card(request.card_json),
+            request.body,
+            request.txn_id or secrets.token_hex(12),
+        )
+        return pb.PostCardResponse(event_id=event_id)
+
+    @maps_domain_errors
+    async def UpdateCard(
+        self, request: pb.UpdateCardRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateCardResponse:
+        event_id = await self._cards.update(
+            request.client_id,
+            request.user_id,
+            request.room_id,
+            request.event_id,
+            self._card(request.card_json),
+            request.body,
+            request.txn_id or secrets.token_hex(12),
+        )
+        return pb.UpdateCardResponse(event_id=event_id)

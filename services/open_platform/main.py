@@ -10,6 +10,7 @@ from plumbing.ids import sortable_id
 from plumbing.service import Runtime, ServiceParts, run_service
 from services.open_platform.api import OpenPlatformApi
 from services.open_platform.authorizations import Authorizations
+from services.open_platform.cards import Cards
 from services.open_platform.clients import MessagingRooms
 from services.open_platform.core import AppRegistry
 from services.open_platform.oauth import OAuthServer
@@ -34,10 +35,11 @@ async def build(runtime: Runtime) -> ServiceParts:
     authorizations = Authorizations(store.get, oauth_store)
     messaging = env.address("MESSAGING_ADDR", default_address("messaging"))
     subscription_store = MongoSubscriptionStore(runtime.db, runtime.outbox)
+    rooms = MessagingRooms(open_channel(messaging))
     subscriptions = Subscriptions(
         store.get,
         subscription_store,
-        MessagingRooms(open_channel(messaging)),
+        rooms,
         runtime.config.server_name,
         per_subscriber=Budget(env.int("OPEN_PLATFORM_SUBSCRIBER_MESSAGES_PER_HOUR", 20, minimum=1), 3_600_000),
         per_app=Budget(env.int("OPEN_PLATFORM_APP_MESSAGES_PER_MINUTE", 6000, minimum=1), 60_000),
@@ -53,7 +55,14 @@ async def build(runtime: Runtime) -> ServiceParts:
     ack_wait = env.float("OPEN_PLATFORM_WEBHOOK_ACK_WAIT_SECONDS", 30.0, minimum=6.0)
     webhook_consumer = WebhookConsumer(runtime.js, delivery, ack_wait)
     api = OpenPlatformApi(
-        registry, runtime.config.server_name, allow_loopback, oauth, authorizations, subscriptions, webhook_store
+        registry,
+        runtime.config.server_name,
+        allow_loopback,
+        oauth,
+        authorizations,
+        subscriptions,
+        webhook_store,
+        Cards(store.get, rooms, runtime.config.server_name),
     )
     return ServiceParts(
         service_names=[open_platform_pb2.DESCRIPTOR.services_by_name["OpenPlatformService"].full_name],
@@ -65,7 +74,7 @@ async def build(runtime: Runtime) -> ServiceParts:
             **webhook_store.indexes(),
         },
         produces=[streams.OPEN_PLATFORM],
-        consumers=[(REPLIES, replies_handler(subscription_store))],
+        consumers=[(REPLIES, replies_handler(subscription_store, rooms, runtime.config.server_name))],
         background=[webhook_consumer.run],
         depends_on={"messaging": messaging},  # each subscription is a messaging room
     )

@@ -21,7 +21,7 @@ from standardwebhooks import Webhook
 from plumbing.ports import free_port
 from tests.conftest import launch_stack
 from tests.matrix_support import RegisteredUser, register_user
-from tests.open_platform_support import APPS
+from tests.open_platform_support import APPS, REDIRECT, Browser, Partner, authorize
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +73,8 @@ class World:
     receiver: Receiver
     owner: RegisteredUser
     client_id: str
+    client_secret: str
+    webhook_url: str
 
     async def owner_get(self, path: str) -> Any:
         async with self.http.get(
@@ -113,7 +115,9 @@ async def world(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
                 created = await r.json()
                 assert r.status == 200, created
             receiver.secret = created["webhook_secret"]
-            yield World(stack, http, receiver, owner, created["client_id"])
+            yield World(
+                stack, http, receiver, owner, created["client_id"], created["client_secret"], settings["webhook_url"]
+            )
     finally:
         receiver.release.set()
         await runner.cleanup()
@@ -222,3 +226,105 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_replayed(world: 
         headers=world.owner.headers,
     ) as r:
         assert r.status == 404
+
+
+async def test_cards_are_validated_pressed_and_updated_by_their_app_only(world: World) -> None:
+    base, receiver, http = world.stack.base_url, world.receiver, world.http
+    settings = {
+        "name": "Hook Test",
+        "webhook_url": world.webhook_url,
+        "redirect_uris": [REDIRECT],
+        "scopes": ["subscribers:message", "cards:write"],
+    }
+    async with http.put(f"{base}{APPS}/{world.client_id}", json=settings, headers=world.owner.headers) as r:
+        assert r.status == 200
+    fan = await register_user(base)
+    async with http.put(f"{base}{SUBS}/{world.client_id}", headers=fan.headers) as r:
+        room_id = (await r.json())["room_id"]
+    browser = Browser(base)
+    try:
+        _, token = await authorize(
+            base, browser, Partner(world.client_id, world.client_secret, world.owner), fan, scope="cards:write"
+        )
+    finally:
+        await browser.close()
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    cards = f"{base}/_laiwang/apps/v1/rooms/{quote(room_id)}/cards"
+    card = {
+        "title": "Spicy hotpot, 2 people",
+        "description": "Tonight 30% off",
+        "image_url": "https://partner.example/pot.png",
+        "link": "https://partner.example/deal/1",
+        "buttons": [{"id": "buy", "label": "Buy"}, {"id": "later", "label": "Later"}],
+    }
+
+    async def timeline() -> list[dict[str, Any]]:
+        url = f"{base}/_matrix/client/v3/rooms/{quote(room_id)}/messages?dir=b&limit=50"
+        async with http.get(url, headers=fan.headers) as r:
+            return (await r.json())["chunk"]
+
+    # A card that breaks the schema is 400 M_BAD_JSON, and nothing reaches the room.
+    for bad in (
+        {**card, "buttons": [{"id": f"b{i}", "label": "x"} for i in range(6)]},
+        {**card, "link": "javascript:alert(1)"},
+        {"description": "no title"},
+        {**card, "extra": True},
+    ):
+        async with http.post(cards, json={"card": bad}, headers=auth) as r:
+            assert r.status == 400 and (await r.json())["errcode"] == "M_BAD_JSON", bad
+    assert not [e for e in await timeline() if e["type"] == "cn.laiwang.app_card"]
+
+    async with http.post(cards, json={"card": card}, headers=auth) as r:
+        posted = await r.json()
+        assert r.status == 200, posted
+    [shown] = [e for e in await timeline() if e["type"] == "cn.laiwang.app_card"]
+    assert shown["event_id"] == posted["event_id"] and shown["content"]["card"] == card
+    assert shown["content"]["body"].startswith("Spicy hotpot, 2 people\nTonight 30% off")  # any client shows this
+
+    # The user presses a button: the app hears it (only buttons the card has count).
+    for action in ("nope", "buy"):
+        async with http.put(
+            f"{base}/_matrix/client/v3/rooms/{quote(room_id)}/send/cn.laiwang.card_action/{action}",
+            json={"app_id": world.client_id, "card_event_id": posted["event_id"], "action_id": action},
+            headers=fan.headers,
+        ) as r:
+            assert r.status == 200
+
+    async def pressed() -> bool:
+        return bool(receiver.of("card.action"))
+
+    await eventually(pressed, timeout=30)
+    [press] = receiver.of("card.action")
+    assert press["event"]["data"] == {
+        "user_id": fan.user_id,
+        "room_id": room_id,
+        "card_event_id": posted["event_id"],
+        "action_id": "buy",
+    }
+
+    # The app updates its own card (m.replace), but never someone else's event.
+    sold = {**card, "title": "Sold out", "buttons": []}
+    async with http.put(f"{cards}/{quote(posted['event_id'])}", json={"card": sold}, headers=auth) as r:
+        edit = await r.json()
+        assert r.status == 200, edit
+    [replacement] = [e for e in await timeline() if e["event_id"] == edit["event_id"]]
+    assert replacement["content"]["m.relates_to"] == {"rel_type": "m.replace", "event_id": posted["event_id"]}
+    assert replacement["content"]["m.new_content"]["card"] == sold
+    async with http.put(
+        f"{base}/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/mine",
+        json={"msgtype": "m.text", "body": "my own words"},
+        headers=fan.headers,
+    ) as r:
+        theirs = (await r.json())["event_id"]
+    async with http.put(f"{cards}/{quote(theirs)}", json={"card": sold}, headers=auth) as r:
+        assert r.status == 403 and (await r.json())["errcode"] == "M_FORBIDDEN"
+
+    # A room the app is not in: 403, nothing sent.
+    async with http.post(
+        f"{base}/_matrix/client/v3/createRoom", json={"preset": "private_chat"}, headers=fan.headers
+    ) as r:
+        private = (await r.json())["room_id"]
+    async with http.post(
+        f"{base}/_laiwang/apps/v1/rooms/{quote(private)}/cards", json={"card": card}, headers=auth
+    ) as r:
+        assert r.status == 403 and (await r.json())["errcode"] == "M_FORBIDDEN"

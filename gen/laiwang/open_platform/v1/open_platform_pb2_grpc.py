@@ -144,6 +144,16 @@ class OpenPlatformServiceStub:
                 request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.SerializeToString,
                 response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.FromString,
                 _registered_method=True)
+        self.PostCard = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/PostCard',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PostCardRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PostCardResponse.FromString,
+                _registered_method=True)
+        self.UpdateCard = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/UpdateCard',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateCardRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateCardResponse.FromString,
+                _registered_method=True)
 
 
 class OpenPlatformServiceServicer:
@@ -305,6 +315,21 @@ class OpenPlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostCard(self, request, context):
+        """Cards, for a partner app acting for `user_id` (the gateway checked cards:write): a card from the
+        app's bot into a room the user shares with it, and an m.replace edit of one of its own cards.
+        INVALID_ARGUMENT (M_BAD_JSON) for a card that breaks the schema; nothing is sent then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenPlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -417,6 +442,16 @@ def add_OpenPlatformServiceServicer_to_server(servicer, server):
                     servicer.ReplayDeadLetter,
                     request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.FromString,
                     response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.SerializeToString,
+            ),
+            'PostCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostCard,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PostCardRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PostCardResponse.SerializeToString,
+            ),
+            'UpdateCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCard,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateCardRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateCardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1013,6 +1048,60 @@ class OpenPlatformService:
             '/laiwang.open_platform.v1.OpenPlatformService/ReplayDeadLetter',
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.SerializeToString,
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/PostCard',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PostCardRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PostCardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/UpdateCard',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateCardRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.UpdateCardResponse.FromString,
             options,
             channel_credentials,
             insecure,

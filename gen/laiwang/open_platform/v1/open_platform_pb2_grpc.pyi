@@ -90,6 +90,12 @@ class OpenPlatformServiceStub:
     """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListDeadLettersRequest, _open_platform_pb2.ListDeadLettersResponse]
     ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ReplayDeadLetterRequest, _open_platform_pb2.ReplayDeadLetterResponse]
+    PostCard: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.PostCardRequest, _open_platform_pb2.PostCardResponse]
+    """Cards, for a partner app acting for `user_id` (the gateway checked cards:write): a card from the
+    app's bot into a room the user shares with it, and an m.replace edit of one of its own cards.
+    INVALID_ARGUMENT (M_BAD_JSON) for a card that breaks the schema; nothing is sent then.
+    """
+    UpdateCard: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.UpdateCardRequest, _open_platform_pb2.UpdateCardResponse]
 
 @_typing.type_check_only
 class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
@@ -147,6 +153,12 @@ class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
     """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListDeadLettersRequest, _open_platform_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ReplayDeadLetterRequest, _open_platform_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
+    PostCard: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.PostCardRequest, _open_platform_pb2.PostCardResponse]  # type: ignore[assignment]
+    """Cards, for a partner app acting for `user_id` (the gateway checked cards:write): a card from the
+    app's bot into a room the user shares with it, and an m.replace edit of one of its own cards.
+    INVALID_ARGUMENT (M_BAD_JSON) for a card that breaks the schema; nothing is sent then.
+    """
+    UpdateCard: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.UpdateCardRequest, _open_platform_pb2.UpdateCardResponse]  # type: ignore[assignment]
 
 class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -333,5 +345,23 @@ class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _open_platform_pb2.ReplayDeadLetterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_open_platform_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_open_platform_pb2.ReplayDeadLetterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PostCard(
+        self,
+        request: _open_platform_pb2.PostCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.PostCardResponse, _abc.Awaitable[_open_platform_pb2.PostCardResponse]]:
+        """Cards, for a partner app acting for `user_id` (the gateway checked cards:write): a card from the
+        app's bot into a room the user shares with it, and an m.replace edit of one of its own cards.
+        INVALID_ARGUMENT (M_BAD_JSON) for a card that breaks the schema; nothing is sent then.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateCard(
+        self,
+        request: _open_platform_pb2.UpdateCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.UpdateCardResponse, _abc.Awaitable[_open_platform_pb2.UpdateCardResponse]]: ...
 
 def add_OpenPlatformServiceServicer_to_server(servicer: OpenPlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
