@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 BUF     := node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help run demo test install proto web web-test check-proto lint format bench bench-contacts bench-chat bench-auth \
+.PHONY: help run demo sample test install proto web web-test check-proto lint format bench bench-contacts bench-chat bench-auth \
 	bench-zhadui bench-push clean-data image
 
 # `make help` prints every target that has a `## ` description (tests/unit/test_readme_commands.py checks that all do).
@@ -73,6 +73,11 @@ test: check-proto lint web web-test ## lint, contract checks and every test (uni
 
 run: proto web ## the whole stack (embedded NATS + Mongo-wire store), ready for a Matrix client
 	$(VENV)/bin/laiwang run
+
+# The sample partner app (apps/sample) against a running stack started with
+# OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS=true (its webhooks go to this loopback process).
+sample: $(VENV)/.installed-run ## the sample partner app "Hotpot Finder" on :8090 (docs/open_platform.md)
+	$(PY) -m apps.sample
 
 # Against the stack `make run` started (same GATEWAY_PORT and LAIWANG_DATA_DIR); safe to repeat.
 demo: $(VENV)/.installed-run ## demo users (friends, a chat, a zhadui) on the running stack; prints their passwords

@@ -1,0 +1,1 @@
+"""The sample partner app "Hotpot Finder"."""
