@@ -60,6 +60,9 @@ class StackConfig:
     log_level: str
     external_mongo_uri: str | None
     external_nats_url: str | None
+    # SAMPLE_APP=true: also run the sample partner app (apps/sample), webhooks to loopback allowed.
+    sample_app: bool = False
+    sample_port: int = 8090
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> StackConfig:
@@ -81,6 +84,8 @@ class StackConfig:
             log_level=env.str("LOG_LEVEL", "INFO"),
             external_mongo_uri=external_mongo,
             external_nats_url=external_nats,
+            sample_app=env.bool("SAMPLE_APP", False),
+            sample_port=env.port("SAMPLE_PORT", 8090),
         )
 
     @classmethod
@@ -169,6 +174,8 @@ def required_ports(config: StackConfig) -> list[tuple[int, str]]:
         needed.append((ports.metrics(service), "METRICS_PORT_BASE"))
     needed.append((ports.gateway, "GATEWAY_PORT"))
     needed.append((ports.push_gateway, "PUSH_GATEWAY_PORT"))
+    if config.sample_app:
+        needed.append((config.sample_port, "SAMPLE_PORT"))
     return needed
 
 
@@ -250,6 +257,8 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
         # Pusher URLs on this machine (the dev push gateway) are allowed only on the dev stack.
         "messaging": {"PUSH_ALLOWED_NETWORKS": os.environ.get("PUSH_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")},
     }
+    if config.sample_app:  # the sample partner app takes its webhooks on loopback
+        extra["open_platform"] = {"OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS": "true"}
     for service in SERVICES:
         specs.append(
             ChildSpec(
@@ -275,6 +284,22 @@ def stack_specs(config: StackConfig) -> list[ChildSpec]:
             address=config.gateway_url,
         )
     )
+    if config.sample_app:
+        sample_url = f"http://{HOST}:{config.sample_port}"
+        specs.append(
+            ChildSpec(
+                name="sample-app",
+                argv=[sys.executable, "-m", "apps.sample"],
+                env={
+                    "LAIWANG_URL": config.gateway_url,
+                    "SAMPLE_HOST": HOST,
+                    "SAMPLE_PORT": str(config.sample_port),
+                    "SAMPLE_STATE_FILE": str(config.data_dir / "sample-app.json"),
+                },
+                probe=_http_ok(f"{sample_url}/status"),
+                address=f"{sample_url} (the sample partner app, docs/open_platform.md)",
+            )
+        )
     return specs
 
 
