@@ -1,12 +1,14 @@
 """The web client (web/, built into web/dist) in Debian's Chromium against the real stack.
 
 tests/e2e/web/flows.mjs drives three browser contexts (playwright-core): sign-up with SMS codes,
-friendship through uploaded vCard/CSV address books, a live chat with receipts, typing, unread
-counts, edits, redaction and cards (hostile card markup stays text), a picture uploaded and shown
-through authenticated media, a long timeline that stays virtualized while scrolling back, a zhadui that reaches a friend
-of a friend once the friend joins, group creation, the lost-connection banner, devices, sign-out
-and sign-in by phone number. Screenshots of the main screens land in var/screenshots/.
-"""
+friendship through uploaded vCard/CSV address books (a suggestion that appears live once the
+contact signs up and uploads), a live chat with receipts, typing, unread counts, edits, redaction
+and cards (hostile card markup stays text), a picture uploaded and shown through authenticated
+media, a long timeline that stays virtualized while scrolling back, a zhadui that reaches a friend
+of a friend once the friend joins, group creation, the lost-connection banner, an app registered
+on the open platform (secrets shown once, a refused setting in words, suspend), devices, sign-out,
+sign-in by phone number, block and unblock. Every visible control on each main screen must have
+an accessible name. Screenshots of the main screens land in var/screenshots/."""
 
 from __future__ import annotations
 
@@ -89,8 +91,14 @@ async def test_two_people_in_chromium(stack: RunningStack) -> None:
         "long timeline virtualized; scrollback by scrolling up",
         "friend of a friend sees the zhadui after the friend joined, with social proof",
         "offline banner and reconnect",
+        "app registered, secrets shown once, suspended",
+        "suggestion seen live after the contact signed up and uploaded",
+        "blocked and unblocked",
+        "app registered, secrets shown once, suspended",
+        "suggestion seen live after the contact signed up and uploaded",
+        "blocked and unblocked",
     ):
         assert expected in steps, steps
-    for screen in ("signup", "chats", "conversation", "friends", "zhadui", "me"):
+    for screen in ("signup", "chats", "conversation", "friends", "zhadui", "me", "apps"):
         for width in ("phone", "desktop"):
             assert (SHOTS / f"{screen}-{width}.png").stat().st_size > 5000

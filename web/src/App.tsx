@@ -4,6 +4,7 @@ import { go, useHashRoute } from './lib/hooks';
 import { t } from './lib/i18n';
 import { laiwangApi, type LaiwangApi } from './lib/laiwang';
 import { clearSession, loadSession, saveSession, type Session } from './lib/session';
+import { Apps } from './screens/Apps';
 import { Auth } from './screens/Auth';
 import { Chats } from './screens/Chats';
 import { Friends } from './screens/Friends';
@@ -18,6 +19,7 @@ export interface Ctx {
 }
 
 const baseUrl = window.location.origin;
+const TABS = ['chats', 'friends', 'zhadui', 'apps', 'me'] as const;
 
 export function App() {
   const [session, setSession] = useState<Session | null>(() => loadSession());
@@ -80,14 +82,14 @@ function SignedIn({ session, onSignedOut }: { session: Session; onSignedOut: () 
   };
   const ctx: Ctx = { client, api, session, signOut };
   const route = useHashRoute();
-  const tab = ['chats', 'friends', 'zhadui', 'me'].includes(route[0]) ? route[0] : 'chats';
+  const tab = (TABS as readonly string[]).includes(route[0]) ? route[0] : 'chats';
   const offline = !online || sync === SyncState.Error || sync === SyncState.Reconnecting;
   const ready = sync !== null && sync !== SyncState.Stopped && (sync !== SyncState.Error || client.isInitialSyncComplete());
 
   return (
     <div class={`shell tab-${tab}`}>
       <a class="skip" href="#main">
-        {t('chats')}
+        {t('skipToContent')}
       </a>
       {offline && (
         <div class="banner" role="status" aria-live="assertive" data-testid="offline-banner">
@@ -98,10 +100,10 @@ function SignedIn({ session, onSignedOut }: { session: Session; onSignedOut: () 
         <span class="nav-brand" aria-hidden="true">
           来往
         </span>
-        {(['chats', 'friends', 'zhadui', 'me'] as const).map((name) => (
+        {TABS.map((name) => (
           <a key={name} href={`#/${name}`} aria-current={tab === name ? 'page' : undefined} class={`nav-${name}`}>
             <span class="nav-icon" aria-hidden="true">
-              {{ chats: '✉', friends: '☺', zhadui: '✦', me: '⚙' }[name]}
+              {{ chats: '✉', friends: '☺', zhadui: '✦', apps: '▦', me: '⚙' }[name]}
             </span>
             <span>{t(name)}</span>
           </a>
@@ -118,6 +120,8 @@ function SignedIn({ session, onSignedOut }: { session: Session; onSignedOut: () 
           <Friends ctx={ctx} />
         ) : tab === 'zhadui' ? (
           <Zhadui ctx={ctx} />
+        ) : tab === 'apps' ? (
+          <Apps ctx={ctx} />
         ) : (
           <Me ctx={ctx} />
         )}

@@ -39,7 +39,10 @@ async function waitForCode(msisdn) {
   }
 }
 
-const see = (locator) => locator.first().waitFor({ state: 'visible', timeout: WAIT });
+// Friends and zhadui screens learn of some changes only from their fallback poll (at most 20 s
+// apart while the screen is open, web/src/lib/live.ts): those waits allow for one full interval.
+const LIVE_WAIT = 60_000;
+const see = (locator, timeout = WAIT) => locator.first().waitFor({ state: 'visible', timeout });
 const gone = (locator) => locator.first().waitFor({ state: 'hidden', timeout: WAIT });
 
 function person(name, locale) {
@@ -47,7 +50,27 @@ function person(name, locale) {
   return { name: `${name}${randomBytes(3).toString('hex')}`, password: `pw-${randomBytes(8).toString('hex')}`, national, msisdn: `+86${national}`, locale };
 }
 
+/** Controls with no accessible name on the page: a button, link, field or select needs text, a
+ * label, aria-label or aria-labelledby (title and placeholder do not count). */
+async function unlabelled(page) {
+  return page.evaluate(() => {
+    const named = (el) => {
+      if (el.getAttribute('aria-label')?.trim()) return true;
+      const by = el.getAttribute('aria-labelledby');
+      if (by && by.split(/\s+/).some((id) => document.getElementById(id)?.textContent.trim())) return true;
+      if (el.labels && [...el.labels].some((l) => l.textContent.trim())) return true;
+      if (['BUTTON', 'A'].includes(el.tagName) && el.textContent.trim()) return true;
+      return false;
+    };
+    return [...document.querySelectorAll('button, a[href], input, select, textarea')]
+      .filter((el) => !el.hidden && el.type !== 'hidden' && el.getClientRects().length > 0 && !named(el))
+      .map((el) => el.outerHTML.slice(0, 120));
+  });
+}
+
 async function shoot(page, name) {
+  const missing = await unlabelled(page);
+  if (missing.length > 0) throw new Error(`unlabelled controls on ${name}: ${missing.join(' | ')}`);
   const size = page.viewportSize();
   await page.setViewportSize(PHONE);
   await page.screenshot({ path: join(SHOTS, `${name}-phone.png`) });
@@ -89,14 +112,14 @@ function vcard(people) {
 async function befriend(asker, askerPage, accepter, accepterPage) {
   await tab(askerPage, 'friends');
   const add = askerPage.getByRole('button', { name: new RegExp(`(Add friend|加好友) ${accepter.name}`) });
-  await see(add); // the page refreshes its matches by itself
+  await see(add, LIVE_WAIT); // the page refreshes its matches by itself
   await add.click();
   await tab(accepterPage, 'friends');
   const accept = accepterPage.getByRole('button', { name: new RegExp(`(Accept|接受) ${asker.name}`) });
-  await see(accept);
+  await see(accept, LIVE_WAIT);
   await accept.click();
   await see(accepterPage.getByRole('button', { name: new RegExp(`(Message|发消息) ${asker.name}`) }));
-  await see(askerPage.getByRole('button', { name: new RegExp(`(Message|发消息) ${accepter.name}`) }));
+  await see(askerPage.getByRole('button', { name: new RegExp(`(Message|发消息) ${accepter.name}`) }), LIVE_WAIT);
   step('friends', { a: asker.userId, b: accepter.userId });
 }
 
@@ -164,13 +187,18 @@ async function main() {
     await see(A.page.getByRole('tab', { name: 'Sign up' }));
     await shoot(A.page, 'signup');
     await signUp(A.page, alice);
+
+    // Address books: Alice a vCard with Bob before Bob has an account, Bob a CSV with Alice and
+    // Carol (Alice's number in his book makes him visible to her: a suggestion, live), Carol a
+    // vCard with Bob.
+    await uploadBook(A.page, { name: 'contacts.vcf', mimeType: 'text/vcard', buffer: Buffer.from(vcard([bob])) });
+    await see(A.page.getByTestId('upload-result').filter({ hasText: '0 people found' }));
     await signUp(B.page, bob);
     await signUp(C.page, carol);
-
-    // Address books: Alice a vCard with Bob, Bob a CSV with Alice and Carol, Carol a vCard with Bob.
-    await uploadBook(A.page, { name: 'contacts.vcf', mimeType: 'text/vcard', buffer: Buffer.from(vcard([bob])) });
     const csv = `Name,Mobile Phone\n${alice.name},+86 ${alice.national}\n"${carol.name}, C",${carol.national}\n`;
     await uploadBook(B.page, { name: 'contacts.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
+    await see(A.page.getByRole('button', { name: `Dismiss ${bob.name}` }), LIVE_WAIT);
+    step('suggestion seen live after the contact signed up and uploaded');
     await uploadBook(C.page, { name: 'contacts.vcf', mimeType: 'text/vcard', buffer: Buffer.from(vcard([bob])) });
     step('address books uploaded');
     await befriend(alice, A.page, bob, B.page);
@@ -282,13 +310,13 @@ async function main() {
     await tab(C.page, 'zhadui');
     await tab(B.page, 'zhadui');
     const itemB = B.page.locator('.zhadui-item', { hasText: 'Hotpot on Friday?' });
-    await see(itemB);
+    await see(itemB, LIVE_WAIT);
     const carolBefore = await C.page.locator('.zhadui-item', { hasText: 'Hotpot on Friday?' }).count();
     if (carolBefore !== 0) throw new Error('a friend of a friend saw the zhadui before the friend joined');
     await itemB.getByRole('button', { name: 'Join: Hotpot on Friday?' }).click();
     await see(itemB.getByRole('button', { name: 'Discussion: Hotpot on Friday?' }));
     const itemC = C.page.locator('.zhadui-item', { hasText: 'Hotpot on Friday?' });
-    await see(itemC);
+    await see(itemC, LIVE_WAIT);
     await see(itemC.getByTestId('social-proof').filter({ hasText: `${bob.name} 在里面` }));
     step('friend of a friend sees the zhadui after the friend joined, with social proof');
     await shoot(C.page, 'zhadui');
@@ -325,6 +353,29 @@ async function main() {
     await gone(A.page.getByTestId('offline-banner'));
     step('offline banner and reconnect');
 
+    // Apps: Alice registers one (its secrets shown once), a refused setting answers in words, suspend.
+    await tab(A.page, 'apps');
+    await A.page.getByRole('button', { name: 'Register an app' }).click();
+    await A.page.locator('input[name=app-name]').fill('Hotpot Finder');
+    await A.page.locator('input[name=redirect-uri]').fill('https://partner.example/oauth/callback');
+    await A.page.locator('input[name=webhook-url]').fill('https://169.254.169.254/hook');
+    await A.page.getByRole('checkbox', { name: /cards:write/ }).check();
+    await A.page.getByRole('button', { name: 'Register', exact: true }).click();
+    await see(A.page.locator('#register-app').getByRole('alert').filter({ hasText: 'Some of what you entered is not valid.' }));
+    await A.page.locator('input[name=webhook-url]').fill('https://partner.example/webhooks/laiwang');
+    await A.page.getByRole('button', { name: 'Register', exact: true }).click();
+    const secrets = A.page.getByTestId('app-secrets');
+    await see(secrets.getByText(/^lwcs_/));
+    await see(secrets.getByText(/^whsec_/));
+    await shoot(A.page, 'apps');
+    await secrets.getByRole('button', { name: 'I have saved them' }).click();
+    await gone(secrets);
+    const appRow = A.page.locator('.app-item', { hasText: 'Hotpot Finder' });
+    await see(appRow.getByText('Active'));
+    await appRow.getByRole('button', { name: 'Suspend: Hotpot Finder' }).click();
+    await see(appRow.getByText('Suspended'));
+    step('app registered, secrets shown once, suspended');
+
     // Devices, sign out, sign in again with the phone number.
     await tab(A.page, 'me');
     await see(A.page.locator('#devices li', { hasText: 'this device' }));
@@ -340,6 +391,16 @@ async function main() {
     await see(A.page.getByRole('heading', { name: 'Chats' }));
     await see(A.page.locator('a.room-row', { hasText: 'Weekend plans' }));
     step('signed out and in again by phone number');
+
+    // Blocks: Carol blocks Bob (he moves to her blocked list), then unblocks him.
+    await tab(C.page, 'friends');
+    await C.page.getByRole('button', { name: `拉黑 ${bob.name}` }).click();
+    const unblock = C.page.getByRole('button', { name: `取消拉黑 ${bob.name}` });
+    await see(unblock);
+    await gone(C.page.getByRole('button', { name: `发消息 ${bob.name}` }));
+    await unblock.click();
+    await gone(unblock);
+    step('blocked and unblocked');
 
     if (errors.length > 0) throw new Error(`page errors: ${errors.join('; ')}`);
     console.log(JSON.stringify({ ok: true, screenshots: SHOTS }));
