@@ -52,6 +52,12 @@ export function Friends({ ctx }: { ctx: Ctx }) {
   const friendIds = new Set(state?.friends.map((f) => f.user_id));
   const pending = new Set(state?.outgoing.map((f) => f.user_id));
   const name = (p: Person) => p.display_name || localpart(p.user_id);
+  // Matches, then suggestions not already among them, without people who are friends already.
+  const known = state
+    ? [...state.matches, ...state.suggestions.filter((s) => !state.matches.some((m) => m.user_id === s.user_id))].filter(
+        (p) => !friendIds.has(p.user_id),
+      )
+    : [];
   const request = (userId: string) => act(() => ok(api.POST(`${V1}/friends/requests`, { body: { user_id: userId } })));
   const path = { params: { path: { user_id: '' } } };
   const withUser = (userId: string) => ({ params: { path: { user_id: userId } } }) as typeof path;
@@ -86,28 +92,26 @@ export function Friends({ ctx }: { ctx: Ctx }) {
             </ul>
           </Section>
           <Section title={t('matches')} id="matches">
-            {state.matches.length === 0 && state.suggestions.length === 0 ? <Empty /> : null}
+            {known.length === 0 ? <Empty /> : null}
             <ul class="people">
-              {[...state.matches, ...state.suggestions.filter((s) => !state.matches.some((m) => m.user_id === s.user_id))]
-                .filter((p) => !friendIds.has(p.user_id))
-                .map((p) => (
-                  <li key={p.user_id} class="person">
-                    <Avatar name={name(p)} />
-                    <span class="person-name">{name(p)}</span>
-                    {pending.has(p.user_id) ? (
-                      <span class="muted">{t('requested')}</span>
-                    ) : (
-                      <button class="primary small" disabled={busy} onClick={() => request(p.user_id)} aria-label={`${t('addFriend')} ${name(p)}`}>
-                        {t('addFriend')}
-                      </button>
-                    )}
-                    {state.suggestions.some((s) => s.user_id === p.user_id) && (
-                      <button class="small" disabled={busy} onClick={() => act(() => ok(api.DELETE(`${V1}/suggestions/{user_id}`, withUser(p.user_id))))} aria-label={`${t('dismiss')} ${name(p)}`}>
-                        {t('dismiss')}
-                      </button>
-                    )}
-                  </li>
-                ))}
+              {known.map((p) => (
+                <li key={p.user_id} class="person">
+                  <Avatar name={name(p)} />
+                  <span class="person-name">{name(p)}</span>
+                  {pending.has(p.user_id) ? (
+                    <span class="muted">{t('requested')}</span>
+                  ) : (
+                    <button class="primary small" disabled={busy} onClick={() => request(p.user_id)} aria-label={`${t('addFriend')} ${name(p)}`}>
+                      {t('addFriend')}
+                    </button>
+                  )}
+                  {state.suggestions.some((s) => s.user_id === p.user_id) && (
+                    <button class="small" disabled={busy} onClick={() => act(() => ok(api.DELETE(`${V1}/suggestions/{user_id}`, withUser(p.user_id))))} aria-label={`${t('dismiss')} ${name(p)}`}>
+                      {t('dismiss')}
+                    </button>
+                  )}
+                </li>
+              ))}
             </ul>
             {state.outgoing.length > 0 && (
               <>
