@@ -24,11 +24,13 @@ interface Props<T> {
   estimate?: number;
   class?: string;
   chat?: boolean;
-  /** In chat mode: called when the reader scrolls near the oldest row (to load earlier ones). */
+  /** In chat mode: called when the reader is near the oldest row (to load earlier ones), and again
+   * while they stay there each time `startKey` changes (a page arrived, or a load ended). */
   onNearStart?: () => void;
+  startKey?: string | number;
 }
 
-export function VirtualList<T>({ items, keyOf, render, label, estimate = 64, class: className, chat = false, onNearStart }: Props<T>) {
+export function VirtualList<T>({ items, keyOf, render, label, estimate = 64, class: className, chat = false, onNearStart, startKey }: Props<T>) {
   const scrollRef = useRef<HTMLDivElement>(null);
   const [, rerender] = useReducer((n: number) => n + 1, 0);
   const options: VirtualizerOptions<HTMLDivElement, Element> = {
@@ -56,11 +58,20 @@ export function VirtualList<T>({ items, keyOf, render, label, estimate = 64, cla
   });
   const rows = virtualizer.getVirtualItems();
   const nearStart = chat && rows.length > 0 && rows[0].index === 0 && (virtualizer.scrollOffset ?? 0) < estimate * 2;
-  const asked = useRef(false);
+  // Ask once per (near the start, startKey): not on every render, but again after each page, so a
+  // reader parked at the top keeps loading until the beginning or until the view moves away.
+  const key = `${startKey ?? ''}/${items.length}`;
+  const asked = useRef<string | null>(null);
   useLayoutEffect(() => {
-    if (nearStart && !asked.current && onNearStart) onNearStart();
-    asked.current = nearStart;
-  }, [nearStart, items.length]);
+    if (!nearStart) {
+      asked.current = null;
+      return;
+    }
+    if (asked.current !== key && onNearStart) {
+      asked.current = key;
+      onNearStart();
+    }
+  }, [nearStart, key]);
 
   const inner = (
     <div class="vlist-inner" style={{ height: `${virtualizer.getTotalSize()}px` }} role={chat ? 'list' : undefined}>

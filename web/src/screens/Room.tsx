@@ -113,6 +113,10 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
       ).map((u) => displayName(room, u))
     : [];
 
+  // Pages loaded so far: with the timeline length, the list asks for the next page when one lands
+  // while the reader is still at the top (the events arrive before the load has ended, so the
+  // length alone would ask while this load still runs). A failed load changes neither: no retry loop.
+  const [pages, setPages] = useState(0);
   const paging = useRef(false);
   const loadEarlier = () => {
     if (paging.current || atStart) return;
@@ -120,6 +124,7 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
     void run(async () => {
       try {
         await client.scrollback(room, 30);
+        setPages((n) => n + 1);
       } finally {
         paging.current = false;
       }
@@ -167,6 +172,7 @@ function Conversation({ ctx, room }: { ctx: Ctx; room: Room }) {
         keyOf={(row) => (row === HEAD ? HEAD : (row.getId() ?? row.getTxnId() ?? ''))}
         estimate={72}
         onNearStart={loadEarlier}
+        startKey={`${all.length}/${pages}`}
         render={(row) =>
           row === HEAD ? (
             <div class="timeline-start">
