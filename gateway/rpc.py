@@ -6,6 +6,7 @@ the trailer, or, when none came (an outage, a deadline), by the gRPC status's ki
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,8 @@ from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY, UNAVAILABLE_RETRY
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 def matrix_error_from(error: grpc.aio.AioRpcError) -> MatrixError:
     trailing = {key: value for key, value in (error.trailing_metadata() or ())}
@@ -26,7 +29,9 @@ def matrix_error_from(error: grpc.aio.AioRpcError) -> MatrixError:
     errcode = sent or (kind.default_errcode if kind else "M_UNKNOWN")
     message = error.details() or errcode
     if status == 500:
-        message = "internal error in a downstream service"  # never leak internals to clients
+        # Never leak internals to clients; the operator gets them in the log.
+        log.warning("downstream call failed: %s %s", error.code().name, error.details())
+        message = "internal error in a downstream service"
     extra: dict[str, Any] = {}
     if retry_after := trailing.get(RETRY_AFTER_KEY):
         extra["retry_after_ms"] = int(retry_after)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +22,30 @@ def keepalive_ms() -> int:
 
 
 # A restarted service is reachable again within ~0.5 s, instead of gRPC's default 1 s first retry
-# growing to 120 s (channel-arg names as grpc core reads them).
+# growing to 120 s (channel-arg names as grpc core reads them). Not grpc.min_reconnect_backoff_ms:
+# grpc core also takes it as the time a connection attempt may take (default 20 s), and at 100 ms a
+# busy server that sent its HTTP/2 SETTINGS a little late failed every waiting call with
+# UNAVAILABLE "connection attempt timed out before receiving SETTINGS frame".
 RECONNECT_OPTIONS: list[tuple[str, int]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
+
+
+# A server that shuts down (a rollout replacing a replica) sends GOAWAY, then finishes the calls
+# it started. Calls that reached it before the client read the GOAWAY, but that its grpc core had
+# not handed to a handler yet, it drops with CANCELLED: they never ran, so any method may be sent
+# again, and the retry goes out on the channel's new connection (through the Service, to another
+# replica). UNAVAILABLE is not retried here: a service answers an outage of its store or bus
+# with it, and the caller then retries after the retry_after_ms hint, not at once.
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "0.5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["CANCELLED"],
+}
+SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]})
 
 
 class _PropagatingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -65,12 +84,13 @@ def open_channel(target: str, keepalive: int | None = None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, interceptors=[_PropagatingInterceptor()], options=options)
 
 
-def channel_options(keepalive: int | None = None) -> list[tuple[str, int]]:
+def channel_options(keepalive: int | None = None) -> list[tuple[str, int | str]]:
     return [
         ("grpc.keepalive_time_ms", keepalive or keepalive_ms()),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle connection
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", 8 * 1024 * 1024),  # media downloads (docs/media.md)
+        ("grpc.service_config", SERVICE_CONFIG),  # the default; a resolver's own config would win
         *RECONNECT_OPTIONS,
     ]

@@ -2,8 +2,8 @@
 
 Gives each service the standard health service (SERVING / NOT_SERVING), reflection, Prometheus
 metrics per method and status code, request-id logging, deadline propagation and a graceful
-shutdown: health flips to NOT_SERVING, in-flight calls drain for a grace period, then the server
-stops.
+shutdown: health flips to NOT_SERVING, grpc sends GOAWAY (clients open new calls elsewhere),
+in-flight calls drain for a grace period, then the server stops.
 """
 
 from __future__ import annotations
@@ -56,23 +56,11 @@ def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Request id + deadline context, logs for failures, and Prometheus metrics for every call.
-
-    It also counts business calls in flight, so shutdown can wait for exactly those (health
-    Watch streams never end on their own and must not hold shutdown up).
-    """
+    """Request id + deadline context, logs for failures, and Prometheus metrics for every call
+    (and a count of business calls in flight)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     async def intercept_service(
         self,
@@ -98,7 +86,6 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 started = time.perf_counter()
                 error: BaseException | None = None
                 self.in_flight += 1
-                self._idle.clear()
                 try:
                     return await inner(request, context)
                 except asyncio.CancelledError as exc:
@@ -117,8 +104,6 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     self.in_flight -= 1
-                    if self.in_flight == 0:
-                        self._idle.set()
                     code = _status_of(context, error)
                     GRPC_SERVER_HANDLED.labels(service, method, code.name).inc()
                     GRPC_SERVER_LATENCY.labels(service, method).observe(time.perf_counter() - started)
@@ -148,6 +133,58 @@ def server_options(keepalive: int | None = None) -> list[tuple[str, int]]:
 
 LIVENESS_SERVICE = "liveness"
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthService(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 Check and Watch. Unlike grpc_health's servicer, a Watch stream ends (after
+    it sent NOT_SERVING) once shutdown begins: grpc's graceful stop waits for every call the
+    server accepted, and a stream that never ends would hold it up for the whole grace period."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, int] = {"": SERVING}
+        self._changed = asyncio.Condition()
+        self._stopping = False
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> Any:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        def current() -> int:
+            return self._status.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+
+        sent: int | None = None
+
+        def changed() -> bool:
+            return current() != sent or self._stopping
+
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(changed)
+                status, stopping = current(), self._stopping
+            if status != sent:  # written outside the lock: a slow reader holds up no one else
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                sent = status
+            if stopping:
+                return
+
+    async def set(self, service: str, status: int) -> None:
+        """Ignored once shutdown began: then everything stays NOT_SERVING."""
+        async with self._changed:
+            if not self._stopping:
+                self._status[service] = status
+                self._changed.notify_all()
+
+    async def enter_graceful_shutdown(self) -> None:
+        async with self._changed:
+            self._stopping = True
+            self._status = dict.fromkeys(self._status, NOT_SERVING)
+            self._changed.notify_all()
+
 
 class GrpcServer:
     """One grpc.aio server with health, reflection and the observability interceptor."""
@@ -168,7 +205,7 @@ class GrpcServer:
             interceptors=[self._observability],
             options=server_options(keepalive),
         )
-        self._health = health.aio.HealthServicer()
+        self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for register in registrations:
             register(self._server)
@@ -190,25 +227,29 @@ class GrpcServer:
         await self._server.start()
         # Liveness (Kubernetes livenessProbe, grpc service "liveness"): SERVING while this process
         # answers, whatever its dependencies do; readiness is the overall status ("").
-        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(LIVENESS_SERVICE, SERVING)
         await self.set_serving(serving)
 
     async def set_serving(self, serving: bool) -> None:
         """Readiness (ignored once graceful shutdown began: then it stays NOT_SERVING)."""
-        await self._set_all(
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        await self._set_all(SERVING if serving else NOT_SERVING)
 
     async def _set_all(self, status: int) -> None:
         for name in ("", *self._service_names):
             await self._health.set(name, status)
 
     async def shutdown(self, grace_seconds: float) -> None:
-        """Report NOT_SERVING (load balancers stop sending), let in-flight calls finish within
-        the grace period, then stop; anything still running after it is cancelled."""
+        """Report NOT_SERVING, let every call the server accepted finish within the grace period,
+        then stop; anything still running after it is cancelled.
+
+        grpc's own graceful stop is the only wait: it sends GOAWAY (clients open new calls on a
+        new connection, through the Service to another replica) and knows every accepted call,
+        also those not yet handed to a handler. Counting calls in the interceptor and then
+        stopping with no grace cancelled those ("Cancelling all calls"). Calls that grpc core
+        drops unstarted while the GOAWAY is on its way are retried by the channel
+        (`plumbing.grpc_client`)."""
         await self._health.enter_graceful_shutdown()
-        await self._observability.wait_idle(grace_seconds)
-        await self._server.stop(0)
+        await self._server.stop(grace_seconds)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,7 @@ from plumbing.grpc_client import open_channel
 from plumbing.grpc_context import remaining_seconds
 from plumbing.grpc_server import GrpcServer
 from plumbing.logs import request_id_var
+from tests.deploy.balancer import Balancer
 from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
@@ -132,10 +135,104 @@ async def test_shutdown_flips_health_and_drains_in_flight_calls() -> None:
     started = time.monotonic()
     stopping = asyncio.create_task(server.shutdown(grace_seconds=5))
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await watch.read() == grpc.aio.EOF  # the stream ends, so it does not hold the drain up
     assert await in_flight == b"done"  # the call that was running finished normally
     await stopping
     assert time.monotonic() - started < 4  # stopped once drained, not at the end of the grace period
     await channel.close()
+
+
+async def test_replacing_a_replica_under_load_fails_no_call() -> None:
+    """Two servers behind a TCP balancer (a Kubernetes Service), many calls in flight on shared
+    channels; the busiest server is replaced four times (the new one added, the old one taken out
+    of the balancer and shut down). A call that raced the GOAWAY used to fail: CANCELLED (grpc core
+    dropped it unstarted) or UNAVAILABLE "Cancelling all calls" (stopped with no grace)."""
+    balancer = Balancer()
+    await balancer.start()
+    servers: list[GrpcServer] = []
+
+    async def add_server() -> None:
+        server = GrpcServer("127.0.0.1", free_port(), [SERVICE], [_register])
+        await server.start()
+        servers.append(server)
+        balancer.add(server.port)
+
+    await add_server()
+    await add_server()
+    channels = [open_channel(balancer.address) for _ in range(6)]
+    outcomes: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def caller(channel: grpc.aio.Channel, seconds: bytes) -> None:
+        wait = channel.unary_unary(f"/{SERVICE}/Wait")
+        while not stop.is_set():
+            try:
+                await wait(seconds, timeout=10)
+                outcomes["OK"] += 1
+            except grpc.aio.AioRpcError as error:
+                outcomes[f"{error.code().name}: {error.details()}"] += 1
+
+    callers = [
+        asyncio.create_task(caller(channel, seconds))
+        for channel in channels
+        for seconds in (b"0", b"0.001", b"0.05", b"0.3")
+        for _ in range(3)
+    ]
+    try:
+        for _ in range(4):
+            await eventually(lambda: _busy(servers))  # calls are in flight on the one that stops
+            busiest = max(servers, key=lambda server: server._observability.in_flight)
+            await add_server()
+            balancer.remove(busiest.port)
+            servers.remove(busiest)
+            await busiest.shutdown(grace_seconds=5)
+        ok_before = outcomes["OK"]
+        await eventually(lambda: _more_than(outcomes, ok_before))  # the survivors still answer
+    finally:
+        stop.set()
+        await asyncio.gather(*callers)
+        for channel in channels:
+            await channel.close()
+        for server in servers:
+            await server.shutdown(0)
+        await balancer.close()
+    assert set(outcomes) == {"OK"}, outcomes
+
+
+async def _busy(servers: list[GrpcServer]) -> bool:
+    return any(server._observability.in_flight >= 3 for server in servers)
+
+
+async def _more_than(outcomes: Counter[str], ok: int) -> bool:
+    return outcomes["OK"] > ok + 100
+
+
+async def test_a_server_slow_to_answer_a_new_connection_is_waited_for(server) -> None:
+    """A busy server may send its HTTP/2 SETTINGS late: the call waits for the connection instead
+    of failing (the connect timeout once was grpc.min_reconnect_backoff_ms, 100 ms)."""
+
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        first = await upstream_reader.read(65536)  # the server's SETTINGS
+        await asyncio.sleep(0.5)  # the delay injected, well past 100 ms (not a wait for an event)
+        writer.write(first)
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+
+    proxy = await asyncio.start_server(late, "127.0.0.1", 0)
+    channel = open_channel(f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    try:
+        assert await channel.unary_unary(f"/{SERVICE}/Wait")(b"0", timeout=10) == b"done"
+    finally:
+        await channel.close()
+        proxy.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    sink.close()
 
 
 async def test_a_taken_port_is_a_clear_startup_error(server) -> None:
