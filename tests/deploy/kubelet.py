@@ -55,13 +55,22 @@ class Cluster:
     addresses: dict[str, str] = field(default_factory=dict)  # "auth:50051" -> "127.0.0.1:40123"
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     local_ports: dict[tuple[str, int], int] = field(default_factory=dict)  # (deployment, containerPort)
+    reserved: set[int] = field(default_factory=set)
+
+    def reserve_port(self) -> int:
+        """A free port no other pod of this cluster was given: pods bind theirs only once started,
+        so until then the kernel may hand the same free port out again."""
+        while (port := free_port()) in self.reserved:
+            pass
+        self.reserved.add(port)
+        return port
 
     def __post_init__(self) -> None:
         # Every Service port targets a named port of the pods it selects: give each a local port.
         for deployment in (o for o in self.objects if o["kind"] == "Deployment"):
             name = deployment["metadata"]["name"]
             for port in deployment["spec"]["template"]["spec"]["containers"][0].get("ports", []):
-                self.local_ports[(name, port["containerPort"])] = free_port()
+                self.local_ports[(name, port["containerPort"])] = self.reserve_port()
         for service in (o for o in self.objects if o["kind"] == "Service"):
             name = service["metadata"]["name"]
             if not any(d["metadata"]["name"] == name for d in self.objects if d["kind"] == "Deployment"):
@@ -84,13 +93,25 @@ class ProbeFailed(AssertionError):
 
 
 class Pod:
-    def __init__(self, cluster: Cluster, deployment: str, log_dir: Path, overrides: dict[str, str] | None = None):
+    def __init__(
+        self,
+        cluster: Cluster,
+        deployment: str,
+        log_dir: Path,
+        overrides: dict[str, str] | None = None,
+        own_ports: bool = False,
+    ):
+        """`own_ports`: another replica of the Deployment (its own pod IP, here its own local ports)."""
         self.cluster = cluster
         self.name = deployment
         spec = named(cluster.objects, "Deployment", deployment)["spec"]["template"]["spec"]
         self.spec = spec
         self.container = spec["containers"][0]
         self.ports = {p["name"]: p["containerPort"] for p in self.container.get("ports", [])}
+        self.local_ports = {
+            number: cluster.reserve_port() if own_ports else cluster.local_ports[(deployment, number)]
+            for number in self.ports.values()
+        }
         self.env = self._environment(overrides or {})
         self.log_path = log_dir / f"{deployment}-{os.getpid()}-{id(self)}.log"
         self.process: asyncio.subprocess.Process | None = None
@@ -121,7 +142,7 @@ class Pod:
 
     def local_port(self, port: int | str) -> int:
         number = self.ports[port] if isinstance(port, str) else port
-        return self.cluster.local_ports[(self.name, number)]
+        return self.local_ports[number]
 
     @property
     def argv(self) -> list[str]:
@@ -207,3 +228,6 @@ class Pod:
         await self.probe_until("startupProbe")
         await self.probe_until("readinessProbe")
         assert await self.probe_once("livenessProbe"), f"{self.name}: ready but not live"
+        assert self.process is not None and self.process.returncode is None, (
+            f"{self.name} exited although something answered its probes:\n{self.log_tail()}"
+        )
