@@ -4,6 +4,8 @@
 #   scripts/build_image.sh --debootstrap   FROM a Debian bookworm rootfs made here with debootstrap and
 #                                          imported with `podman import`: no registry at all
 # IMAGE (default laiwang/laiwang:0.1.0, the tag the manifests use) names the result.
+# ISOLATION=chroot (podman/buildah) runs the RUN steps in a chroot instead of an OCI runtime: for
+# hosts where crun cannot start containers (deploy/k8s/README.md, "Building the image").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-laiwang/laiwang:0.1.0}
@@ -26,5 +28,6 @@ if [ "${1:-}" = "--debootstrap" ]; then
     fi
     build_args=(--build-arg "BASE=$base")
 fi
+[ -n "${ISOLATION:-}" ] && build_args+=(--isolation "$ISOLATION")
 "$ENGINE" build "${build_args[@]}" --tag "$IMAGE" --file Dockerfile .
 echo "built $IMAGE"
