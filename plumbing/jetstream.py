@@ -162,6 +162,9 @@ class ConsumerSpec:
     # A new durable starts at the stream's end instead of its beginning (a consumer that must not
     # act on history, such as push delivery: old messages would wake phones).
     only_new: bool = False
+    # Pull subscriptions bound to the durable, each fetching and handling on its own: events are
+    # then handled concurrently and out of order, for handlers whose events are independent.
+    workers: int = 1
 
 
 def backoff_seconds(delivery_count: int) -> float:
@@ -191,30 +194,37 @@ class DurableConsumer:
         self._lag_poll_seconds = lag_poll_seconds
         self._lag_polled_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscriptions: list[JetStreamContext.PullSubscription] = []
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         await ensure_stream(self._js, self._spec.stream, self._stream_settings)
-        self._subscription = await self._js.pull_subscribe(
-            self._spec.filter_subject,
-            durable=self._spec.durable,
-            stream=self._spec.stream.name,
-            config=ConsumerConfig(
-                durable_name=self._spec.durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.NEW if self._spec.only_new else DeliverPolicy.ALL,
-                max_deliver=self._spec.max_deliver,
-                ack_wait=self._spec.ack_wait_seconds,
-                filter_subject=self._spec.filter_subject,
-            ),
+        config = ConsumerConfig(
+            durable_name=self._spec.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW if self._spec.only_new else DeliverPolicy.ALL,
+            max_deliver=self._spec.max_deliver,
+            ack_wait=self._spec.ack_wait_seconds,
+            filter_subject=self._spec.filter_subject,
         )
-        self._task = asyncio.create_task(self._run(), name=f"consumer:{self._spec.durable}")
+        for _ in range(max(1, self._spec.workers)):
+            subscription = await self._js.pull_subscribe(
+                self._spec.filter_subject, durable=self._spec.durable, stream=self._spec.stream.name, config=config
+            )
+            self._subscriptions.append(subscription)
+        self._subscription = self._subscriptions[0]
+        self._tasks = [
+            asyncio.create_task(self._run(subscription), name=f"consumer:{self._spec.durable}:{i}")
+            for i, subscription in enumerate(self._subscriptions)
+        ]
+        self._task = self._tasks[0]
 
-    async def _run(self) -> None:
+    async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():
             await self._observe_lag()
             try:
-                messages = await self._subscription.fetch(self._spec.batch, timeout=1.0)
+                messages = await subscription.fetch(self._spec.batch, timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
                 continue
             except Exception:
@@ -262,11 +272,10 @@ class DurableConsumer:
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task is not None:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, timeout=3.0)
+                await asyncio.wait_for(task, timeout=3.0)
         # An open pull subscription makes the connection's drain wait its full timeout (30 s).
-        subscription = getattr(self, "_subscription", None)
-        if subscription is not None:
+        for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

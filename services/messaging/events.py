@@ -50,8 +50,16 @@ PROFILE_CONSUMER = ConsumerSpec(AUTH, durable="messaging-profiles", filter_subje
 # the stream's end when first created (history must not wake phones). One message per fetch: a
 # fetch of n waits, once the first message is in, until n arrived or its timeout (1 s) passed,
 # which a trickle of messages would pay in push latency; under load each fetch still returns at once.
+# Eight workers: events fan out independently (`want_pos` makes out-of-order handling safe), and one
+# at a time the store round trips capped the fan-out near 20-40 events/s (docs/push.md, "Speed").
 PUSH_CONSUMER = ConsumerSpec(
-    MESSAGING, durable="messaging-push", filter_subject=ROOM_EVENT_SUBJECT, max_deliver=10_000, batch=1, only_new=True
+    MESSAGING,
+    durable="messaging-push",
+    filter_subject=ROOM_EVENT_SUBJECT,
+    max_deliver=10_000,
+    batch=1,
+    only_new=True,
+    workers=8,
 )
 
 
