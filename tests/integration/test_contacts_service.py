@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -20,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js import JetStreamContext
 
 from laiwang.contacts.v1 import contacts_pb2 as pb
 from laiwang.contacts.v1 import contacts_pb2_grpc
@@ -33,6 +32,7 @@ from plumbing import streams
 from plumbing.grpc_errors import ERRCODE_KEY, RETRY_AFTER_KEY
 from plumbing.jetstream import ensure_stream
 from services.contacts.core import lookup_hash
+from services.contacts.events import AUTH_CONSUMER
 from tests.support import eventually, free_port, stop_process
 
 pytestmark = pytest.mark.integration
@@ -46,17 +46,19 @@ class Contacts:
     publish: Callable[[str, Any], Awaitable[None]]
     events: list[tuple[str, Any]]
     process: subprocess.Popen[bytes]
-    metrics_url: str
-    published: list[int]
+    js: JetStreamContext
+    last_published_seq: list[int]
 
     async def settled(self) -> None:
-        """Wait until the service has handled every auth event published so far (its own metrics say so)."""
-        pattern = re.compile(r'^events_consumed_total\{consumer="contacts-auth-events",outcome="acked"\} (\S+)$', re.M)
+        """Wait until the service has acknowledged every auth event this test published.
+
+        Asked of the durable consumer itself: its ack floor passing the stream sequence of the last
+        publish. (Counting the service's acks is not enough: the session's NATS holds auth events
+        other tests published before this durable existed, and those are acked too.)"""
 
         async def done() -> bool:
-            async with aiohttp.ClientSession() as http, http.get(self.metrics_url) as response:
-                found = pattern.search(await response.text())
-            return found is not None and float(found.group(1)) >= self.published[0]
+            info = await self.js.consumer_info(streams.AUTH.name, AUTH_CONSUMER.durable)
+            return info.ack_floor.stream_seq >= self.last_published_seq[0]
 
         await eventually(done)
 
@@ -114,11 +116,13 @@ async def start_contacts(
 
     subscription = await nc.subscribe("laiwang.contacts.>", cb=on_event)
 
-    published = [0]
+    last_published_seq = [0]
 
     async def publish(name: str, event: Any) -> None:
-        published[0] += 1
-        await js.publish(f"laiwang.auth.{name}", event.SerializeToString(), headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        ack = await js.publish(
+            f"laiwang.auth.{name}", event.SerializeToString(), headers={"Nats-Msg-Id": uuid.uuid4().hex}
+        )
+        last_published_seq[0] = ack.seq
 
     try:
         deadline = time.monotonic() + 60
@@ -132,8 +136,8 @@ async def start_contacts(
                 publish,
                 seen,
                 process,
-                f"http://127.0.0.1:{metrics}/metrics",
-                published,
+                js,
+                last_published_seq,
             )
     finally:
         await subscription.unsubscribe()
