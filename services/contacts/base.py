@@ -59,6 +59,7 @@ class ContactsBase:
         self._phones_seen = datetime.now(UTC)
         self._profiles_seen = datetime.now(UTC)
         self._pepper_lock = asyncio.Lock()
+        self._entry_writes: set[asyncio.Task[None]] = set()  # address-book rows finishing in the background
 
     # ================================================================== start-up and freshness
     async def load(self) -> None:

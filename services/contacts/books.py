@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from plumbing.domain_errors import (
@@ -28,6 +30,7 @@ from services.contacts.core import (
 from services.contacts.model import (
     BOOK_ATTEMPTS,
     NO_PHONE,
+    NORMALISE_CHUNK,
     BookResult,
     Charge,
     InvalidResult,
@@ -35,7 +38,7 @@ from services.contacts.model import (
     Summary,
     check_user_id,
 )
-from services.contacts.store import BookEntry
+from services.contacts.store import BookEntry, Journal
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ class BookFlows(ContactsBase):
         known = self.index.numbers
         pepper = self.index.pepper
         for i, raw in enumerate(add):
+            if i and i % NORMALISE_CHUNK == 0:
+                await asyncio.sleep(0)  # other users' calls are served meanwhile
             n = self.normaliser.normalise(raw, region, known)
             if n.e164 is None:
                 result.invalid.append(InvalidResult("add", i, raw, n.reason or "invalid_number"))
@@ -194,30 +199,63 @@ class BookFlows(ContactsBase):
         replace_all: bool,
         charge: Charge,
     ) -> tuple[BookChange, int]:
+        waited_until = time.monotonic() + self.settings.book_wait_seconds
         for _ in range(BOOK_ATTEMPTS):
             book = await self.store.load_book(user_id)
-            if book.pending_at_ms is not None:  # another write of this book is applying its entries
-                await self.store.wait_or_take_over(user_id, book, self._clock())
-                continue
             change = plan_book_change(book.keys, add_keys, remove_keys, replace_all)
             # Only numbers never uploaded before cost anything (a removed and re-added one is free, and
             # so is the hashed form of a number uploaded in plain).
             fresh = [k for k in change.added if k not in book.seen and charge.aliases.get(k) not in book.seen]
             if not change.added and not change.removed:
                 return change, await self._budget_left(charge)  # a re-sync of known numbers costs nothing
+            if book.pending_at_ms is not None:
+                # Another write of this book is still writing its rows. The committed document already
+                # says what this write would cost, so a refusal need not wait for them.
+                await self._check_affordable(charge, len(fresh))
+                if time.monotonic() > waited_until:
+                    raise Conflict("an earlier change of this address book is still being applied", 1000)
+                await self.store.wait_or_take_over(user_id, book, self._clock())
+                continue
             charged = await self._charge(charge, len(fresh))
             entries = [BookEntry(key, gen, match_of.get(key)) for key, gen in change.added.items()]
             aliases = {charge.aliases[k] for k in change.added if k in charge.aliases}
             seen_after = book.seen | change.added.keys() | aliases
             try:
-                await self.store.save_book(
+                journal = await self.store.save_book(
                     user_id, book.rev, change.keys_after, seen_after, entries, change.removed, self._clock()
                 )
             except Conflict:
                 await self._refund(charge, len(fresh))
                 continue
+            await self._write_entries(user_id, journal)
             return change, int(charged)
         raise Conflict("address book kept changing; try again")
+
+    async def _write_entries(self, owner: str, journal: Journal) -> None:
+        """Write a committed journal's rows; answer when done or after `book_inline_seconds`.
+
+        The book document is the truth for its owner (matches, friend requests and the next upload
+        read it), so only "who has this number" for other users trails a big upload, by seconds.
+        The rows are finished even if the caller gives up (deadline, client gone).
+        """
+        task = asyncio.ensure_future(self.store.apply_journal(owner, journal))
+        self._entry_writes.add(task)
+        task.add_done_callback(self._entry_write_done)
+        done, _ = await asyncio.wait({task}, timeout=self.settings.book_inline_seconds)
+        if task in done:
+            task.result()  # a store error while the caller still waits is the caller's error
+
+    def _entry_write_done(self, task: asyncio.Task[None]) -> None:
+        self._entry_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The journal stays in the book document; the next write of the book takes it over.
+            log.warning("writing address-book rows failed", exc_info=task.exception())
+
+    async def _check_affordable(self, charge: Charge, cost: int) -> None:
+        """LimitExceeded if either budget cannot pay `cost` now (nothing is taken)."""
+        for key, policy in self._budgets(charge):
+            budget = await self.store.load_budget(key)
+            policy.charge(policy.available(budget.tokens, budget.tokens_at_ms, self._clock()), cost)
 
     def _budgets(self, charge: Charge) -> list[tuple[str, BudgetPolicy]]:
         budgets = [(f"phone:{charge.number}", self.settings.budget)]
@@ -274,9 +312,11 @@ class BookFlows(ContactsBase):
     async def list_matches(self, user_id: str) -> list[Summary]:
         check_user_id(user_id)
         candidates = await self.store.matched_users(user_id)
+        book = await self.store.load_book(user_id)
+        if book.pending_at_ms is not None:  # rows of the last upload still being written
+            candidates = list(dict.fromkeys([*candidates, *await self.store.pending_matches(user_id)]))
         if not candidates:
             return []
-        book = await self.store.load_book(user_id)
         numbers = await self.store.numbers_of(candidates)
         still = {c for c in candidates if any(self.keyring.number_key(n) in book.keys for n in numbers.get(c, []))}
         visible = await self._visible(user_id, still)

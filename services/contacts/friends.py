@@ -67,8 +67,10 @@ class FriendFlows(ContactsBase):
     async def _may_request(self, user: str, other: str) -> bool:
         """`other` is a match of `user` right now: their number is in user's book and revealed to user."""
         numbers = (await self.store.numbers_of([other])).get(other, [])
-        keys = [self.keyring.number_key(n) for n in numbers]
-        if not await self.store.has_entries(user, keys):
+        # The book document, not its entry rows: those of an upload that just answered may still be
+        # being written, and a request right after seeing the match must be allowed.
+        book = await self.store.load_book(user)
+        if not any(self.keyring.number_key(n) in book.keys for n in numbers):
             return False
         return other in await self._visible(user, {other})
 

@@ -14,6 +14,8 @@ Settings (besides the common ones in plumbing.config):
   CONTACTS_PEPPER_ROTATE_SECONDS     lookup pepper lifetime (default 7 days)
   CONTACTS_PEPPER_KEEP               pepper generations whose hash-only entries are kept (default 4)
   CONTACTS_INDEX_POLL_SECONDS        how often replicas pick up each other's index writes (0.25)
+  CONTACTS_BOOK_INLINE_SECONDS       an upload answers after at most this long writing its entry rows;
+                                     the rest are written in the background (3)
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def build_logic(runtime: Runtime, env: Env | None = None) -> tuple[ContactsLogic
         pepper_rotate_seconds=env.float("CONTACTS_PEPPER_ROTATE_SECONDS", 7 * 24 * 3600.0, minimum=1.0),
         pepper_keep=env.int("CONTACTS_PEPPER_KEEP", 4, minimum=1, maximum=100),
         poll_seconds=env.float("CONTACTS_INDEX_POLL_SECONDS", 0.25, minimum=0.01),
+        book_inline_seconds=env.float("CONTACTS_BOOK_INLINE_SECONDS", 3.0, minimum=0.0),
         address_budget=BudgetPolicy(
             initial=env.int("CONTACTS_ADDRESS_BUDGET_INITIAL", 50_000, minimum=1),
             refill_per_hour=env.float("CONTACTS_ADDRESS_BUDGET_REFILL_PER_HOUR", 5_000.0),

@@ -17,7 +17,7 @@ from services.contacts.core import (
     Pair,
     PairEvent,
 )
-from services.contacts.store import Book, BookEntry, Budget, StageEvent
+from services.contacts.store import Book, BookEntry, Budget, Journal, StageEvent
 
 
 class ContactsRepository(Protocol):
@@ -50,13 +50,14 @@ class ContactsRepository(Protocol):
         added: Sequence[BookEntry],
         removed: Iterable[bytes],
         now_ms: int,
-    ) -> None: ...
+    ) -> Journal: ...
+    async def apply_journal(self, owner: str, journal: Journal) -> None: ...
+    async def pending_matches(self, owner: str) -> list[str]: ...
     async def wait_or_take_over(self, owner: str, book: Book, now_ms: int) -> None: ...
     async def add_book_keys(self, owner: str, entries: Sequence[BookEntry], now_ms: int) -> None: ...
     async def load_budget(self, key: str) -> Budget: ...
     async def save_budget(self, before: Budget, tokens: float, at_ms: int) -> bool: ...
     async def holders(self, keys: Sequence[bytes]) -> list[tuple[str, bytes, int | None]]: ...
-    async def has_entries(self, owner: str, keys: Sequence[bytes]) -> bool: ...
     async def set_match(
         self,
         keys: Sequence[bytes],
@@ -96,6 +97,13 @@ class Settings:
     pepper_keep: int  # generations whose hash-only entries are kept, so late registrations still match
     poll_seconds: float = 0.25
     address_budget: BudgetPolicy | None = None  # per client address, over all its numbers and accounts
+    # A committed upload answers once its entry rows are written or after this long, whichever is
+    # first; the rest are written in the background. The rows of a 10,000-number book cost seconds
+    # on a busy store, and writing them all inside the caller's deadline made big uploads 504.
+    book_inline_seconds: float = 3.0
+    # How long a write waits for an earlier write of the same book to finish its rows before it
+    # answers a retryable Conflict (under the gateway's 10 s deadline).
+    book_wait_seconds: float = 5.0
 
 
 # The verified numbers auth holds for a user, with when each was verified: asked when contacts has
@@ -153,4 +161,5 @@ class Charge:
     aliases: dict[bytes, bytes]  # plain key -> its hash-only key (either one uploaded before is free)
 
 
-BOOK_ATTEMPTS = 200  # with 50 ms waits while another write of the same book applies: about 10 s
+BOOK_ATTEMPTS = 200  # compare-and-set rounds, and 50 ms waits while another write of the same book applies
+NORMALISE_CHUNK = 1_000  # entries parsed between yields to the event loop (10,000 take about 0.4 s of CPU)

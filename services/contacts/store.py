@@ -44,6 +44,7 @@ IN_CHUNK = 100  # values per `$in` query, for the same reason
 PENDING_TAKEOVER_MS = 30_000
 
 StageEvent = Callable[[AsyncClientSession, PairEvent], Awaitable[None]]
+Journal = dict[str, Any]  # a committed book write's entry changes: rev, remove (row ids), add (row documents)
 
 
 @dataclass(frozen=True)
@@ -228,17 +229,18 @@ class ContactsStore:
         added: Sequence[BookEntry],
         removed: Iterable[bytes],
         now_ms: int,
-    ) -> None:
-        """Write the book; Conflict if `rev` moved or another write is still applying its entries.
+    ) -> Journal:
+        """Commit the book; Conflict if `rev` moved or another write is still applying its entries.
 
         The commit point is one conditional update of the small `books` document, which also
-        records the entry changes as a journal (`pending`). The entry rows are then deleted and
-        inserted in chunks outside any transaction, and the journal is cleared. A long
-        transaction (thousands of deletes by `_id $in`, quadratic on the embedded store) held the
-        store's write path for seconds and stalled every other user; this way no step is big.
-        A writer that finds a journal older than PENDING_TAKEOVER_MS (its writer died) applies it.
+        records the entry changes as a journal (`pending`). The caller then applies the journal
+        (`apply_journal`: entry rows deleted and inserted in chunks outside any transaction, then the
+        journal cleared). A long transaction (thousands of deletes by `_id $in`, quadratic on the
+        embedded store) held the store's write path for seconds and stalled every other user; this
+        way no step is big. A writer that finds a journal older than PENDING_TAKEOVER_MS (its writer
+        died) applies it.
         """
-        journal = {
+        journal: Journal = {
             "rev": expected_rev + 1,
             "remove": [f"{owner}|{key.hex()}" for key in removed],
             "add": [
@@ -265,17 +267,22 @@ class ContactsStore:
             )
             if result.matched_count == 0:
                 raise Conflict("address book changed concurrently")
-        # Committed: finish the rows even if the caller gives up (deadline, client gone), so the
-        # next write of this book waits seconds for it rather than the takeover delay.
-        await asyncio.shield(self._apply_journal(owner, journal))
+        return journal
+
+    async def pending_matches(self, owner: str) -> list[str]:
+        """Users matched by entries of a committed journal whose rows are still being written."""
+        doc = await self.books.find_one({"_id": owner, "pending_at_ms": {"$ne": None}}, {"pending.add.match": 1})
+        adds = ((doc or {}).get("pending") or {}).get("add") or []
+        return list(dict.fromkeys(a["match"] for a in adds if a.get("match")))
 
     async def finish_pending(self, owner: str) -> None:
         """Apply the journal a writer left behind (it crashed, or took too long), then clear it."""
         doc = await self.books.find_one({"_id": owner}, {"pending": 1})
         if doc is not None and doc.get("pending"):
-            await self._apply_journal(owner, doc["pending"])
+            await self.apply_journal(owner, doc["pending"])
 
-    async def _apply_journal(self, owner: str, journal: dict[str, Any]) -> None:
+    async def apply_journal(self, owner: str, journal: Journal) -> None:
+        """Write a committed journal's entry rows (idempotent: a takeover may apply it twice), then clear it."""
         # Removals first: a number the owner dropped stops counting as "theirs" before anything else.
         removals = list(journal["remove"])
         for start in range(0, len(removals), ENTRY_CHUNK):
@@ -306,10 +313,12 @@ class ContactsStore:
                 continue
             try:
                 keys = {e.key for e in fresh}
-                await self.save_book(owner, book.rev, book.keys | keys, book.seen | keys, fresh, (), now_ms)
-                return
+                journal = await self.save_book(owner, book.rev, book.keys | keys, book.seen | keys, fresh, (), now_ms)
             except Conflict:
                 continue
+            # A few rows: written before answering, and finished even if the caller gives up.
+            await asyncio.shield(self.apply_journal(owner, journal))
+            return
         raise Conflict("address book kept changing")
 
     async def wait_or_take_over(self, owner: str, book: Book, now_ms: int) -> None:
@@ -347,12 +356,6 @@ class ContactsStore:
         query = {"k": Binary(keys[0])} if len(keys) == 1 else {"k": {"$in": [Binary(k) for k in keys]}}
         docs = await self.entries.find(query, {"owner": 1, "k": 1, "gen": 1}).to_list()
         return [(d["owner"], bytes(d["k"]), d.get("gen")) for d in docs]
-
-    async def has_entries(self, owner: str, keys: Sequence[bytes]) -> bool:
-        if not keys:
-            return False
-        ids = [f"{owner}|{k.hex()}" for k in keys]
-        return await self.entries.find_one({"_id": {"$in": ids}}, {"_id": 1}) is not None
 
     async def set_match(
         self,

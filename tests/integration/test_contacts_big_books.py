@@ -26,7 +26,9 @@ async def big(
     nats_url: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Contacts, str]]:
     db = f"contacts_big_{uuid.uuid4().hex[:8]}"
-    settings = {"MONGO_DB": db, "CONTACTS_BUDGET_INITIAL": "40000"}
+    # The replacement answers only once its rows are written (not after the default 3 s), so the
+    # bystander's calls below are checked against the whole of the row writing.
+    settings = {"MONGO_DB": db, "CONTACTS_BUDGET_INITIAL": "40000", "CONTACTS_BOOK_INLINE_SECONDS": "600"}
     async with start_contacts(nats_url, mongo_uri, tmp_path_factory.mktemp("big") / "contacts.log", settings) as c:
         yield c, db
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
@@ -24,6 +25,8 @@ class FakeContactsStore:
         self.suggestions: dict[tuple[str, str], int] = {}
         self.peppers: dict[int, tuple[str, int]] = {}
         self.staged: list[PairEvent] = []
+        self.journals: dict[str, dict[str, Any]] = {}  # owner -> last committed journal
+        self.rows_gate: asyncio.Event | None = None
 
     # phones and profiles
     async def bind_phone(self, e164: str, user_id: str, event_ms: int) -> bool:
@@ -99,23 +102,39 @@ class FakeContactsStore:
         added: Sequence[BookEntry],
         removed: Iterable[bytes],
         now_ms: int,
-    ) -> None:
-        if self.books.get(owner, Book(set(), set(), 0)).rev != expected_rev:
+    ) -> dict[str, Any]:
+        book = self.books.get(owner, Book(set(), set(), 0))
+        if book.rev != expected_rev or book.pending_at_ms is not None:
             raise Conflict("address book changed concurrently")
-        self.books[owner] = Book(set(keys_after), set(seen_after), expected_rev + 1)
-        for key in removed:
+        self.books[owner] = Book(set(keys_after), set(seen_after), expected_rev + 1, pending_at_ms=now_ms)
+        self.journals[owner] = {"rev": expected_rev + 1, "remove": list(removed), "add": list(added)}
+        return self.journals[owner]
+
+    async def apply_journal(self, owner: str, journal: dict[str, Any]) -> None:
+        if self.rows_gate is not None:
+            await self.rows_gate.wait()  # a slow store: the rows are written only once the test opens it
+        for key in journal["remove"]:
             self.entries.pop((owner, key), None)
-        for entry in added:
+        for entry in journal["add"]:
             self.entries[(owner, entry.key)] = entry
+        book = self.books[owner]
+        if book.rev == journal["rev"]:
+            self.books[owner] = replace(book, pending_at_ms=None)
+
+    async def pending_matches(self, owner: str) -> list[str]:
+        if owner not in self.books or self.books[owner].pending_at_ms is None:
+            return []
+        return [e.match for e in self.journals[owner]["add"] if e.match]
 
     async def wait_or_take_over(self, owner: str, book: Book, now_ms: int) -> None:
-        self.books[owner] = replace(book, pending_at_ms=None)
+        await asyncio.sleep(0.001)
 
     async def add_book_keys(self, owner: str, entries: Sequence[BookEntry], now_ms: int) -> None:
         book = await self.load_book(owner)
         fresh = [e for e in entries if e.key not in book.keys]
         keys = {e.key for e in fresh}
-        await self.save_book(owner, book.rev, book.keys | keys, book.seen | keys, fresh, (), now_ms)
+        journal = await self.save_book(owner, book.rev, book.keys | keys, book.seen | keys, fresh, (), now_ms)
+        await self.apply_journal(owner, journal)
 
     async def load_budget(self, key: str) -> Budget:
         return self.budgets.get(key, Budget(key, None, None))
@@ -129,9 +148,6 @@ class FakeContactsStore:
     async def holders(self, keys: Sequence[bytes]) -> list[tuple[str, bytes, int | None]]:
         wanted = set(keys)
         return [(owner, key, e.gen) for (owner, key), e in self.entries.items() if key in wanted]
-
-    async def has_entries(self, owner: str, keys: Sequence[bytes]) -> bool:
-        return any((owner, key) in self.entries for key in keys)
 
     async def set_match(
         self,

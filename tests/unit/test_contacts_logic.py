@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import pytest
 
 from services.contacts import core
@@ -15,6 +18,7 @@ pytestmark = pytest.mark.unit
 
 ALICE, BOB, CAROL = "@alice:x", "@bob:x", "@carol:x"
 ALICE_NO, BOB_NO = "+8613800138001", "+8613800138002"
+HANG_BOUND = 30.0  # catches a call that waits for the rows (it would wait forever), not a speed claim
 
 
 def fresh(n: int, start: int = 0) -> list[str]:
@@ -91,3 +95,37 @@ async def test_a_stale_profile_never_overwrites_a_newer_one(logic: ContactsLogic
     logic._apply_profile_doc(stale)  # what a refresh poll that read before the switch would apply
     assert logic.index.discoverability(BOB) is Discoverability.NOBODY
     assert BOB not in {m.user_id for m in (await logic.upload(ALICE, True, [BOB_NO], [], "CN")).matches}
+
+
+async def test_an_upload_answers_before_its_rows_are_written_and_its_owner_reads_the_book(
+    logic: ContactsLogic,
+) -> None:
+    """The rows of a big book cost seconds on a busy store; writing them all inside the caller's
+    deadline made a 10,000-number upload 504. Here the store never finishes them until the test
+    lets it: the upload still answers, and everything its owner does next reads the committed book."""
+    store = logic.store
+    assert isinstance(store, FakeContactsStore)
+    await logic.set_discoverability(BOB, Discoverability.EVERYONE)
+    logic.settings = dataclasses.replace(logic.settings, book_inline_seconds=0.0)
+    store.rows_gate = asyncio.Event()
+    book = [BOB_NO, *fresh(9)]
+
+    first = await asyncio.wait_for(logic.upload(ALICE, True, book, [], "CN"), HANG_BOUND)
+    assert (first.added, first.budget_remaining, [m.user_id for m in first.matches]) == (10, 0, [BOB])
+    bob_key = logic.keyring.number_key(BOB_NO)
+    assert (await store.load_book(ALICE)).pending_at_ms is not None
+    assert ALICE not in {owner for owner, _, _ in await store.holders([bob_key])}  # its row is not written
+    # The match may be asked at once, and is listed, though its row is not written yet.
+    assert await asyncio.wait_for(logic.send_request(ALICE, BOB, "hi"), HANG_BOUND) == "pending"
+    assert [s.user_id for s in await logic.list_matches(ALICE)] == [BOB]
+    # The same book again is free, and a fresh number over budget is refused, without waiting for the rows.
+    again = await asyncio.wait_for(logic.upload(ALICE, True, book, [], "CN"), HANG_BOUND)
+    assert (again.added, again.removed) == (0, 0)
+    with pytest.raises(LimitExceeded):
+        await asyncio.wait_for(logic.upload(ALICE, False, fresh(1, 500), [], "CN"), HANG_BOUND)
+
+    store.rows_gate.set()
+    await asyncio.wait_for(asyncio.gather(*logic._entry_writes), HANG_BOUND)
+    assert (await store.load_book(ALICE)).pending_at_ms is None
+    assert len([key for owner, key in store.entries if owner == ALICE]) == 10
+    assert ALICE in {owner for owner, _, _ in await store.holders([bob_key])}
