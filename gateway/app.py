@@ -31,7 +31,7 @@ from plumbing.logs import request_id_var
 if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
 
-    from gateway.routes.sync import WakeHub
+    from gateway.routes.sync import SingleFlight, WakeHub
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,12 @@ class GatewayDeps:
     limits: Limiters = field(init=False)
     # Per-replica state, each owned by one module: session.py (introspections in flight, the NATS
     # reconnect count the token cache was filled at, revocation subscriptions), routes/sync.py
-    # (the wake-up hub) and routes/contacts.py (the served OpenAPI document).
+    # (the wake-up hub, initial syncs in flight) and routes/contacts.py (the served OpenAPI document).
     introspections: dict[str, asyncio.Future[Requester | Rejection]] = field(default_factory=dict)
     nats_reconnects: int | None = None
     revocation_subscriptions: list[Subscription] = field(default_factory=list)
     wake_hub: WakeHub | None = None
+    initial_syncs: SingleFlight | None = None
     openapi_document: bytes | None = None
     # partner_auth.py: partner token checks (evicted by open_platform's events), checks in flight,
     # the NATS reconnect count the cache was filled at, its subscriptions.

@@ -40,7 +40,7 @@ from gateway.fields import (
 )
 from gateway.matrix import MatrixError, json_response
 from gateway.routes.rooms import PREFIXES, messaging_stub
-from gateway.rpc import call, matrix_error_from
+from gateway.rpc import matrix_error_from
 from gateway.session import authenticate
 from laiwang.events.v1 import gateway_events_pb2
 from laiwang.messaging.v1 import messaging_pb2 as pb
@@ -52,6 +52,49 @@ MAX_TIMEOUT_MS = 30_000
 SYNC_WAITING = Gauge("gateway_sync_long_polls", "/sync requests currently held open by this gateway replica.")
 SYNC_SUBSCRIPTIONS = Gauge("gateway_sync_wake_subscriptions", "Per-user wake subjects this replica subscribes to.")
 _MAX_FILTER_BYTES = 4096
+
+
+class SingleFlight:
+    """Identical initial syncs of one device running at once share one computation.
+
+    An initial sync (no `since`) builds every joined room's state and timeline: seconds for an account
+    in a few hundred rooms. A client that retries it, or opens several tabs, or a hostile one that
+    fires it in parallel, made messaging compute it once per request until the gateway deadline ran
+    out for all of them (Synapse keeps a response cache for the same reason). A request that joins
+    a running computation gets an answer as of that computation's start; its `next_batch` leads on.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[bytes, asyncio.Future[Any]] = {}
+
+    async def run(self, key: bytes, compute: Callable[[], Awaitable[Any]]) -> Any:
+        future = self._running.get(key)
+        if future is None:
+            future = asyncio.ensure_future(compute())
+            self._running[key] = future
+            future.add_done_callback(lambda done: self._forget(key, done))
+        # Shielded: one caller going away (client gone) does not cancel the others' answer.
+        return await asyncio.shield(future)
+
+    def _forget(self, key: bytes, done: asyncio.Future[Any]) -> None:
+        if self._running.get(key) is done:
+            del self._running[key]
+        if not done.cancelled():
+            done.exception()  # retrieved, so an error nobody waits for any more is not logged as lost
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+
+async def _sync_call(deps: GatewayDeps, stub: Any, sync_request: pb.SyncRequest) -> pb.SyncResponse:
+    if sync_request.since:  # incremental syncs are cheap, and each must see what was written before it
+        reply: pb.SyncResponse = await stub.Sync(sync_request, timeout=10.0)
+        return reply
+    flights = deps.initial_syncs
+    assert flights is not None, "set by startup()"
+    request = pb.SyncRequest()
+    request.CopyFrom(sync_request)  # the caller may change its copy (min_position) while we wait
+    return await flights.run(request.SerializeToString(deterministic=True), lambda: stub.Sync(request, timeout=10.0))
 
 
 class Waiter:
@@ -292,34 +335,39 @@ async def sync(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     if timeout_ms <= 0:
-        answer = await call(stub.Sync, sync_request, timeout=10.0)
-        return web.Response(body=answer.body_json, content_type="application/json")
+        try:
+            reply = await _sync_call(deps, stub, sync_request)
+        except grpc.aio.AioRpcError as exc:
+            raise matrix_error_from(exc) from None
+        return web.Response(body=reply.body_json, content_type="application/json")
     waiter, entry = await hub.acquire(who.user_id)
     SYNC_WAITING.inc()
     try:
         reply: pb.SyncResponse | None = None
         if not (sync_request.since and not sync_request.full_state and entry.is_quiet_since(sync_request.since)):
-            reply = await _compute(stub, sync_request, waiter, entry)
+            reply = await _compute(deps, stub, sync_request, waiter, entry)
         while reply is None or not reply.has_changes:
             remaining = deadline - loop.time()
             if remaining <= 0 or hub.draining or not await waiter.wait(remaining) or hub.draining:
                 if reply is None:  # skipped above, and nothing came: answer with the current token
-                    reply = await _compute(stub, sync_request, waiter, entry)
+                    reply = await _compute(deps, stub, sync_request, waiter, entry)
                 break
-            reply = await _compute(stub, sync_request, waiter, entry)
+            reply = await _compute(deps, stub, sync_request, waiter, entry)
     finally:
         SYNC_WAITING.dec()
         hub.release(who.user_id, waiter)
     return web.Response(body=reply.body_json, content_type="application/json")
 
 
-async def _compute(stub: Any, sync_request: pb.SyncRequest, waiter: Waiter, entry: _Entry) -> pb.SyncResponse:
+async def _compute(
+    deps: GatewayDeps, stub: Any, sync_request: pb.SyncRequest, waiter: Waiter, entry: _Entry
+) -> pb.SyncResponse:
     waiter.event.clear()  # a wake-up from here on means "compute again"
     wakes = entry.wakes
     # Include everything we were woken for so far, even if messaging's replica has not seen it yet.
     sync_request.min_position = max(sync_request.min_position, entry.max_pos)
     try:
-        reply: pb.SyncResponse = await stub.Sync(sync_request, timeout=10.0)
+        reply = await _sync_call(deps, stub, sync_request)
     except grpc.aio.AioRpcError as exc:
         if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
             log.warning("sync computation failed: %s %s", exc.code().name, exc.details())
@@ -344,6 +392,7 @@ async def startup(deps: GatewayDeps) -> None:
     hub.start()
     SYNC_SUBSCRIPTIONS.set_function(lambda: hub.subscriptions)
     deps.wake_hub = hub
+    deps.initial_syncs = SingleFlight()
 
 
 async def drain(deps: GatewayDeps) -> None:
