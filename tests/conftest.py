@@ -9,21 +9,26 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pymongo import MongoClient
 
 from plumbing.dev.stack import RunningStack, running_stack
+from plumbing.errors import StartupError
 from plumbing.process import with_parent_death
 from tests.support import free_port, stack_config, stop_process
 
 BIN = Path(sys.executable).parent
+# What a child says when another process bound its port first (nats-server, our services, secantusd).
+PORT_TAKEN = re.compile(r"address already in use|port already in use|errno 98", re.IGNORECASE)
+START_ATTEMPTS = 3
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float = 30.0) -> None:
@@ -40,17 +45,39 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeo
     raise RuntimeError(f"{name} did not open port {port} within {timeout}s")
 
 
+def _start_server(
+    name: str, argv_on: Callable[[int], list[str]], log_path_on: Callable[[int], Path]
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """A server child on a reserved port, open for connections; started again on another port if
+    the first one was taken by a process that does not reserve ports (it exits at once then)."""
+    import socket
+
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        with open(log_path_on(port), "wb") as log:
+            # Dies with this pytest process even when the run is killed before any finaliser runs.
+            process = subprocess.Popen(with_parent_death(argv_on(port)), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and process.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return port, process
+            time.sleep(0.05)
+        stop_process(process)
+        if not PORT_TAKEN.search(log_path_on(port).read_text(errors="replace")):
+            raise RuntimeError(f"{name} did not open port {port} (code {process.returncode}); see {log_path_on(port)}")
+    raise RuntimeError(f"{name}: every port tried was taken")
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     store = tmp_path_factory.mktemp("nats")
-    process = subprocess.Popen(
-        with_parent_death([str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    port, process = _start_server(
+        "nats-server",
+        lambda port: [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        lambda port: store.parent / f"nats-{port}.log",
     )
     try:
-        _wait_for_port(port, process, "nats-server")
         yield f"nats://127.0.0.1:{port}"
     finally:
         stop_process(process)
@@ -58,33 +85,26 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     store = tmp_path_factory.mktemp("mongo")
-    log = open(store.parent / f"secantus-{port}.log", "wb")  # noqa: SIM115 - closed below
-    # Dies with this pytest process even when the run is killed before the finaliser runs.
-    process = subprocess.Popen(
-        with_parent_death(
-            [
-                str(BIN / "secantusd-py"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--storage-path",
-                str(store / "data"),
-                "--log-level",
-                "WARNING",
-            ]
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    port, process = _start_server(
+        "secantusd-py",
+        lambda port: [
+            str(BIN / "secantusd-py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(store / "data"),
+            "--log-level",
+            "WARNING",
+        ],
+        lambda port: store.parent / f"secantus-{port}.log",
     )
     try:
-        _wait_for_port(port, process, "secantusd-py")
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
     finally:
         stop_process(process)
-        log.close()
 
 
 @pytest.fixture
@@ -100,10 +120,26 @@ async def launch_stack(
     """Start NATS, the five services and the gateway as `make run` does, with extra environment `env`.
 
     Every launch gets its own NATS server (so durable consumers of two stacks never share a
-    stream) and its own database names on the shared Mongo-wire server.
+    stream) and its own database names on the shared Mongo-wire server. Ports are reserved
+    (plumbing.ports), but a process that does not use those helpers can still bind one first:
+    then the stack is started again on other ports.
     """
-    async with running_stack(stack_config(data_dir, mongo_uri), env, database_suffix=uuid.uuid4().hex[:8]) as running:
-        yield running
+    for attempt in range(1, START_ATTEMPTS + 1):
+        config = stack_config(data_dir, mongo_uri)
+        stack = running_stack(config, env, database_suffix=uuid.uuid4().hex[:8])
+        try:
+            running = await stack.__aenter__()
+        except StartupError:
+            log = config.data_dir / "stack.log"
+            if attempt == START_ATTEMPTS or not PORT_TAKEN.search(log.read_text(errors="replace")):
+                raise
+            log.rename(log.with_name(f"stack-attempt-{attempt}.log"))
+            continue
+        try:
+            yield running
+        finally:
+            await stack.__aexit__(None, None, None)
+        return
 
 
 @pytest.fixture(scope="session")
