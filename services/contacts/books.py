@@ -213,7 +213,12 @@ class BookFlows(ContactsBase):
                 # says what this write would cost, so a refusal need not wait for them.
                 await self._check_affordable(charge, len(fresh))
                 if time.monotonic() > waited_until:
-                    raise Conflict("an earlier change of this address book is still being applied", 1000)
+                    raise DomainError(
+                        Errcode.UNKNOWN,
+                        "an earlier change of this address book is still being applied; try again",
+                        kind=ErrorKind.UNAVAILABLE,
+                        retry_after_ms=1000,
+                    )
                 await self.store.wait_or_take_over(user_id, book, self._clock())
                 continue
             charged = await self._charge(charge, len(fresh))
@@ -252,7 +257,7 @@ class BookFlows(ContactsBase):
             log.warning("writing address-book rows failed", exc_info=task.exception())
 
     async def _check_affordable(self, charge: Charge, cost: int) -> None:
-        """LimitExceeded if either budget cannot pay `cost` now (nothing is taken)."""
+        """M_LIMIT_EXCEEDED if either budget cannot pay `cost` now (nothing is taken)."""
         for key, policy in self._budgets(charge):
             budget = await self.store.load_budget(key)
             policy.charge(policy.available(budget.tokens, budget.tokens_at_ms, self._clock()), cost)

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 import tests.conftest as fixtures
-from plumbing.stack import StackConfig
+from plumbing.dev.stack import StackConfig
 
 pytestmark = pytest.mark.integration
 

@@ -121,7 +121,7 @@ async def test_an_upload_answers_before_its_rows_are_written_and_its_owner_reads
     # The same book again is free, and a fresh number over budget is refused, without waiting for the rows.
     again = await asyncio.wait_for(logic.upload(ALICE, True, book, [], "CN"), HANG_BOUND)
     assert (again.added, again.removed) == (0, 0)
-    with pytest.raises(LimitExceeded):
+    with refused("M_LIMIT_EXCEEDED"):
         await asyncio.wait_for(logic.upload(ALICE, False, fresh(1, 500), [], "CN"), HANG_BOUND)
 
     store.rows_gate.set()
