@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import os
 import re
 import subprocess
 import sys
@@ -67,6 +69,31 @@ def _start_server(
         if not PORT_TAKEN.search(log_path_on(port).read_text(errors="replace")):
             raise RuntimeError(f"{name} did not open port {port} (code {process.returncode}); see {log_path_on(port)}")
     raise RuntimeError(f"{name}: every port tried was taken")
+
+
+# pytest-timeout's signal method fails a hung test and goes on, but only once the main thread is
+# back in Python: a hang inside C (the fork() hang: gRPC's atfork handler in a futex wait) never
+# gets there. So a C-level watchdog also dumps every thread's stack and ends the run this long
+# after the per-test timeout, instead of leaving the CI budget to end it.
+HARD_STOP_GRACE = float(os.environ.get("LAIWANG_TEST_HARD_STOP_GRACE_SECONDS", "60"))
+_watchdog_output: list[int] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The terminal's stderr, as pytest's faulthandler plugin keeps it: a test's output is captured.
+    _watchdog_output.append(os.dup(sys.stderr.fileno()))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker and marker.args else item.config.getini("timeout") or 0)
+    if timeout > 0:
+        faulthandler.dump_traceback_later(timeout + HARD_STOP_GRACE, exit=True, file=_watchdog_output[0])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session")
