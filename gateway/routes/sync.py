@@ -336,10 +336,10 @@ async def sync(request: web.Request) -> web.Response:
     deadline = loop.time() + timeout_ms / 1000
     if timeout_ms <= 0:
         try:
-            reply = await _sync_call(deps, stub, sync_request)
+            answer = await _sync_call(deps, stub, sync_request)
         except grpc.aio.AioRpcError as exc:
             raise matrix_error_from(exc) from None
-        return web.Response(body=reply.body_json, content_type="application/json")
+        return web.Response(body=answer.body_json, content_type="application/json")
     waiter, entry = await hub.acquire(who.user_id)
     SYNC_WAITING.inc()
     try:
