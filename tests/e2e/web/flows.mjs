@@ -243,6 +243,9 @@ async function main() {
 
     // Edit and redact.
     await A.page.getByRole('button', { name: 'Edit: Hello Bob' }).click();
+    // As a person would: start typing once the composer shows the message being edited.
+    await see(A.page.getByText('Editing a message'));
+    await A.page.waitForFunction(() => document.querySelector('#composer-input')?.value === 'Hello Bob');
     await composerA.fill('Hello Bob!');
     await composerA.press('Enter');
     await see(B.page.locator('.event', { hasText: 'Hello Bob!' }).getByText('(edited)'));

@@ -7,7 +7,7 @@ import {
   RoomEvent,
   RoomMemberEvent,
 } from 'matrix-js-sdk';
-import { useEffect, useRef, useState } from 'preact/hooks';
+import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import type { Ctx } from '../App';
 import { CardView } from '../components/CardView';
 import { Picture } from '../components/Picture';
@@ -305,7 +305,9 @@ function Composer({ ctx, room, editing, edits, onDone }: ComposerProps) {
     });
   };
 
-  useEffect(() => {
+  // Before the browser paints (a layout effect): with a plain effect, text typed right after
+  // choosing Edit could land first and then be overwritten by the old body.
+  useLayoutEffect(() => {
     if (editing) {
       const content = edits.get(editing.getId() ?? '') ?? editing.getContent();
       setText(String(content.body ?? ''));
