@@ -1,4 +1,4 @@
-"""Outbound URLs a user gives us (pusher URLs; webhooks later): http(s) only, and never towards
+"""Outbound URLs a user gives us (pusher URLs, partner apps' webhook URLs): http(s) only, and never towards
 this machine or a private network unless an operator allowed that network explicitly.
 
 Checked twice: when the URL is stored (`check_url`: scheme, host, IP literals and `localhost`),
@@ -22,6 +22,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_BYTES = 2048
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class UnsafeUrl(ValueError):
@@ -40,13 +41,34 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def address_allowed(address: Address, allowed: Iterable[Network] = ()) -> bool:
-    """Public unicast addresses are allowed; anything else only inside an explicitly allowed network."""
+def refusal(address: Address, allowed: Iterable[Network] = ()) -> str | None:
+    """Why we may not call `address` ("loopback", "link-local", "private"), or None when we may:
+    public unicast addresses, and anything inside an explicitly allowed network."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if any(address in network for network in allowed):
+        return None
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if not address.is_global or address.is_multicast:
+        return "private"
+    return None
+
+
+def address_allowed(address: Address, allowed: Iterable[Network] = ()) -> bool:
+    return refusal(address, allowed) is None
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, a name under it, or a loopback IP literal."""
+    if host == "localhost" or host.endswith(".localhost"):
         return True
-    return address.is_global and not address.is_multicast
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_url(url: Any, allowed: Iterable[Network] = ()) -> str:
@@ -69,8 +91,9 @@ def check_url(url: Any, allowed: Iterable[Network] = ()) -> str:
         address = None
     if address is None and (host == "localhost" or host.endswith(".localhost")):
         address = ipaddress.ip_address("127.0.0.1")
-    if address is not None and not address_allowed(address, tuple(allowed)):
-        raise UnsafeUrl("the URL points to a loopback, private or reserved address")
+    reason = refusal(address, tuple(allowed)) if address is not None else None
+    if reason:
+        raise UnsafeUrl(f"the URL points to a {reason} address")
     return url
 
 
@@ -85,9 +108,11 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        kept = [r for r in results if address_allowed(ipaddress.ip_address(r["host"]), self._allowed)]
+        reasons = {r["host"]: refusal(ipaddress.ip_address(r["host"]), self._allowed) for r in results}
+        kept = [r for r in results if reasons[r["host"]] is None]
         if not kept:
-            raise OSError(f"{host} resolves only to addresses we may not call")
+            named = " or ".join(sorted({reason for reason in reasons.values() if reason}))
+            raise OSError(f"{host} resolves only to {named or 'no'} addresses we may not call")
         return kept
 
     async def close(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from plumbing.domain_errors import Conflict, forbidden, invalid, not_found
+from plumbing.url_guard import LOOPBACK, Network, UnsafeUrl, check_url, is_loopback_host
 
 SCOPES: dict[str, str] = {
     "profile:read": "See your display name and avatar",
@@ -122,55 +122,28 @@ def _check_text(value: str, name: str, max_len: int, *, required: bool) -> str:
     return value
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def blocked_address(address: str) -> str | None:
-    """Why an IP address may not be a webhook target (None when it may)."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link-local"
-    if ip.is_private or ip.is_reserved or ip.is_multicast or ip.is_unspecified or not ip.is_global:
-        return "private"
-    return None
-
-
 def check_webhook_url(url: str, *, allow_loopback: bool) -> str:
-    """The SSRF guard at registration: https only (plain http to loopback only in development),
-    and no IP literal that is private, link-local or loopback. A host name passes here; its
-    resolved address must be checked with `blocked_address` by whatever connects to it."""
+    """The SSRF guard at registration (plumbing/url_guard.py): https only (plain http only to
+    loopback, in development), and no IP literal that is private, link-local or loopback. A host
+    name passes here; delivery checks every address it resolves to (url_guard.GuardedResolver)."""
     url = _check_text(url, "webhook_url", MAX_URL_LEN, required=False)
     if not url:
         return ""
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if not host or parts.username or parts.password or parts.fragment:
-        raise invalid("webhook_url must be an absolute URL without credentials or fragment")
-    if _is_loopback_host(host):
-        if not allow_loopback:
-            raise invalid("webhook_url may not point at loopback")
-        if parts.scheme not in ("https", "http"):
-            raise invalid("webhook_url must use https")
-        return url
-    if parts.scheme != "https":
-        raise invalid("webhook_url must use https")
+    if parts.fragment:
+        raise invalid("webhook_url must be an absolute URL without a fragment")
     try:
-        reason = blocked_address(host)
-    except ValueError:
-        return url  # a host name: its address is known only when connecting
-    if reason:
-        raise invalid(f"webhook_url may not point at a {reason} address")
+        check_url(url, webhook_networks(allow_loopback))
+    except UnsafeUrl as error:
+        raise invalid(f"webhook_url: {error}") from None
+    if parts.scheme != "https" and not (allow_loopback and is_loopback_host((parts.hostname or "").lower())):
+        raise invalid("webhook_url must use https")
     return url
+
+
+def webhook_networks(allow_loopback: bool) -> tuple[Network, ...]:
+    """The non-public networks webhooks may reach: loopback in development, else none."""
+    return LOOPBACK if allow_loopback else ()
 
 
 def check_redirect_uri(uri: str) -> str:
@@ -179,7 +152,7 @@ def check_redirect_uri(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.fragment or "#" in uri or not parts.hostname or parts.username or parts.password:
         raise invalid("each redirect URI must be absolute, without fragment or credentials")
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback_host(parts.hostname.lower())):
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname.lower())):
         return uri
     raise invalid("redirect URIs must use https (plain http only to loopback)")
 

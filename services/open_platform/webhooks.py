@@ -9,8 +9,9 @@
 - Each try has a 5 s timeout. Failures back off exponentially (base x 2^(try-1), capped), for 24 h
   from the event's creation; then the event goes to the dead-letter list, where the owner sees and
   replays it. Every try is in the delivery log (status, latency, try number).
-- SSRF guard at connection time: every resolved address must be public (loopback only behind
-  OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS); redirects are not followed.
+- SSRF guard at connection time (plumbing/url_guard.py, as for push): only resolved addresses that
+  are public are connected to (loopback only behind OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS);
+  redirects are not followed.
 - A suspended app gets nothing: its events wait (backing off) and are dead-lettered after 24 h; a
   deleted app's events are dropped.
 
@@ -22,18 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 
 import aiohttp
-from aiohttp.abc import ResolveResult
-from aiohttp.resolver import ThreadedResolver
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -43,7 +40,8 @@ from standardwebhooks import Webhook
 from laiwang.events.v1 import open_platform_events_pb2 as pb
 from plumbing import streams
 from plumbing.jetstream import ensure_stream
-from services.open_platform.core import App, blocked_address
+from plumbing.url_guard import GuardedResolver, UnsafeUrl, check_url
+from services.open_platform.core import App, webhook_networks
 from services.open_platform.events import SUBJECT_WEBHOOK
 
 log = logging.getLogger(__name__)
@@ -80,34 +78,6 @@ class DeliveryStore(Protocol):
     async def dead_letter(self, event: pb.WebhookEvent, reason: str, at_ms: int) -> None: ...
 
 
-class BlockedTarget(OSError):
-    pass
-
-
-def _refusal(address: str, allow_loopback: bool) -> str | None:
-    reason = blocked_address(address)
-    if reason == "loopback" and allow_loopback:
-        return None
-    return reason
-
-
-class GuardedResolver(ThreadedResolver):
-    """Resolves as usual, then refuses private, link-local (and, unless allowed, loopback) targets,
-    so a host name that points inside the network is caught when connecting, not only at sign-up."""
-
-    def __init__(self, allow_loopback: bool) -> None:
-        super().__init__()
-        self._allow_loopback = allow_loopback
-
-    async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[ResolveResult]:
-        results = await super().resolve(host, port, family)
-        for result in results:
-            reason = _refusal(result["host"], self._allow_loopback)
-            if reason:
-                raise BlockedTarget(f"webhook host resolves to a {reason} address")
-        return results
-
-
 def signature_header(secrets: list[str], webhook_id: str, at: datetime, body: str) -> str:
     return " ".join(Webhook(secret).sign(webhook_id, at, body) for secret in secrets)
 
@@ -134,7 +104,9 @@ class WebhookDelivery:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._allow_loopback), limit=100)
+            connector = aiohttp.TCPConnector(
+                resolver=GuardedResolver(webhook_networks(self._allow_loopback)), limit=100
+            )
             self._http = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=TRY_TIMEOUT_SECONDS)
             )
@@ -145,20 +117,18 @@ class WebhookDelivery:
             await self._http.close()
 
     async def _post(self, url: str, headers: dict[str, str], body: str) -> tuple[int, str]:
-        host = urlsplit(url).hostname or ""
-        with contextlib.suppress(ValueError):
-            ipaddress.ip_address(host)  # an IP literal never reaches the resolver: check it here
-            reason = _refusal(host, self._allow_loopback)
-            if reason:
-                return 0, f"webhook URL points at a {reason} address"
+        try:
+            check_url(url, webhook_networks(self._allow_loopback))  # IP literals never reach the resolver
+        except UnsafeUrl as exc:
+            return 0, f"webhook URL refused: {exc}"
         try:
             async with self._session().post(url, data=body.encode(), headers=headers, allow_redirects=False) as r:
                 await r.read()
                 return r.status, "" if 200 <= r.status < 300 else f"HTTP {r.status}"
-        except BlockedTarget as exc:
-            return 0, str(exc)
         except TimeoutError:
             return 0, f"no answer within {TRY_TIMEOUT_SECONDS:g} s"
+        except aiohttp.ClientConnectorError as exc:
+            return 0, str(exc.os_error) or type(exc).__name__  # the guard's refusal says why
         except aiohttp.ClientError as exc:
             return 0, type(exc).__name__
 

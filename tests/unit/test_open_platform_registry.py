@@ -15,7 +15,6 @@ from services.open_platform.core import (
     App,
     AppRegistry,
     AppSettings,
-    blocked_address,
     check_redirect_uri,
     check_webhook_url,
     hash_secret,
@@ -217,8 +216,8 @@ def test_loopback_webhooks_only_behind_the_development_setting() -> None:
     assert check_webhook_url("https://partner.example/hook", allow_loopback=False) == "https://partner.example/hook"
     with pytest.raises(DomainError):
         check_webhook_url("https://10.1.2.3/hook", allow_loopback=True)  # private stays private
-    assert blocked_address("8.8.8.8") is None
-    assert blocked_address("::1") == "loopback"
+    with pytest.raises(DomainError, match="loopback"):
+        check_webhook_url("https://[::1]/hook", allow_loopback=False)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ with the answer (a fake HTTP layer, a fake store)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -12,13 +13,12 @@ import pytest
 from standardwebhooks import Webhook
 
 from laiwang.events.v1 import open_platform_events_pb2 as pb
-from services.open_platform.core import App, AppSettings, WebhookSecret, new_webhook_secret
+from plumbing.url_guard import GuardedResolver, refusal
+from services.open_platform.core import App, AppSettings, WebhookSecret, new_webhook_secret, webhook_networks
 from services.open_platform.webhooks import (
     Attempt,
-    GuardedResolver,
     RetryPolicy,
     WebhookDelivery,
-    _refusal,
     payload,
     signature_header,
 )
@@ -68,12 +68,13 @@ def test_retries_back_off_exponentially_up_to_the_cap() -> None:
     ],
 )
 def test_resolved_addresses_are_checked(address: str, allow_loopback: bool, refused: str | None) -> None:
-    assert _refusal(address, allow_loopback) == refused
+    assert refusal(ipaddress.ip_address(address), webhook_networks(allow_loopback)) == refused
 
 
 async def test_a_host_name_resolving_to_loopback_is_refused_when_connecting() -> None:
     with pytest.raises(OSError, match="loopback"):
-        await GuardedResolver(allow_loopback=False).resolve("localhost", 443)
+        await GuardedResolver(webhook_networks(False)).resolve("localhost", 443)
+    assert await GuardedResolver(webhook_networks(True)).resolve("localhost", 443)
 
 
 class FakeStore:
