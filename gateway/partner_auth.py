@@ -31,6 +31,7 @@ from gateway.partner_tokens import PartnerRequester, PartnerTokenCache
 from gateway.rpc import matrix_error_from
 from laiwang.events.v1 import open_platform_events_pb2 as events_pb
 from laiwang.open_platform.v1 import open_platform_pb2 as pb
+from plumbing.jetstream import decode_event
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,17 @@ PARTNER_REQUESTER_KEY = "laiwang.partner_requester"
 
 def handle_event(cache: PartnerTokenCache, subject: str, data: bytes) -> None:
     """Apply one open_platform event to the cache (exposed for tests)."""
-    if subject == AUTHORIZATION_REVOKED_SUBJECT:
-        event = events_pb.AuthorizationRevoked.FromString(data)
-        if event.grant_ids:
+    match decode_event(subject, data):
+        case events_pb.AuthorizationRevoked() as event if event.grant_ids:
             for grant_id in event.grant_ids:
                 cache.evict(f"grant:{grant_id}")
-        else:
+        case events_pb.AuthorizationRevoked() as event:
             cache.evict(f"user:{event.client_id}\n{event.user_id}")
-    elif subject == APP_CHANGED_SUBJECT:
-        changed = events_pb.AppChanged.FromString(data)
-        if changed.change in _ENDS_TOKENS:
+        case events_pb.AppChanged() as changed if changed.change in _ENDS_TOKENS:
             cache.evict(f"app:{changed.client_id}")
-        elif changed.change == events_pb.APP_CHANGE_RESUMED:
+        case events_pb.AppChanged(change=events_pb.APP_CHANGE_RESUMED):
             cache.evict_inactive()
+        # Other open_platform events do not touch the cache.
 
 
 def partner_token_of(request: web.Request) -> str:

@@ -75,6 +75,9 @@ EVENT_TYPES: Mapping[str, type[Message]] = {
     "laiwang.zhadui.archived": zhadui_events_pb2.ZhaduiArchived,
     "laiwang.zhadui.active": zhadui_events_pb2.ZhaduiActive,
     "laiwang.open_platform.app_changed": open_platform_events_pb2.AppChanged,
+    "laiwang.open_platform.authorization_revoked": open_platform_events_pb2.AuthorizationRevoked,
+    "laiwang.open_platform.subscription_changed": open_platform_events_pb2.SubscriptionChanged,
+    "laiwang.open_platform.webhook": open_platform_events_pb2.WebhookEvent,
 }
 # The friend-graph events: each carries the pair's whole state and a version (newest wins), so
 # the projections of it (messaging's relations, zhadui's pairs) treat all four alike.

@@ -15,7 +15,7 @@ from laiwang.messaging.v1 import e2e_pb2, media_pb2, messaging_pb2
 from plumbing import streams
 from plumbing.config import Env
 from plumbing.errors import StartupError
-from plumbing.jetstream import Handler
+from plumbing.jetstream import EventRouter, Handler
 from plumbing.service import Runtime, ServiceParts, run_service
 from plumbing.url_guard import Network, parse_networks
 from services.messaging.api import MessagingApi
@@ -84,11 +84,10 @@ def push_settings_from_env(env: Env | None = None) -> PushSettings:
 
 
 def push_handler(fanout: PushFanout) -> Handler:
-    async def handle(msg: Msg) -> None:
-        event = messaging_events_pb2.RoomEventPersisted.FromString(msg.data)
+    async def handle(event: messaging_events_pb2.RoomEventPersisted, _: Msg) -> None:
         await fanout.on_room_event(event.room_id, event.event_id, event.stream_position)
 
-    return handle
+    return EventRouter(PUSH_CONSUMER.durable).on(messaging_events_pb2.RoomEventPersisted, handle)
 
 
 async def build(runtime: Runtime) -> ServiceParts:

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from laiwang.events.v1 import messaging_events_pb2 as mpb
 from plumbing import streams
-from plumbing.jetstream import ConsumerSpec, Handler
+from plumbing.jetstream import ConsumerSpec, EventRouter, Handler
 from services.open_platform.cards import APP_CARD, CARD_ACTION
 from services.open_platform.clients import MessagingRooms
 from services.open_platform.core import bot_user_id
@@ -50,8 +50,7 @@ async def _card_action(
 
 
 def replies_handler(store: MongoSubscriptionStore, rooms: MessagingRooms, server_name: str) -> Handler:
-    async def handle(message: Msg) -> None:
-        event = mpb.RoomEventPersisted.FromString(message.data)
+    async def handle(event: mpb.RoomEventPersisted, _: Msg) -> None:
         if event.type == CARD_ACTION and not event.sender.startswith("@app_"):
             await _card_action(event, store, rooms, server_name)
             return
@@ -72,4 +71,4 @@ def replies_handler(store: MongoSubscriptionStore, rooms: MessagingRooms, server
             webhook_id, sub.client_id, sub.user_id, "message.received", data, event.origin_server_ts
         )
 
-    return handle
+    return EventRouter(REPLIES.durable).on(mpb.RoomEventPersisted, handle)

@@ -66,8 +66,17 @@ def test_messaging_and_zhadui_subjects_carry_their_types() -> None:
     assert {s: streams.EVENT_TYPES[s] for s in expected} == expected
 
 
-def test_open_platform_publishes_the_registered_type() -> None:
-    subject, message = open_platform_events.app_changed("client", "@a:t", "registered", 1)
+@pytest.mark.parametrize(
+    "published",
+    [
+        open_platform_events.app_changed("client", "@a:t", "registered", 1),
+        open_platform_events.authorization_revoked("client", "@a:t", ["g1"], "user", 1),
+        open_platform_events.subscription_changed("client", "@a:t", "!r:t", True, 1),
+        open_platform_events.webhook_event("msg_1", "client", "@a:t", "message.received", {}, 1),
+    ],
+)
+def test_open_platform_publishes_the_registered_type(published: tuple[str, Message]) -> None:
+    subject, message = published
     assert streams.EVENT_TYPES[subject] is type(message)
 
 
