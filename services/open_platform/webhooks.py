@@ -39,7 +39,7 @@ from standardwebhooks import Webhook
 
 from laiwang.events.v1 import open_platform_events_pb2 as pb
 from plumbing import streams
-from plumbing.jetstream import ensure_stream
+from plumbing.jetstream import UndecodableEvent, decode_event, ensure_stream
 from plumbing.url_guard import GuardedResolver, UnsafeUrl, check_url
 from services.open_platform.core import App, webhook_networks
 from services.open_platform.events import SUBJECT_WEBHOOK
@@ -210,7 +210,16 @@ class WebhookConsumer:
     async def _one(self, message: Msg) -> None:
         attempt = message.metadata.num_delivered if message.metadata else 1
         try:
-            event = pb.WebhookEvent.FromString(message.data)
+            event = decode_event(message.subject, message.data)
+        except UndecodableEvent:
+            # Redelivery cannot fix a payload that is not a WebhookEvent: drop it, once, loudly.
+            log.error("webhook consumer: undecodable event on %s; dropped", message.subject)
+            await message.term()
+            return
+        if not isinstance(event, pb.WebhookEvent):
+            await message.ack()
+            return
+        try:
             retry = await self._delivery.handle(event, attempt, time.time_ns() // 1_000_000)
         except Exception:
             log.warning("webhook delivery failed unexpectedly; retrying", exc_info=True)

@@ -18,6 +18,7 @@ from services.open_platform.core import App, AppSettings, WebhookSecret, new_web
 from services.open_platform.webhooks import (
     Attempt,
     RetryPolicy,
+    WebhookConsumer,
     WebhookDelivery,
     payload,
     signature_header,
@@ -122,3 +123,30 @@ async def test_suspended_apps_get_nothing_and_deleted_apps_drop_their_events() -
     assert await d.handle(EVENT, 5, 200_000) is None and store.dead == [("msg_1", "suspended")]
     gone, store, sent = delivery(None, [])
     assert await gone.handle(EVENT, 1, 1_000) is None and sent == [] and store.dead == []
+
+
+class RecordedMsg:
+    """What the consumer does with one JetStream message: ack, nak (with its delay) or term."""
+
+    def __init__(self, data: bytes) -> None:
+        self.subject, self.data, self.metadata = "laiwang.open_platform.webhook", data, None
+        self.done: list[str] = []
+
+    async def ack(self) -> None:
+        self.done.append("ack")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.done.append(f"nak {delay}")
+
+    async def term(self) -> None:
+        self.done.append("term")
+
+
+async def test_the_consumer_drops_an_undecodable_payload_once_instead_of_retrying_it_forever() -> None:
+    d, store, sent = delivery(APP, [(200, "")])
+    consumer = WebhookConsumer(None, d, 30.0)  # type: ignore[arg-type]  # _one never touches JetStream
+    poison, good = RecordedMsg(b"\xff\xff not protobuf"), RecordedMsg(EVENT.SerializeToString())
+    await consumer._one(poison)  # type: ignore[arg-type]
+    await consumer._one(good)  # type: ignore[arg-type]
+    assert poison.done == ["term"]
+    assert good.done == ["ack"] and [a.status for a in store.attempts] == [200] and len(sent) == 1
