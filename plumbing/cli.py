@@ -14,10 +14,39 @@ import importlib
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from plumbing.config import SERVICES
 from plumbing.errors import StartupError
 from plumbing.process import terminate_with_parent
+
+if TYPE_CHECKING:
+    from plumbing.dev.supervisor import Supervisor
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
+class ForcedStop(Exception):
+    """A second Ctrl-C while stopping: every child was killed, nothing drained."""
+
+
+async def stop_or_kill(supervisor: Supervisor) -> None:
+    """Stop every child in order; a second stop signal meanwhile kills them all at once."""
+    loop = asyncio.get_running_loop()
+    forced = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, forced.set)
+    stopping = asyncio.create_task(supervisor.stop_all())
+    forcing = asyncio.create_task(forced.wait())
+    await asyncio.wait({stopping, forcing}, return_when=asyncio.FIRST_COMPLETED)
+    forcing.cancel()
+    if not forced.is_set():
+        stopping.result()
+        return
+    supervisor.say("second stop signal: killing everything")
+    supervisor.kill_all()
+    await stopping  # each child's stop now sees its process gone
+    raise ForcedStop
 
 
 async def run_stack() -> None:
@@ -32,7 +61,7 @@ async def run_stack() -> None:
     started = time.monotonic()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
 
     start = asyncio.create_task(supervisor.start_all())
@@ -42,7 +71,7 @@ async def run_stack() -> None:
         start.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await start
-        await supervisor.stop_all()
+        await stop_or_kill(supervisor)
         return
     stopper.cancel()
     start.result()  # re-raises a StartupError (children already stopped)
@@ -61,7 +90,7 @@ async def run_stack() -> None:
     )
 
     await stop.wait()
-    await supervisor.stop_all()
+    await stop_or_kill(supervisor)
     print("laiwang: stopped", flush=True)
 
 
@@ -89,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     except StartupError as exc:
         print(f"laiwang: {exc}", file=sys.stderr)
         sys.exit(2)
+    except ForcedStop:
+        print("laiwang: killed", flush=True)
+        sys.exit(128 + signal.SIGINT)  # what a shell reports for a program ended by Ctrl-C
     except KeyboardInterrupt:
         pass
 

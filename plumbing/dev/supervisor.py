@@ -133,8 +133,7 @@ _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 def kill_all_children() -> None:
     """SIGKILL every child of every supervisor in this process: a second Ctrl-C means stop waiting."""
     for supervisor in list(_supervisors):
-        for child in supervisor.children:
-            child.kill()
+        supervisor.kill_all()
 
 
 class Supervisor:
@@ -153,6 +152,11 @@ class Supervisor:
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.spec.name == name)
+
+    def kill_all(self) -> None:
+        """SIGKILL every child now; a stop_all in progress then finishes at once."""
+        for child in self.children:
+            child.kill()
 
     def say(self, text: str) -> None:
         self._out.write(f"laiwang: {text}\n")

@@ -180,6 +180,29 @@ async def test_run_restarts_a_killed_service_stops_cleanly_and_keeps_data(tmp_pa
     assert "laiwang: stopped" in again.lines
 
 
+async def test_a_second_ctrl_c_kills_everything_without_waiting_for_a_drain(tmp_path: Path) -> None:
+    env = stack_env(tmp_path / "data")
+    run = await RunningCommand.start(env)
+    try:
+        await run.wait_for(r"Laiwang is ready in [\d.]+s")
+        pids = run.pids()
+        # A stopped process cannot act on SIGTERM, so the orderly stop waits on messaging for its whole
+        # stop timeout: the second Ctrl-C surely lands while the first one's stop is under way.
+        os.kill(pids["messaging"], signal.SIGSTOP)
+        run.process.send_signal(signal.SIGINT)
+        await run.wait_for(r"stopping messaging \(pid \d+\)")
+        code = await run.terminate(signal.SIGINT)
+    finally:
+        if run.process.returncode is None:
+            run.process.kill()
+            await run.process.wait()
+    assert code == 128 + signal.SIGINT
+    assert run.lines[-1] == "laiwang: killed"
+    assert not any("did not stop within" in line for line in run.lines)
+    for name, pid in pids.items():
+        assert not alive(pid), f"{name} (pid {pid}) survived the kill"
+
+
 async def run_to_exit(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
