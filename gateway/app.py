@@ -92,6 +92,7 @@ class Limiters:
     oauth: RateLimiter
     partner_app: RateLimiter
     partner_user: RateLimiter
+    partner_bad_token: RateLimiter
 
     @classmethod
     def of(cls, config: GatewayConfig) -> Limiters:
@@ -110,6 +111,7 @@ class Limiters:
             oauth=limiter(config.oauth_rate),
             partner_app=limiter(config.partner_app_rate),
             partner_user=limiter(config.partner_user_rate),
+            partner_bad_token=limiter(config.partner_bad_token_rate),
         )
 
 

@@ -78,6 +78,8 @@ class GatewayConfig:
     oauth_rate: Rate = Rate(20.0, 100)  # per address: the OAuth2 endpoints and the consent page
     partner_app_rate: Rate = Rate(50.0, 200)  # per app: the partner API
     partner_user_rate: Rate = Rate(5.0, 30)  # per app and user: the partner API
+    # Per client address: partner tokens that turned out unknown (a guesser's budget, not a client's).
+    partner_bad_token_rate: Rate = Rate(1.0, 30)
     # Peers whose X-Forwarded-For is believed (the client is the last untrusted hop).
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     token_cache_seconds: float = 30.0
@@ -121,6 +123,7 @@ class GatewayConfig:
             oauth_rate=Rate.from_env(env, "OAUTH", 20.0, 100),
             partner_app_rate=Rate.from_env(env, "PARTNER_APP", 50.0, 200),
             partner_user_rate=Rate.from_env(env, "PARTNER_USER", 5.0, 30),
+            partner_bad_token_rate=Rate.from_env(env, "PARTNER_BAD_TOKEN", 1.0, 30),
             trusted_proxies=_trusted_proxies(env),
             token_cache_seconds=env.float("GATEWAY_TOKEN_CACHE_SECONDS", 30.0, minimum=0.0),
             wake_linger_seconds=env.float("GATEWAY_WAKE_LINGER_SECONDS", 60.0, minimum=0.1),

@@ -26,6 +26,7 @@ from aiohttp import web
 from nats.aio.msg import Msg
 
 from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.client_address import client_address
 from gateway.matrix import MatrixError
 from gateway.partner_tokens import PartnerRequester, PartnerTokenCache
 from gateway.rpc import matrix_error_from
@@ -113,9 +114,17 @@ async def authenticate_partner(
         _drop_cache_after_reconnect(deps)
         key = hashlib.sha256(token.encode()).hexdigest()
         entry = deps.partner_tokens.get(key)
+        guesses = deps.limits.partner_bad_token
+        address = client_address(request)
         if entry is not None:
             requester = entry.value
         else:
+            # An address that keeps presenting unknown tokens is guessing: refuse it before asking
+            # open_platform, so a guesser costs neither a lookup nor a cache entry.
+            if (wait := guesses.wait(address)) > 0:
+                raise MatrixError(
+                    429, "M_LIMIT_EXCEEDED", "too many unknown partner tokens", retry_after_ms=int(wait * 1000) + 1
+                )
             inflight = deps.partner_checks
             pending = inflight.get(key)
             if pending is None:
@@ -123,6 +132,7 @@ async def authenticate_partner(
                 pending.add_done_callback(lambda _: inflight.pop(key, None))
             requester = await asyncio.shield(pending)
         if requester is None:
+            guesses.retry_after(address)  # spends one of the address's unknown-token budget
             raise MatrixError(401, "M_UNKNOWN_TOKEN", "unknown, expired or revoked partner token")
         deps.limits.partner_app.check(requester.client_id)
         if requester.user_id:

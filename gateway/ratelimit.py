@@ -28,6 +28,21 @@ class RateLimiter:
 
     def retry_after(self, key: str, cost: float = 1.0) -> float:
         """Take `cost` tokens for `key`; 0 when allowed, else seconds until it would be."""
+        bucket = self._refilled(key)
+        if bucket.tokens >= cost:
+            bucket.tokens -= cost
+            return 0.0
+        return (cost - bucket.tokens) / self.per_second
+
+    def wait(self, key: str, cost: float = 1.0) -> float:
+        """Seconds until `key` could spend `cost` tokens (0: now), taking none."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket.tokens + (time.monotonic() - bucket.updated) * self.per_second)
+        return max(0.0, (cost - tokens) / self.per_second)
+
+    def _refilled(self, key: str) -> _Bucket:
         now = time.monotonic()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -36,10 +51,7 @@ class RateLimiter:
             bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.per_second)
         bucket.updated = now
-        if bucket.tokens >= cost:
-            bucket.tokens -= cost
-            return 0.0
-        return (cost - bucket.tokens) / self.per_second
+        return bucket
 
     def check(self, key: str, cost: float = 1.0) -> None:
         """Raise 429 M_LIMIT_EXCEEDED with `retry_after_ms` when `key` is over its rate."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
-from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, TypedDict
 
 import grpc
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.client_address import client_address
 from gateway.fields import body_bool, body_object, body_str, path_user_id, query_str, read_json_object
 from gateway.matrix import MatrixError, json_response
 from gateway.rpc import matrix_error_from
@@ -43,27 +43,6 @@ async def rpc_errors() -> AsyncIterator[None]:
 
 
 # --- small request helpers (shared with the other account route modules) ---------------------------
-
-
-def _trusted(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
-    try:
-        ip = ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in proxies)
-
-
-def client_address(request: web.Request) -> str:
-    """The client's IP: the peer, or behind trusted proxies the last untrusted X-Forwarded-For hop."""
-    remote = request.remote or ""
-    proxies = request.app[DEPS_KEY].config.trusted_proxies
-    if not proxies or not _trusted(remote, proxies):
-        return remote
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, proxies):
-            return hop[:64]
-    return hops[0][:64] if hops else remote
 
 
 def limit_address(request: web.Request, cost: float = 1.0) -> None:

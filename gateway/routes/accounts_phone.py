@@ -15,9 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.client_address import client_address
 from gateway.fields import body_int, body_str, read_json_object
 from gateway.matrix import MatrixError, json_response
-from gateway.routes.accounts import PREFIX, client_address, limit_address, rpc_errors
+from gateway.routes.accounts import PREFIX, limit_address, rpc_errors
 from gateway.session import auth_stub, authenticate
 from laiwang.auth.v1 import auth_pb2 as pb
 

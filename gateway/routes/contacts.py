@@ -32,9 +32,9 @@ import orjson
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.client_address import client_address
 from gateway.fields import body_bool, body_int, body_str, body_strings, body_user_id, path_user_id, read_json_object
 from gateway.matrix import MatrixError, json_response
-from gateway.routes.accounts import client_address
 from gateway.rpc import call, matrix_error_from
 from gateway.session import authenticate
 from laiwang.contacts.v1 import contacts_pb2 as pb

@@ -29,8 +29,8 @@ import orjson
 from aiohttp import web
 
 from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.client_address import client_address
 from gateway.matrix import MatrixError, json_response
-from gateway.routes.accounts import client_address
 from gateway.rpc import call
 from gateway.session import authenticate, authenticate_token
 from laiwang.auth.v1 import auth_pb2

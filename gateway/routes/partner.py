@@ -9,7 +9,8 @@ PUT  /_laiwang/apps/v1/rooms/{room_id}/cards/{event_id}  update one of the app's
 
 Every call: 401 M_UNKNOWN_TOKEN for a token that is unknown, expired, revoked or whose app is
 suspended; 403 M_FORBIDDEN without the scope; 429 over the per-app or per-app-and-user rate
-(GATEWAY_PARTNER_APP_*, GATEWAY_PARTNER_USER_*).
+(GATEWAY_PARTNER_APP_*, GATEWAY_PARTNER_USER_*), or from an address that presented too many unknown
+tokens (GATEWAY_PARTNER_BAD_TOKEN_*).
 """
 
 from __future__ import annotations

@@ -63,6 +63,28 @@ def replica(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     log.close()
 
 
+@pytest.fixture(scope="module")
+def strict_gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Another gateway replica whose unknown-partner-token budget is 5 per address, hardly refilling."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "NATS_URL": stack.config.nats_url,
+        "SERVER_NAME": stack.config.server_name,
+        "GATEWAY_HOST": "127.0.0.1",  # also reached from 127.0.0.3, another client address on loopback
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_PARTNER_BAD_TOKEN_BURST": "5",
+        "GATEWAY_PARTNER_BAD_TOKEN_RATE_PER_SECOND": "0.01",
+        **{f"{s.upper()}_ADDR": stack.grpc_address(s) for s in ("auth", "contacts", "messaging", "zhadui")},
+        "OPEN_PLATFORM_ADDR": stack.grpc_address("open_platform"),
+    }
+    log = open(tmp_path_factory.mktemp("strict") / "gateway.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(with_parent_death([sys.executable, "-m", "gateway"]), env=env, stdout=log, stderr=log)
+    yield f"http://127.0.0.1:{port}"
+    stop_process(process)
+    log.close()
+
+
 @pytest.fixture
 async def world(stack: Any, replica: str) -> AsyncIterator[tuple[aiohttp.ClientSession, Browser, Partner, Any]]:
     async with aiohttp.ClientSession() as http:
@@ -302,3 +324,37 @@ async def test_scopes_tokens_and_client_authentication_are_checked(stack: Any, w
         meta = await r.json()
         assert meta["code_challenge_methods_supported"] == ["S256"] and meta["token_endpoint"].endswith("/token")
     assert "lwat_" not in stack.log_text() and "lwrt_" not in stack.log_text()
+
+
+async def test_an_address_that_keeps_presenting_unknown_tokens_is_slowed_down(
+    stack: Any, strict_gateway: str, world
+) -> None:
+    http, browser, partner, _ = world
+    user = await register_user(stack.base_url)
+    _, token = await authorize(stack.base_url, browser, partner, user, scope="profile:read")
+
+    async def replica_ready() -> bool:
+        try:
+            async with http.get(f"{strict_gateway}/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await eventually(replica_ready, timeout=60)
+    me = f"{strict_gateway}/_laiwang/apps/v1/me"
+    status, _ = await call_api(http, me, token["access_token"])
+    assert status == 200  # checked once, now in this replica's cache
+    for attempt in range(5):
+        status, body = await call_api(http, me, f"lwat_guess{attempt:038d}")
+        assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN", (attempt, body)
+    status, body = await call_api(http, me, "lwat_guess" + "9" * 38)
+    assert status == 429 and body["errcode"] == "M_LIMIT_EXCEEDED" and body["retry_after_ms"] > 0, body
+
+    # The app whose token this replica already knows keeps working from the same address, and another
+    # address still gets a plain 401 for an unknown token.
+    status, body = await call_api(http, me, token["access_token"])
+    assert status == 200, body
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    async with aiohttp.ClientSession(connector=connector) as elsewhere:
+        status, body = await call_api(elsewhere, me, "lwat_guess" + "8" * 38)
+    assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN", body

@@ -7,9 +7,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.app import DEPS_KEY, GatewayDeps
+from gateway.client_address import client_address
 from gateway.config import GatewayConfig
 from gateway.downstream import Downstream
-from gateway.routes.accounts import client_address
 from plumbing.config import Env
 from plumbing.errors import ConfigError
 

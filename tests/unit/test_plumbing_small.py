@@ -45,6 +45,17 @@ def test_rate_limiter_refills_over_time() -> None:
     assert limiter.retry_after("k") == 0
 
 
+def test_rate_limiter_wait_looks_without_spending() -> None:
+    limiter = RateLimiter(per_second=0.01, burst=2)
+    assert limiter.wait("k") == 0  # an unseen key has its whole burst
+    for _ in range(5):
+        assert limiter.wait("k") == 0  # looking spends nothing
+    limiter.retry_after("k")
+    limiter.retry_after("k")
+    assert 99 < limiter.wait("k") <= 100
+    assert limiter.retry_after("k") > 0
+
+
 def test_rate_limiter_bounds_its_memory() -> None:
     limiter = RateLimiter(per_second=1.0, burst=1, max_keys=10)
     for i in range(50):
