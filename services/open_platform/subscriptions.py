@@ -5,7 +5,9 @@ the user and the bot (through messaging's service calls), so any Matrix client s
 messages; the app then messages the subscriber there, within two budgets (fixed windows, kept in
 the store so that they hold across open_platform replicas): per subscriber and per app. Over a
 budget: 429 with `retry_after_ms` until the window ends. Unsubscribing stops it at once: the
-subscription is inactive before the call returns, and the bot leaves the room.
+subscription is inactive before the call returns, and the bot leaves the room. A subscribe whose
+store write fails leaves no orphan room behind: the bot leaves the room it opened, unless the write
+landed after all.
 
 No I/O here beyond the injected store, rooms and registry lookups.
 """
@@ -92,13 +94,28 @@ class Subscriptions:
             return existing  # repeating a subscribe changes nothing
         room_id = await self._rooms.open_direct(self.bot(client_id), user_id, app.settings.name)
         sub = Subscription(client_id, user_id, room_id, True, now_ms, now_ms)
-        if not await self._store.put_subscription(sub, expected_active=existing.active if existing else None):
+        try:
+            stored = await self._store.put_subscription(sub, expected_active=existing.active if existing else None)
+        except Exception:
+            await self._drop_unless_recorded(sub)
+            raise
+        if not stored:
             await self._rooms.leave(room_id, self.bot(client_id))  # a concurrent subscribe won: drop ours
             winner = await self._store.get_subscription(client_id, user_id)
             if winner is None:
                 raise not_found("no such subscription")
             return winner
         return sub
+
+    async def _drop_unless_recorded(self, sub: Subscription) -> None:
+        """The store failed to answer a write: unless the write landed after all, nothing will ever
+        point at the new room again, so the bot leaves it rather than sit in an orphan with the user."""
+        try:
+            recorded = await self._store.get_subscription(sub.client_id, sub.user_id)
+        except Exception:
+            recorded = None
+        if recorded is None or recorded.room_id != sub.room_id:
+            await self._rooms.leave(sub.room_id, self.bot(sub.client_id))
 
     async def unsubscribe(self, user_id: str, client_id: str, now_ms: int) -> None:
         existing = await self._store.get_subscription(client_id, user_id) if client_id else None

@@ -122,3 +122,29 @@ async def test_bad_bodies_and_suspended_or_unknown_apps_are_refused() -> None:
         with pytest.raises(DomainError) as unknown:
             await call
         assert unknown.value.errcode == "M_NOT_FOUND"
+
+
+async def test_a_store_failure_after_the_room_opened_leaves_no_orphan_room() -> None:
+    subs, store, rooms = make()
+
+    async def broken_put(sub: Subscription, expected_active: bool | None) -> bool:
+        raise ConnectionError("store unreachable")
+
+    store.put_subscription = broken_put  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await subs.subscribe("@fan:x", "APP1", 1000)
+    assert rooms.opened == [("@app_app1:x", "@fan:x")] and rooms.left == [("!room1:x", "@app_app1:x")]
+
+
+async def test_a_write_that_landed_although_the_store_failed_to_answer_keeps_its_room() -> None:
+    subs, store, rooms = make()
+    real_put = store.put_subscription
+
+    async def put_then_fail(sub: Subscription, expected_active: bool | None) -> bool:
+        await real_put(sub, expected_active)
+        raise TimeoutError("the answer was lost")
+
+    store.put_subscription = put_then_fail  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await subs.subscribe("@fan:x", "APP1", 1000)
+    assert rooms.left == [] and store.subs[("APP1", "@fan:x")].room_id == "!room1:x"
