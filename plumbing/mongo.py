@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pymongo import AsyncMongoClient, IndexModel
+from pymongo import AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -58,3 +59,29 @@ async def in_transaction(client: AsyncMongoClient, work: Callable[[AsyncClientSe
     """
     async with client.start_session() as session:
         return await session.with_transaction(work)
+
+
+async def upsert_by_id(
+    collection: AsyncCollection,
+    key: Any,
+    update: Mapping[str, Any],
+    session: AsyncClientSession | None = None,
+) -> dict[str, Any]:
+    """Apply `update` to the document with `_id` `key`, creating it if missing; the document as written.
+
+    Not one upserting find_one_and_update: when two callers upsert a new `_id` at once, the embedded
+    Mongo-wire server applies both updates but answers the one that lost the insert with no
+    document, and a re-read cannot recover the post-image of a `$inc`. An update of an existing
+    document always answers with it, so the first write of a key creates the document (its
+    `$setOnInsert` fields only; losing that race is harmless) and then updates it.
+    """
+    by_id = {"_id": key}
+    after = ReturnDocument.AFTER
+    doc = await collection.find_one_and_update(by_id, update, return_document=after, session=session)
+    if doc is None:
+        seed = dict(update.get("$setOnInsert") or {"_id": key})
+        await collection.update_one(by_id, {"$setOnInsert": seed}, upsert=True, session=session)
+        doc = await collection.find_one_and_update(by_id, update, return_document=after, session=session)
+    if doc is None:
+        raise RuntimeError(f"{collection.name} {key!r} was deleted while it was being written")
+    return doc

@@ -16,7 +16,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from plumbing.mongo import IndexPlan, in_transaction
+from plumbing.mongo import IndexPlan, in_transaction, upsert_by_id
 from plumbing.outbox import Outbox
 from services.auth import events
 from services.auth.model import (
@@ -303,16 +303,9 @@ class AuthStore:
 
     async def hit_counter(self, key: str, window_seconds: int, now: float) -> int:
         counter_id, window_end = self._counter_id(key, window_seconds, now)
-        doc = await self.counters.find_one_and_update(
-            {"_id": counter_id},
-            {"$inc": {"count": 1}, "$setOnInsert": {"purge_at": _purge_at(window_end + 60)}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
+        doc = await upsert_by_id(
+            self.counters, counter_id, {"$inc": {"count": 1}, "$setOnInsert": {"purge_at": _purge_at(window_end + 60)}}
         )
-        if doc is None:
-            # The embedded Mongo-wire server sometimes answers concurrent upserts of one _id with no
-            # document although it applied the increment; read it back (at least our own hit).
-            return max(1, await self.read_counter(key, window_seconds, now))
         return int(doc["count"])
 
     async def read_counter(self, key: str, window_seconds: int, now: float) -> int:

@@ -28,13 +28,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import Binary
-from pymongo import ASCENDING, AsyncMongoClient, DeleteOne, IndexModel, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient, DeleteOne, IndexModel, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from plumbing.domain_errors import Conflict
-from plumbing.mongo import IndexPlan, in_transaction
+from plumbing.mongo import IndexPlan, in_transaction, upsert_by_id
 from services.contacts.core import KEY_BYTES, Discoverability, Pair, PairEvent, pair_key
 
 # Rows per bulk write: `$in` and big batches cost superlinearly on the embedded store (2,000 ids in one
@@ -195,11 +195,7 @@ class ContactsStore:
             changes["discoverability"] = discoverability.value
         if deactivated is not None:
             changes["deactivated"] = deactivated
-        doc = await self.profiles.find_one_and_update(
-            {"_id": user_id}, {"$set": changes, "$inc": {"v": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        assert doc is not None
-        return doc
+        return await upsert_by_id(self.profiles, user_id, {"$set": changes, "$inc": {"v": 1}})
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
         return await self.profiles.find_one({"_id": user_id})

@@ -18,12 +18,12 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from plumbing.mongo import IndexPlan
+from plumbing.mongo import IndexPlan, upsert_by_id
 from services.messaging.e2e import better_session
 from services.messaging.rules import JSON
 
@@ -57,10 +57,7 @@ class E2eMongoStore:
             return await session.with_transaction(work)
 
     async def _next_seq(self, session: AsyncClientSession, count: int = 1) -> int:
-        doc = await self.db.counters.find_one_and_update(
-            {"_id": SEQ}, {"$inc": {"seq": count}}, upsert=True, return_document=ReturnDocument.AFTER, session=session
-        )
-        assert doc is not None  # an upsert that returns the document AFTER always has one
+        doc = await upsert_by_id(self.db.counters, SEQ, {"$inc": {"seq": count}}, session=session)
         return int(doc["seq"])
 
     async def head(self) -> int:
@@ -193,14 +190,7 @@ class E2eMongoStore:
 
     async def create_backup(self, user_id: str, algorithm: str, auth_data: JSON) -> str:
         async def work(session: AsyncClientSession) -> str:
-            counter = await self.db.counters.find_one_and_update(
-                {"_id": f"backup|{user_id}"},
-                {"$inc": {"seq": 1}},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
-            assert counter is not None  # an upsert that returns the document AFTER always has one
+            counter = await upsert_by_id(self.db.counters, f"backup|{user_id}", {"$inc": {"seq": 1}}, session=session)
             version = str(counter["seq"])
             await self.db.e2e_backups.insert_one(
                 {

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from plumbing.mongo import IndexPlan, in_transaction
+from plumbing.mongo import IndexPlan, in_transaction, upsert_by_id
 from plumbing.outbox import Outbox
 from services.open_platform import events
 from services.open_platform.core import App, AppSettings, WebhookSecret
@@ -106,14 +106,7 @@ class MongoAppStore:
 
     async def insert(self, app: App, max_per_owner: int) -> bool:
         async def write(session: AsyncClientSession) -> None:
-            owner = await self._owners.find_one_and_update(
-                {"_id": app.owner},
-                {"$inc": {"apps": 1}},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
-            assert owner is not None  # an upsert that returns the document AFTER always has one
+            owner = await upsert_by_id(self._owners, app.owner, {"$inc": {"apps": 1}}, session=session)
             if owner["apps"] > max_per_owner:
                 raise _OverCap
             await self._apps.insert_one(_document(app), session=session)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from plumbing.ids import sortable_id
-from plumbing.mongo import IndexPlan, in_transaction
+from plumbing.mongo import IndexPlan, in_transaction, upsert_by_id
 from plumbing.outbox import Outbox
 from services.open_platform import events
 from services.open_platform.subscriptions import Subscription
@@ -132,10 +132,9 @@ class MongoSubscriptionStore:
         return [_subscription(d) for d in docs]
 
     async def take(self, key: str, window_start_ms: int, window_ms: int) -> int:
-        doc = await self._budgets.find_one_and_update(
-            {"_id": f"{key}\n{window_start_ms}"},
+        doc = await upsert_by_id(
+            self._budgets,
+            f"{key}\n{window_start_ms}",
             {"$inc": {"count": 1}, "$setOnInsert": {"window_end_ms": window_start_ms + window_ms}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
         )
-        return int(doc["count"]) if doc else 1
+        return int(doc["count"])
