@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -135,7 +136,7 @@ class PushSender:
         self._settings = settings
         self._seen = seen
         self._wake = asyncio.Event()
-        self._gate = asyncio.Semaphore(settings.concurrency)
+        self._sending: dict[str, asyncio.Task[None]] = {}  # poke id -> its send, at most `concurrency`
 
     def kick(self) -> None:
         self._wake.set()
@@ -144,37 +145,57 @@ class PushSender:
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._settings.allowed_networks), limit=256)
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout_seconds)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            wait = self._settings.poll_seconds
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                self._wake.clear()
-                wait = self._settings.poll_seconds
-                try:
-                    await self.deliver_due(session)
-                    due = await self._store.next_due()
-                    if due is not None:  # wake for the next collapsed or retried poke, not a poll later
-                        wait = min(wait, max(0.01, (due - now_ms()) / 1000))
-                except Exception:
-                    log.warning("push sender pass failed; will retry", exc_info=True)
+            try:
+                await self._loop(session)
+            finally:
+                # A send cut short leaves its claim to expire; the next sender (or replica) repeats it.
+                for task in self._sending.values():
+                    task.cancel()
+                await asyncio.gather(*self._sending.values(), return_exceptions=True)
 
-    async def deliver_due(self, session: aiohttp.ClientSession) -> int:
-        delivered = 0
+    async def _loop(self, session: aiohttp.ClientSession) -> None:
+        wait = self._settings.poll_seconds
         while True:
-            due = await self._store.due(now_ms(), 256)
-            if not due:
-                return delivered
-            await asyncio.gather(*(self._one(session, poke) for poke in due))
-            delivered += len(due)
-            if len(due) < 256:
-                return delivered
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+            wait = self._settings.poll_seconds
+            try:
+                limit = self._settings.concurrency + len(self._sending)
+                self.start_due(await self._store.due(now_ms(), limit), session)
+                # Wake for the next collapsed or retried poke, not a poll later; a finished send
+                # wakes the loop too (a free slot for a poke that is due already).
+                due = await self._store.next_due(excluding=list(self._sending))
+                if due is not None and (due > now_ms() or len(self._sending) < self._settings.concurrency):
+                    wait = min(wait, max(0.01, (due - now_ms()) / 1000))
+            except Exception:
+                log.warning("push sender pass failed; will retry", exc_info=True)
+
+    def start_due(self, due: list[JSON], session: aiohttp.ClientSession) -> int:
+        """Start sending due pokes, up to `concurrency` at once, never waiting for one: a push
+        gateway that hangs until the timeout must not hold back everyone else's pokes."""
+        started = 0
+        for candidate in due:
+            if len(self._sending) >= self._settings.concurrency:
+                break
+            poke = candidate["_id"]
+            if poke in self._sending:
+                continue  # still being sent (its claim may not have landed when `due` was read)
+            task = asyncio.create_task(self._one(session, candidate))
+            self._sending[poke] = task
+            task.add_done_callback(functools.partial(self._finished, poke))
+            started += 1
+        return started
+
+    def _finished(self, poke: str, _: asyncio.Task[None]) -> None:
+        self._sending.pop(poke, None)
+        self.kick()  # a slot is free, and this poke may be due again (a newer event, a retry)
 
     async def _one(self, session: aiohttp.ClientSession, candidate: JSON) -> None:
-        async with self._gate:
-            try:
-                await self._deliver(session, candidate)
-            except Exception:
-                log.warning("poke %r failed unexpectedly; retried after its lease", candidate["_id"], exc_info=True)
+        try:
+            await self._deliver(session, candidate)
+        except Exception:
+            log.warning("poke %r failed unexpectedly; retried after its lease", candidate["_id"], exc_info=True)
 
     async def _unwanted(self, poke: JSON) -> str:
         """Why this poke should not be sent any more ('' if it should)."""

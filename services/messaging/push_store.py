@@ -84,10 +84,13 @@ class PushStore:
             {"pending": True, "due_ms": {"$lte": now_ms}}, sort=[("due_ms", ASCENDING)], limit=limit
         ).to_list()
 
-    async def next_due(self) -> int | None:
-        """When the earliest pending poke falls due (ms), if any is pending."""
+    async def next_due(self, excluding: list[str] | None = None) -> int | None:
+        """When the earliest pending poke (but those `excluding`: being sent) falls due (ms), if any."""
+        query: JSON = {"pending": True}
+        if excluding:
+            query["_id"] = {"$nin": excluding}
         doc = await self.db.push_pokes.find_one(
-            {"pending": True}, projection={"due_ms": 1}, sort=[("pending", ASCENDING), ("due_ms", ASCENDING)]
+            query, projection={"due_ms": 1}, sort=[("pending", ASCENDING), ("due_ms", ASCENDING)]
         )
         return int(doc["due_ms"]) if doc else None
 
