@@ -11,6 +11,8 @@ POST   /_laiwang/client/v1/apps/{client_id}/webhook_secret/rotate {"overlap_seco
 GET    /_laiwang/client/v1/apps/{client_id}/webhook_deliveries    the delivery log (newest first)
 GET    /_laiwang/client/v1/apps/{client_id}/webhook_dead_letters  events not delivered within 24 h
 POST   /_laiwang/client/v1/apps/{client_id}/webhook_dead_letters/{webhook_id}/replay   deliver it again
+GET    /_laiwang/client/v1/apps/{client_id}/webhook                the endpoint's health: failures, paused
+POST   /_laiwang/client/v1/apps/{client_id}/webhook/resume         deliveries start again after a pause
 """
 
 from __future__ import annotations
@@ -216,6 +218,36 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
     return json_response({})
 
 
+def health_json(health: pb.WebhookHealth) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "paused": health.paused_at_ms > 0,
+        "consecutive_failures": health.consecutive_failures,
+    }
+    if health.failing_since_ms:
+        body["failing_since"] = health.failing_since_ms
+        body["last_error"] = health.last_error
+    if health.paused_at_ms:
+        body["paused_at"] = health.paused_at_ms
+        body["owner_told"] = health.owner_told
+    return body
+
+
+async def webhook_health(request: web.Request) -> web.Response:
+    owner = await _owner(request)
+    reply = await call(
+        _stub(request).GetWebhookHealth, pb.GetWebhookHealthRequest(caller_user_id=owner, client_id=_client_id(request))
+    )
+    return json_response(health_json(reply.health))
+
+
+async def resume_webhook(request: web.Request) -> web.Response:
+    owner = await _owner(request)
+    reply = await call(
+        _stub(request).ResumeWebhook, pb.ResumeWebhookRequest(caller_user_id=owner, client_id=_client_id(request))
+    )
+    return json_response(health_json(reply.health))
+
+
 def routes(deps: GatewayDeps) -> list[web.RouteDef]:
     one = f"{PREFIX}/{{client_id}}"
     return [
@@ -231,4 +263,6 @@ def routes(deps: GatewayDeps) -> list[web.RouteDef]:
         web.get(f"{one}/webhook_deliveries", webhook_deliveries),
         web.get(f"{one}/webhook_dead_letters", dead_letters),
         web.post(f"{one}/webhook_dead_letters/{{webhook_id}}/replay", replay_dead_letter),
+        web.get(f"{one}/webhook", webhook_health),
+        web.post(f"{one}/webhook/resume", resume_webhook),
     ]

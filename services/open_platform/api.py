@@ -17,6 +17,7 @@ from services.open_platform.cards import Cards
 from services.open_platform.core import SCOPES, App, AppRegistry, AppSettings, bot_user_id, validate_settings
 from services.open_platform.oauth import Consent, OAuthServer, Refusal
 from services.open_platform.subscriptions import Subscription, Subscriptions
+from services.open_platform.webhook_health import Health
 from services.open_platform.webhook_store import MongoWebhookStore
 
 _ENDPOINTS = {
@@ -335,6 +336,30 @@ class OpenPlatformApi(open_platform_pb2_grpc.OpenPlatformServiceServicer):
         if not await self._webhooks.replay(app.client_id, request.webhook_id, _now_ms()):
             raise not_found("no such dead letter")
         return pb.ReplayDeadLetterResponse()
+
+    @staticmethod
+    def _health(health: Health) -> pb.WebhookHealth:
+        return pb.WebhookHealth(
+            consecutive_failures=health.consecutive_failures,
+            failing_since_ms=health.failing_since_ms,
+            last_error=health.last_error,
+            paused_at_ms=health.paused_at_ms,
+            owner_told=health.owner_told,
+        )
+
+    @maps_domain_errors
+    async def GetWebhookHealth(
+        self, request: pb.GetWebhookHealthRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetWebhookHealthResponse:
+        app = await self._registry.get(request.caller_user_id, request.client_id)
+        return pb.GetWebhookHealthResponse(health=self._health(await self._webhooks.health(app.client_id)))
+
+    @maps_domain_errors
+    async def ResumeWebhook(
+        self, request: pb.ResumeWebhookRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResumeWebhookResponse:
+        app = await self._registry.get(request.caller_user_id, request.client_id)
+        return pb.ResumeWebhookResponse(health=self._health(await self._webhooks.resume(app.client_id)))
 
     # -- cards -------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from services.open_platform.replies import REPLIES, replies_handler
 from services.open_platform.store import MongoAppStore
 from services.open_platform.subscription_store import MongoSubscriptionStore
 from services.open_platform.subscriptions import Budget, Subscriptions
+from services.open_platform.webhook_health import OwnerNotice, PausePolicy
 from services.open_platform.webhook_store import MongoWebhookStore
 from services.open_platform.webhooks import RetryPolicy, WebhookConsumer, WebhookDelivery
 
@@ -50,7 +51,12 @@ async def build(runtime: Runtime) -> ServiceParts:
         max_seconds=env.float("OPEN_PLATFORM_WEBHOOK_RETRY_MAX_SECONDS", 3600.0, minimum=0.1),
         give_up_seconds=env.float("OPEN_PLATFORM_WEBHOOK_GIVE_UP_SECONDS", 24 * 3600.0, minimum=1.0),
     )
-    delivery = WebhookDelivery(store.get, webhook_store, policy, allow_loopback)
+    pause = PausePolicy(
+        after_failures=env.int("OPEN_PLATFORM_WEBHOOK_PAUSE_AFTER_FAILURES", 20, minimum=1),
+        after_seconds=env.float("OPEN_PLATFORM_WEBHOOK_PAUSE_AFTER_SECONDS", 12 * 3600.0, minimum=0.0),
+    )
+    notice = OwnerNotice(webhook_store, rooms, runtime.config.server_name, pause)
+    delivery = WebhookDelivery(store.get, webhook_store, policy, allow_loopback, pause, notice)
     # Longer than a try's 5 s timeout: an event is redelivered only when its process died mid-try.
     ack_wait = env.float("OPEN_PLATFORM_WEBHOOK_ACK_WAIT_SECONDS", 30.0, minimum=6.0)
     webhook_consumer = WebhookConsumer(runtime.js, delivery, ack_wait)

@@ -4,13 +4,15 @@ Collections:
   webhook_attempts      one document per try: webhook id, try number, HTTP status, latency, error
   webhook_dead_letters  `<client_id>\\n<webhook id>`: an event that could not be delivered in time;
                         replaying it puts the same event (same webhook id) back through the outbox
+  webhook_health        one per app (`_id` the client id): the current streak of failed tries, whether
+                        the endpoint is paused, and the owner notice's claim and room (webhook_health.py)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -19,6 +21,7 @@ from plumbing.ids import sortable_id
 from plumbing.mongo import IndexPlan, in_transaction
 from plumbing.outbox import Outbox
 from services.open_platform.events import SUBJECT_WEBHOOK
+from services.open_platform.webhook_health import Health
 from services.open_platform.webhooks import Attempt
 
 
@@ -28,6 +31,7 @@ class MongoWebhookStore:
         self._outbox = outbox
         self._attempts = db["webhook_attempts"]
         self._dead = db["webhook_dead_letters"]
+        self._health = db["webhook_health"]
 
     @staticmethod
     def indexes() -> IndexPlan:
@@ -86,3 +90,78 @@ class MongoWebhookStore:
         done = await in_transaction(self._client, write)
         self._outbox.kick()
         return done
+
+    # -- endpoint health ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _health_of(doc: dict[str, Any] | None) -> Health:
+        if doc is None:
+            return Health()
+        return Health(
+            consecutive_failures=doc.get("failures", 0),
+            failing_since_ms=doc.get("failing_since_ms", 0),
+            last_error=doc.get("last_error", ""),
+            paused_at_ms=doc.get("paused_at_ms", 0),
+            owner_told=doc.get("told", False),
+            notice_room_id=doc.get("notice_room_id", ""),
+        )
+
+    async def health(self, client_id: str) -> Health:
+        return self._health_of(await self._health.find_one({"_id": client_id}))
+
+    async def record_failure(self, client_id: str, error: str, at_ms: int) -> Health:
+        doc = await self._health.find_one_and_update(
+            {"_id": client_id},
+            {"$inc": {"failures": 1}, "$min": {"failing_since_ms": at_ms}, "$set": {"last_error": error[:300]}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        return self._health_of(doc)
+
+    async def record_success(self, client_id: str) -> None:
+        await self._health.update_one(
+            {"_id": client_id, "failures": {"$gt": 0}},
+            {"$set": {"failures": 0, "last_error": ""}, "$unset": {"failing_since_ms": ""}},
+        )
+
+    async def pause(self, client_id: str, at_ms: int) -> bool:
+        """Pause the endpoint; False if it already was (another try paused it first)."""
+        result = await self._health.update_one(
+            {"_id": client_id, "paused_at_ms": {"$in": [0, None]}},
+            {"$set": {"paused_at_ms": at_ms, "told": False, "notice_claim_ms": 0}},
+        )
+        return result.modified_count == 1
+
+    async def claim_notice(self, client_id: str, now_ms: int, lease_ms: int) -> Health | None:
+        doc = await self._health.find_one_and_update(
+            {
+                "_id": client_id,
+                "paused_at_ms": {"$gt": 0},
+                "told": False,
+                "notice_claim_ms": {"$lt": now_ms - lease_ms},
+            },
+            {"$set": {"notice_claim_ms": now_ms}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else self._health_of(doc)
+
+    async def release_notice(self, client_id: str) -> None:
+        await self._health.update_one({"_id": client_id}, {"$set": {"notice_claim_ms": 0}})
+
+    async def set_notice_room(self, client_id: str, room_id: str) -> None:
+        await self._health.update_one({"_id": client_id}, {"$set": {"notice_room_id": room_id}})
+
+    async def owner_told(self, client_id: str, paused_at_ms: int) -> None:
+        await self._health.update_one({"_id": client_id, "paused_at_ms": paused_at_ms}, {"$set": {"told": True}})
+
+    async def resume(self, client_id: str) -> Health:
+        """Deliveries run again, with a fresh streak (the notice room stays for later notices)."""
+        doc = await self._health.find_one_and_update(
+            {"_id": client_id},
+            {
+                "$set": {"failures": 0, "last_error": "", "paused_at_ms": 0, "told": False, "notice_claim_ms": 0},
+                "$unset": {"failing_since_ms": ""},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        return self._health_of(doc)

@@ -14,6 +14,8 @@
   redirects are not followed.
 - A suspended app gets nothing: its events wait (backing off) and are dead-lettered after 24 h; a
   deleted app's events are dropped.
+- An endpoint that keeps failing is paused and its owner told (webhook_health.py): while paused, its
+  events go to the dead-letter list untried, until the owner resumes it.
 
 Order: events are fetched in stream order, one at a time; a failed event waits for its retry while
 later ones go on, so after a failure order per app and user is not kept (documented limit).
@@ -43,6 +45,7 @@ from plumbing.jetstream import UndecodableEvent, decode_event, ensure_stream
 from plumbing.url_guard import GuardedResolver, UnsafeUrl, check_url
 from services.open_platform.core import App, webhook_networks
 from services.open_platform.events import SUBJECT_WEBHOOK
+from services.open_platform.webhook_health import NOTICE_LEASE_MS, HealthStore, OwnerNotice, PausePolicy
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class Attempt:
     at_ms: int
 
 
-class DeliveryStore(Protocol):
+class DeliveryStore(HealthStore, Protocol):
     async def log_attempt(self, attempt: Attempt) -> None: ...
     async def dead_letter(self, event: pb.WebhookEvent, reason: str, at_ms: int) -> None: ...
 
@@ -95,11 +98,15 @@ class WebhookDelivery:
         store: DeliveryStore,
         policy: RetryPolicy,
         allow_loopback: bool,
+        pause: PausePolicy,
+        notice: OwnerNotice,
     ) -> None:
         self._apps = apps
         self._store = store
         self._policy = policy
         self._allow_loopback = allow_loopback
+        self._pause = pause
+        self._notice = notice
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -143,6 +150,9 @@ class WebhookDelivery:
                 await self._store.dead_letter(event, "suspended" if app.suspended else "no webhook URL", now_ms)
                 return None
             return self._policy.delay(attempt)
+        health = await self._store.health(app.client_id)
+        if health.paused_at_ms:
+            return await self._while_paused(app, event, now_ms)
         body = payload(event)
         at = datetime.now(UTC)
         headers = {
@@ -159,11 +169,25 @@ class WebhookDelivery:
             Attempt(event.webhook_id, event.client_id, event.type, attempt, status, latency_ms, error, now_ms)
         )
         if not error:
+            if health.consecutive_failures:
+                await self._store.record_success(app.client_id)
             return None
+        health = await self._store.record_failure(app.client_id, error, now_ms)
+        if self._pause.due(health, now_ms) and await self._store.pause(app.client_id, now_ms):
+            failures = health.consecutive_failures
+            log.warning("webhook endpoint of app %s paused after %d failed tries", app.client_id, failures)
+            return await self._while_paused(app, event, now_ms)
         if expired:
             await self._store.dead_letter(event, error, now_ms)
             return None
         return self._policy.delay(attempt)
+
+    async def _while_paused(self, app: App, event: pb.WebhookEvent, now_ms: int) -> float | None:
+        # The event is acked only once the owner has been told: a crash before that redelivers it.
+        if not await self._notice.tell(app, now_ms):
+            return NOTICE_LEASE_MS / 1000  # another try is telling them: look again after its claim
+        await self._store.dead_letter(event, "endpoint paused", now_ms)
+        return None
 
 
 class WebhookConsumer:

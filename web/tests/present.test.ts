@@ -3,7 +3,7 @@ import { describeError } from '../src/lib/errors';
 import { loginIdentifier } from '../src/lib/account';
 import { parseRoute } from '../src/lib/hooks';
 import { pickLanguage, setLanguage, t } from '../src/lib/i18n';
-import { editContent, latestEdits, localpart, previewOf, readersUpTo, socialProof, typingText, unreadBadge } from '../src/lib/present';
+import { editContent, latestEdits, localpart, previewOf, readersUpTo, socialProof, typingText, unreadBadge, webhookSummary } from '../src/lib/present';
 import { ApiError } from '../src/lib/errors';
 
 describe('language', () => {
@@ -60,5 +60,17 @@ describe('presentation', () => {
     expect(loginIdentifier('+86 138 0013 8000')).toEqual({ type: 'm.id.phone', country: 'CN', phone: '13800138000' });
     expect(loginIdentifier('alice')).toEqual({ type: 'm.id.user', user: 'alice' });
     expect(parseRoute('#/chats/%21room%3Aserver')).toEqual(['chats', '!room:server']);
+  });
+});
+
+describe('webhook health', () => {
+  it('says whether an endpoint delivers, fails or is paused', () => {
+    setLanguage('en');
+    expect(webhookSummary({ paused: false, consecutive_failures: 0 })).toBe('Webhook: delivering');
+    expect(webhookSummary({ paused: false, consecutive_failures: 2, last_error: 'HTTP 500' })).toBe('Webhook: 2 failed tries in a row (last: HTTP 500)');
+    expect(webhookSummary({ paused: true, consecutive_failures: 20, last_error: 'HTTP 503' })).toMatch(/^Webhook paused after 20 failed tries in a row \(last: HTTP 503\)/);
+    setLanguage('zh');
+    expect(webhookSummary({ paused: true, consecutive_failures: 20 })).toMatch(/^Webhook 已暂停/);
+    setLanguage('en');
   });
 });

@@ -375,6 +375,7 @@ async function main() {
     await gone(secrets);
     const appRow = A.page.locator('.app-item', { hasText: 'Hotpot Finder' });
     await see(appRow.getByText('Active'));
+    await see(appRow.getByTestId('webhook-health').getByText('Webhook: delivering'));
     await appRow.getByRole('button', { name: 'Suspend: Hotpot Finder' }).click();
     await see(appRow.getByText('Suspended'));
     step('app registered, secrets shown once, suspended');

@@ -91,3 +91,16 @@ export function readersUpTo(order: readonly string[], eventId: string, receipts:
   if (target < 0) return [];
   return [...receipts].filter(([, readAt]) => order.indexOf(readAt) >= target).map(([userId]) => userId);
 }
+
+export interface WebhookHealthView {
+  paused: boolean;
+  consecutive_failures: number;
+  last_error?: string;
+}
+
+/** One line on an app's webhook endpoint: delivering, failing (and how), or paused. */
+export function webhookSummary(health: WebhookHealthView): string {
+  if (health.paused) return t('webhookPaused', { n: health.consecutive_failures, error: health.last_error || '?' });
+  if (health.consecutive_failures > 0) return t('webhookFailing', { n: health.consecutive_failures, error: health.last_error || '?' });
+  return t('webhookHealthy');
+}

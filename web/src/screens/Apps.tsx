@@ -8,7 +8,7 @@ import { Words } from '../lib/errors';
 import { t } from '../lib/i18n';
 import { useLive } from '../lib/live';
 import { ok } from '../lib/laiwang';
-import { formatTime } from '../lib/present';
+import { formatTime, webhookSummary } from '../lib/present';
 
 type App = components['schemas']['App'];
 const V1 = '/_laiwang/client/v1';
@@ -84,6 +84,7 @@ export function Apps({ ctx }: { ctx: Ctx }) {
                   <dt>{t('registered')}</dt>
                   <dd>{formatTime(app.created_at)}</dd>
                 </dl>
+                {app.webhook_url && <WebhookStatus ctx={ctx} app={app} />}
                 <div class="row">
                   {app.suspended ? (
                     <button class="small" disabled={busy} onClick={() => act(() => ok(api.POST(`${V1}/apps/{client_id}/resume`, withId(app.client_id))))} aria-label={`${t('resume')}: ${app.name}`}>
@@ -110,6 +111,36 @@ export function Apps({ ctx }: { ctx: Ctx }) {
           </ul>
         )}
       </Section>
+    </div>
+  );
+}
+
+// The endpoint's health: a paused one (it kept failing; the app's bot told the owner) has its button.
+function WebhookStatus({ ctx, app }: { ctx: Ctx; app: App }) {
+  const { api } = ctx;
+  const path = { params: { path: { client_id: app.client_id } } };
+  const [health, , reload] = useLive(async () => ok(api.GET(`${V1}/apps/{client_id}/webhook`, path)), { fastMs: 10_000, slowMs: 60_000 });
+  const [busy, error, run] = useAction();
+  if (!health) return null;
+  return (
+    <div class="webhook-health" data-testid="webhook-health">
+      <p class={health.paused ? 'warning' : 'muted'}>{webhookSummary(health)}</p>
+      {health.paused && (
+        <button
+          class="small"
+          disabled={busy}
+          onClick={() =>
+            run(async () => {
+              await ok(api.POST(`${V1}/apps/{client_id}/webhook/resume`, path));
+              await reload();
+            })
+          }
+          aria-label={`${t('resumeWebhook')}: ${app.name}`}
+        >
+          {t('resumeWebhook')}
+        </button>
+      )}
+      <ErrorText error={error} />
     </div>
   );
 }

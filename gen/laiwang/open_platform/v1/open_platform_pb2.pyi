@@ -1378,6 +1378,125 @@ class ReplayDeadLetterResponse(_message.Message):
 Global___ReplayDeadLetterResponse: _TypeAlias = ReplayDeadLetterResponse  # noqa: Y015
 
 @_typing.final
+class WebhookHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    FAILING_SINCE_MS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_MS_FIELD_NUMBER: _builtins.int
+    OWNER_TOLD_FIELD_NUMBER: _builtins.int
+    consecutive_failures: _builtins.int
+    """Failed tries in a row; 0 after a success."""
+    failing_since_ms: _builtins.int
+    """When the current streak of failures began; 0 when the last try succeeded."""
+    last_error: _builtins.str
+    paused_at_ms: _builtins.int
+    """When deliveries were paused; 0 while they run."""
+    owner_told: _builtins.bool
+    """The owner has had the app bot's notice of this pause."""
+    def __init__(
+        self,
+        *,
+        consecutive_failures: _builtins.int = ...,
+        failing_since_ms: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        paused_at_ms: _builtins.int = ...,
+        owner_told: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "failing_since_ms", b"failing_since_ms", "last_error", b"last_error", "owner_told", b"owner_told", "paused_at_ms", b"paused_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookHealth: _TypeAlias = WebhookHealth  # noqa: Y015
+
+@_typing.final
+class GetWebhookHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookHealthRequest: _TypeAlias = GetWebhookHealthRequest  # noqa: Y015
+
+@_typing.final
+class GetWebhookHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def health(self) -> Global___WebhookHealth: ...
+    def __init__(
+        self,
+        *,
+        health: Global___WebhookHealth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookHealthResponse: _TypeAlias = GetWebhookHealthResponse  # noqa: Y015
+
+@_typing.final
+class ResumeWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_USER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    caller_user_id: _builtins.str
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_user_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_user_id", b"caller_user_id", "client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeWebhookRequest: _TypeAlias = ResumeWebhookRequest  # noqa: Y015
+
+@_typing.final
+class ResumeWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def health(self) -> Global___WebhookHealth: ...
+    def __init__(
+        self,
+        *,
+        health: Global___WebhookHealth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeWebhookResponse: _TypeAlias = ResumeWebhookResponse  # noqa: Y015
+
+@_typing.final
 class PostCardRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -144,6 +144,16 @@ class OpenPlatformServiceStub:
                 request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.SerializeToString,
                 response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.FromString,
                 _registered_method=True)
+        self.GetWebhookHealth = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/GetWebhookHealth',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetWebhookHealthRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetWebhookHealthResponse.FromString,
+                _registered_method=True)
+        self.ResumeWebhook = channel.unary_unary(
+                '/laiwang.open_platform.v1.OpenPlatformService/ResumeWebhook',
+                request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ResumeWebhookRequest.SerializeToString,
+                response_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ResumeWebhookResponse.FromString,
+                _registered_method=True)
         self.PostCard = channel.unary_unary(
                 '/laiwang.open_platform.v1.OpenPlatformService/PostCard',
                 request_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.PostCardRequest.SerializeToString,
@@ -315,6 +325,20 @@ class OpenPlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWebhookHealth(self, request, context):
+        """The endpoint's health: its current streak of failed tries and whether deliveries are paused
+        (after failing long enough; the owner is told). Resuming starts deliveries again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeWebhook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PostCard(self, request, context):
         """Cards, for a partner app acting for `user_id` (the gateway checked cards:write): a card from the
         app's bot into a room the user shares with it, and an m.replace edit of one of its own cards.
@@ -442,6 +466,16 @@ def add_OpenPlatformServiceServicer_to_server(servicer, server):
                     servicer.ReplayDeadLetter,
                     request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.FromString,
                     response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.SerializeToString,
+            ),
+            'GetWebhookHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookHealth,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetWebhookHealthRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetWebhookHealthResponse.SerializeToString,
+            ),
+            'ResumeWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWebhook,
+                    request_deserializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ResumeWebhookRequest.FromString,
+                    response_serializer=laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ResumeWebhookResponse.SerializeToString,
             ),
             'PostCard': grpc.unary_unary_rpc_method_handler(
                     servicer.PostCard,
@@ -1048,6 +1082,60 @@ class OpenPlatformService:
             '/laiwang.open_platform.v1.OpenPlatformService/ReplayDeadLetter',
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterRequest.SerializeToString,
             laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ReplayDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/GetWebhookHealth',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetWebhookHealthRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.GetWebhookHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/laiwang.open_platform.v1.OpenPlatformService/ResumeWebhook',
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ResumeWebhookRequest.SerializeToString,
+            laiwang_dot_open__platform_dot_v1_dot_open__platform__pb2.ResumeWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,11 @@ class OpenPlatformServiceStub:
     """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ListDeadLettersRequest, _open_platform_pb2.ListDeadLettersResponse]
     ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ReplayDeadLetterRequest, _open_platform_pb2.ReplayDeadLetterResponse]
+    GetWebhookHealth: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.GetWebhookHealthRequest, _open_platform_pb2.GetWebhookHealthResponse]
+    """The endpoint's health: its current streak of failed tries and whether deliveries are paused
+    (after failing long enough; the owner is told). Resuming starts deliveries again.
+    """
+    ResumeWebhook: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.ResumeWebhookRequest, _open_platform_pb2.ResumeWebhookResponse]
     PostCard: _grpc.UnaryUnaryMultiCallable[_open_platform_pb2.PostCardRequest, _open_platform_pb2.PostCardResponse]
     """Cards, for a partner app acting for `user_id` (the gateway checked cards:write): a card from the
     app's bot into a room the user shares with it, and an m.replace edit of one of its own cards.
@@ -153,6 +158,11 @@ class OpenPlatformServiceAsyncStub(OpenPlatformServiceStub):
     """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ListDeadLettersRequest, _open_platform_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ReplayDeadLetterRequest, _open_platform_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
+    GetWebhookHealth: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.GetWebhookHealthRequest, _open_platform_pb2.GetWebhookHealthResponse]  # type: ignore[assignment]
+    """The endpoint's health: its current streak of failed tries and whether deliveries are paused
+    (after failing long enough; the owner is told). Resuming starts deliveries again.
+    """
+    ResumeWebhook: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.ResumeWebhookRequest, _open_platform_pb2.ResumeWebhookResponse]  # type: ignore[assignment]
     PostCard: _aio.UnaryUnaryMultiCallable[_open_platform_pb2.PostCardRequest, _open_platform_pb2.PostCardResponse]  # type: ignore[assignment]
     """Cards, for a partner app acting for `user_id` (the gateway checked cards:write): a card from the
     app's bot into a room the user shares with it, and an m.replace edit of one of its own cards.
@@ -345,6 +355,23 @@ class OpenPlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _open_platform_pb2.ReplayDeadLetterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_open_platform_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_open_platform_pb2.ReplayDeadLetterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetWebhookHealth(
+        self,
+        request: _open_platform_pb2.GetWebhookHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.GetWebhookHealthResponse, _abc.Awaitable[_open_platform_pb2.GetWebhookHealthResponse]]:
+        """The endpoint's health: its current streak of failed tries and whether deliveries are paused
+        (after failing long enough; the owner is told). Resuming starts deliveries again.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeWebhook(
+        self,
+        request: _open_platform_pb2.ResumeWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_platform_pb2.ResumeWebhookResponse, _abc.Awaitable[_open_platform_pb2.ResumeWebhookResponse]]: ...
 
     @_abc_1.abstractmethod
     def PostCard(
