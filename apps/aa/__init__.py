@@ -1,0 +1,1 @@
+"""AA bill splitting (AA制): the money rules and the payment partner interface (issue 13)."""
