@@ -18,7 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from laiwang.events.v1 import open_platform_events_pb2 as pb
 from plumbing.ids import sortable_id
-from plumbing.mongo import IndexPlan, in_transaction
+from plumbing.mongo import IndexPlan, in_transaction, upsert_by_id
 from plumbing.outbox import Outbox
 from services.open_platform.events import SUBJECT_WEBHOOK
 from services.open_platform.webhook_health import Health
@@ -110,13 +110,8 @@ class MongoWebhookStore:
         return self._health_of(await self._health.find_one({"_id": client_id}))
 
     async def record_failure(self, client_id: str, error: str, at_ms: int) -> Health:
-        doc = await self._health.find_one_and_update(
-            {"_id": client_id},
-            {"$inc": {"failures": 1}, "$min": {"failing_since_ms": at_ms}, "$set": {"last_error": error[:300]}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        return self._health_of(doc)
+        update = {"$inc": {"failures": 1}, "$min": {"failing_since_ms": at_ms}, "$set": {"last_error": error[:300]}}
+        return self._health_of(await upsert_by_id(self._health, client_id, update))
 
     async def record_success(self, client_id: str) -> None:
         await self._health.update_one(
