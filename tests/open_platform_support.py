@@ -1,20 +1,27 @@
-"""Helpers of the open platform's e2e tests: registering an app, a browser on the consent page, and
-Authlib's OAuth 2 client doing the code + PKCE flow."""
+"""Helpers of the open platform's e2e tests: registering an app, an app whose webhook endpoint is a
+loopback receiver on a stack of its own, a browser on the consent page, and Authlib's OAuth 2 client
+doing the code + PKCE flow."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import re
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+from aiohttp import web
 from authlib.integrations.requests_client import OAuth2Session
 
-from tests.matrix_support import DEFAULT_PASSWORD, RegisteredUser
+from plumbing.ports import free_port
+from tests.conftest import RunningStack, launch_stack
+from tests.matrix_support import DEFAULT_PASSWORD, RegisteredUser, register_user
 
 APPS = "/_laiwang/client/v1/apps"
 OAUTH = "/_laiwang/oauth2"
@@ -41,6 +48,47 @@ async def register_app(http: aiohttp.ClientSession, base: str, owner: Registered
         body = await r.json()
         assert r.status == 200, body
     return Partner(body["client_id"], body.get("client_secret", ""), owner)
+
+
+@dataclass
+class HookedApp:
+    stack: RunningStack
+    http: aiohttp.ClientSession
+    owner: RegisteredUser
+    created: dict[str, Any]  # the registration's answer: client_id, client_secret, webhook_secret
+    webhook_url: str
+
+
+@contextlib.asynccontextmanager
+async def app_with_webhook(
+    mongo_uri: str,
+    data_dir: Path,
+    env: dict[str, str],
+    receive: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    name: str,
+) -> AsyncIterator[HookedApp]:
+    """A stack of its own (loopback webhooks allowed, plus `env`) with one app registered by a new
+    owner, whose webhook URL is a loopback HTTP endpoint answered by `receive`."""
+    receiver = web.Application()
+    receiver.router.add_post("/hook", receive)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with (
+            launch_stack(mongo_uri, data_dir, {"OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS": "true", **env}) as stack,
+            aiohttp.ClientSession() as http,
+        ):
+            owner = await register_user(stack.base_url)
+            url = f"http://127.0.0.1:{port}/hook"
+            settings = {"name": name, "webhook_url": url, "scopes": ["subscribers:message"]}
+            async with http.post(f"{stack.base_url}{APPS}", json=settings, headers=owner.headers) as r:
+                created = await r.json()
+                assert r.status == 200, created
+            yield HookedApp(stack, http, owner, created, url)
+    finally:
+        await runner.cleanup()
 
 
 class Browser:

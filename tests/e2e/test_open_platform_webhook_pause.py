@@ -14,10 +14,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from plumbing.ports import free_port
-from tests.conftest import launch_stack
 from tests.matrix_support import RegisteredUser, register_user
-from tests.open_platform_support import APPS
+from tests.open_platform_support import APPS, app_with_webhook
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -62,37 +60,16 @@ class World:
 @pytest.fixture(scope="module")
 async def world(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     endpoint = Endpoint()
-    app = web.Application()
-    app.router.add_post("/hook", endpoint.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     env = {
-        "OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS": "true",
         "OPEN_PLATFORM_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
         "OPEN_PLATFORM_WEBHOOK_RETRY_MAX_SECONDS": "0.5",
         "OPEN_PLATFORM_WEBHOOK_PAUSE_AFTER_FAILURES": "3",
         "OPEN_PLATFORM_WEBHOOK_PAUSE_AFTER_SECONDS": "1",
     }
-    try:
-        async with (
-            launch_stack(mongo_uri, tmp_path_factory.mktemp("webhook-pause"), env) as stack,
-            aiohttp.ClientSession() as http,
-        ):
-            owner = await register_user(stack.base_url)
-            settings = {
-                "name": "Flaky Hook",
-                "webhook_url": f"http://127.0.0.1:{port}/hook",
-                "scopes": ["subscribers:message"],
-            }
-            async with http.post(f"{stack.base_url}{APPS}", json=settings, headers=owner.headers) as r:
-                created = await r.json()
-                assert r.status == 200, created
-            endpoint.secret = created["webhook_secret"]
-            yield World(stack.base_url, http, endpoint, owner, created["client_id"])
-    finally:
-        await runner.cleanup()
+    data_dir = tmp_path_factory.mktemp("webhook-pause")
+    async with app_with_webhook(mongo_uri, data_dir, env, endpoint.handle, "Flaky Hook") as hooked:
+        endpoint.secret = hooked.created["webhook_secret"]
+        yield World(hooked.stack.base_url, hooked.http, endpoint, hooked.owner, hooked.created["client_id"])
 
 
 async def notices_to(world: World, user: RegisteredUser) -> list[dict[str, Any]]:

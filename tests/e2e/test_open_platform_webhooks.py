@@ -18,10 +18,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from plumbing.ports import free_port
-from tests.conftest import launch_stack
 from tests.matrix_support import RegisteredUser, register_user
-from tests.open_platform_support import APPS, REDIRECT, Browser, Partner, authorize
+from tests.open_platform_support import APPS, REDIRECT, Browser, Partner, app_with_webhook, authorize
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -87,40 +85,27 @@ class World:
 @pytest.fixture(scope="module")
 async def world(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     env = {
-        "OPEN_PLATFORM_ALLOW_LOOPBACK_WEBHOOKS": "true",
         "OPEN_PLATFORM_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
         "OPEN_PLATFORM_WEBHOOK_RETRY_MAX_SECONDS": "1",
         "OPEN_PLATFORM_WEBHOOK_GIVE_UP_SECONDS": "20",
         "OPEN_PLATFORM_WEBHOOK_ACK_WAIT_SECONDS": "6",
     }
-    try:
-        async with (
-            launch_stack(mongo_uri, tmp_path_factory.mktemp("webhooks"), env) as stack,
-            aiohttp.ClientSession() as http,
-        ):
-            owner = await register_user(stack.base_url)
-            settings = {
-                "name": "Hook Test",
-                "webhook_url": f"http://127.0.0.1:{port}/hook",
-                "scopes": ["subscribers:message"],
-            }
-            async with http.post(f"{stack.base_url}{APPS}", json=settings, headers=owner.headers) as r:
-                created = await r.json()
-                assert r.status == 200, created
-            receiver.secret = created["webhook_secret"]
+    data_dir = tmp_path_factory.mktemp("webhooks")
+    async with app_with_webhook(mongo_uri, data_dir, env, receiver.handle, "Hook Test") as hooked:
+        receiver.secret = hooked.created["webhook_secret"]
+        try:
             yield World(
-                stack, http, receiver, owner, created["client_id"], created["client_secret"], settings["webhook_url"]
+                hooked.stack,
+                hooked.http,
+                receiver,
+                hooked.owner,
+                hooked.created["client_id"],
+                hooked.created["client_secret"],
+                hooked.webhook_url,
             )
-    finally:
-        receiver.release.set()
-        await runner.cleanup()
+        finally:
+            receiver.release.set()  # before the receiver stops: a held delivery gets its answer
 
 
 async def test_retries_carry_the_same_webhook_id_and_replies_reach_the_app(world: World) -> None:
